@@ -1,0 +1,159 @@
+"""The atomic filesystem steps every ddmq state change is made of.
+
+Only three primitives change state: an exclusive create of a private
+temporary file, a ``rename`` (atomic on a local disk, NFS, Lustre, GPFS and
+sshfs within one directory tree), and an ``unlink``. This module also decides
+what a failed rename *means*: on shared storage losing a race to another
+client is normal and must not look like an error, while a full disk must.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from .errors import storage_error
+
+# Errors with which the loser of a rename race can come back: ENOENT (the
+# source is gone) everywhere; EEXIST/ENOTEMPTY on some network filesystems;
+# EPERM/EACCES through sshfs, whose SFTP server maps most failures to them.
+_RACE_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ESTALE}
+_AMBIGUOUS_ERRNOS = {errno.EPERM, errno.EACCES}
+
+OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: a FIFO planted in a queue must not hang the reader.
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename into ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some network filesystems refuse fsync on directories; the data itself was synced
+    finally:
+        os.close(fd)
+
+
+def write_private(tmp: Path, data: bytes, durable: bool, mode: int = 0o644) -> None:
+    """Create ``tmp`` exclusively and write all of ``data`` to it.
+
+    On any failure the partial file is removed (best effort: ``clean`` removes
+    what a crash leaves behind) and a StorageError is raised.
+    """
+    try:
+        fd = os.open(tmp, OPEN_FLAGS, mode)
+    except OSError as exc:
+        raise storage_error("create", tmp, exc) from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        discard(tmp)
+        raise storage_error("write", tmp, exc) from None
+
+
+def publish_file(tmp: Path, final: Path, data: bytes, durable: bool) -> None:
+    """Write ``data`` under the private name ``tmp``, then rename it to ``final``.
+
+    ``final`` becomes visible complete or not at all. With ``durable`` the data
+    is on stable storage before the rename, and the rename itself before return.
+    """
+    write_private(tmp, data, durable)
+    try:
+        os.rename(tmp, final)
+    except OSError as exc:
+        discard(tmp)
+        raise storage_error("publish", final, exc) from None
+    if durable:
+        fsync_dir(final.parent)
+
+
+def move(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst``; True if this call moved it, False if another client did first.
+
+    Exactly one of several clients renaming the same source wins. A loser is
+    told so by ENOENT (or EEXIST/EPERM on some network filesystems); an NFS
+    client whose rename reply was lost can also see ENOENT for a rename that
+    *did* happen, so on failure the destination is checked too. Destinations
+    are always fresh unique names, so finding ``dst`` means we moved it.
+    """
+    try:
+        os.rename(src, dst)
+        return True
+    except OSError as exc:
+        if exc.errno not in _RACE_ERRNOS and exc.errno not in _AMBIGUOUS_ERRNOS:
+            raise storage_error("move", src, exc) from None
+        if os.path.lexists(dst):
+            return True
+        if exc.errno in _AMBIGUOUS_ERRNOS and not _writable(src.parent, dst.parent):
+            raise storage_error("move", src, exc) from None
+        return False
+
+
+def _writable(*dirs: Path) -> bool:
+    return all(os.access(d, os.W_OK | os.X_OK) for d in dirs)
+
+
+def remove(path: Path) -> bool:
+    """Unlink ``path``; True if this call removed it, False if it was already gone."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ESTALE:
+            return False
+        raise storage_error("remove", path, exc) from None
+
+
+def discard(path: Path) -> None:
+    """Remove a file of our own that failed half-way; errors are left to ``clean``."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def read_file(path: Path, limit: int) -> bytes | None:
+    """Read a message file without following symlinks; None if it vanished.
+
+    Raises OSError for anything else (the caller decides whether the file is
+    corrupt or the storage failed); reads at most ``limit`` + 1 bytes so a
+    huge foreign file cannot exhaust memory.
+    """
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def listdir(path: Path) -> list[str]:
+    """Names in a state directory, hidden names (NFS silly-renames, .fuse_hidden) left out."""
+    try:
+        return [name for name in os.listdir(path) if not name.startswith(".")]
+    except OSError as exc:
+        raise storage_error("list", path, exc) from None

@@ -1,0 +1,617 @@
+"""The broker: every queue operation, done by the calling process itself.
+
+There is no server. Each method is a short sequence of the atomic steps in
+:mod:`ddmq.atomic` on the layout of :mod:`ddmq.layout`; ``docs/protocol.md``
+explains each transition. Housekeeping (requeueing expired leases, moving
+unreadable files to the dead-letter area, removing abandoned temporary files)
+is done by whichever client calls :meth:`Broker.clean`, and by consumers at
+most once per ``clean_interval``.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+from . import atomic
+from .errors import (
+    DdmqError, ForeignFiles, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound,
+    UsageError, storage_error,
+)
+from .layout import (
+    DEAD, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, TMP, WORK, QUEUE_ENTRIES, QueuePaths,
+    ReadyName, WorkName, check_priority, check_queue_name, dead_name, new_message_id, new_token,
+    parse_ready, parse_receipt, parse_work,
+)
+from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode
+from .settings import MESSAGE_KEYS, SettingsCache, dump, validate
+
+DEFAULT_ROOT = "~/.ddmq"
+# A temporary file or directory older than this was certainly abandoned by a
+# crashed writer: no write takes an hour between create and rename.
+ABANDONED_AFTER = 3600.0
+# A consumer re-lists ready/ at least this often, so a newly published message
+# of higher priority waits at most this long behind an older listing.
+LISTING_MAX_AGE = 1.0
+_HOST = socket.gethostname()
+
+Receipt = Union[Message, str]
+
+
+def resolve_root(root: str | os.PathLike | None) -> tuple[Path, bool]:
+    """The root to use and whether it is the default (created on first use)."""
+    if root is not None and os.fspath(root) != "":
+        return Path(root).expanduser(), False
+    env = os.environ.get("DDMQ_ROOT")
+    if env:
+        return Path(env).expanduser(), False
+    return Path(DEFAULT_ROOT).expanduser(), True
+
+
+@dataclass
+class CleanReport:
+    """What one ``clean`` pass did, per queue or summed."""
+
+    requeued: int = 0
+    dead_lettered: int = 0
+    temp_removed: int = 0
+
+    def add(self, other: "CleanReport") -> None:
+        self.requeued += other.requeued
+        self.dead_lettered += other.dead_lettered
+        self.temp_removed += other.temp_removed
+
+
+class _Listing:
+    """A consumer's sorted snapshot of ready/, consumed from the front."""
+
+    def __init__(self, names: list[str]):
+        self.names = deque(sorted(names))
+        self.taken = time.monotonic()
+
+
+def _check_count(n: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"n must be a whole number >= 1, not {n!r}")
+
+
+def _check_seconds(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(f"{what} must be a positive number of seconds, not {value!r}")
+
+
+class Broker:
+    """A handle on one ddmq root directory.
+
+    ``Broker(root, create=True)`` initialises the root if needed. Without a root
+    the ``DDMQ_ROOT`` environment variable is used, else ``~/.ddmq``, which is
+    created on first use. A Broker holds no locks and no open files; any number
+    of them, in any number of processes on any number of hosts, may share a root.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, create: bool = False):
+        self.root, is_default = resolve_root(root)
+        self._settings = SettingsCache()
+        self._listings: dict[Path, _Listing] = {}
+        self._last_published = 0
+        self._open_root(create or is_default)
+
+    def __repr__(self) -> str:
+        return f"Broker({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ root
+    def _open_root(self, create: bool) -> None:
+        marker = self.root / ROOT_MARKER
+        if os.path.isfile(marker):
+            return
+        if not create:
+            if not self.root.exists():
+                raise RootNotFound(f"ddmq root {self.root} does not exist (create it with `ddmq create`)")
+            raise NotARoot(f"{self.root} is not a ddmq root (no {ROOT_MARKER}); refusing to use it")
+        if self.root.exists() and not self.root.is_dir():
+            raise NotARoot(f"{self.root} exists and is not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error("create root", self.root, exc) from None
+        tmp = self.root / f".{ROOT_MARKER}.{new_token()}"
+        atomic.publish_file(tmp, marker, dump({}).encode(), durable=True)
+
+    def _root_settings(self) -> Path:
+        return self.root / ROOT_MARKER
+
+    # ---------------------------------------------------------------- queues
+    def _paths(self, queue: str) -> QueuePaths:
+        return QueuePaths(self.root / check_queue_name(queue))
+
+    def _queue(self, queue: str) -> QueuePaths:
+        """Paths of an existing queue, or QueueNotFound."""
+        paths = self._paths(queue)
+        try:
+            os.stat(paths.settings)
+        except (FileNotFoundError, NotADirectoryError):
+            raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
+        except OSError as exc:
+            raise storage_error("open queue", paths.dir, exc) from None
+        return paths
+
+    def settings(self, queue: str | None = None) -> dict[str, Any]:
+        """Effective settings of a queue (or of the root when ``queue`` is None)."""
+        if queue is None:
+            return self._settings.merged(self._root_settings())
+        return self._settings.merged(self._root_settings(), self._queue(queue).settings)
+
+    def create_queue(self, queue: str, exist_ok: bool = False, **settings: Any) -> None:
+        """Create a queue, with optional settings written to its ``ddmq.yaml``.
+
+        The queue is built under a hidden name and renamed into place, so other
+        clients see either no queue or a complete one.
+        """
+        paths = self._paths(queue)
+        values = validate(settings, "create_queue")
+        if os.path.isdir(paths.dir):
+            if exist_ok and os.path.isfile(paths.settings):
+                return
+            raise QueueExists(f"queue {queue!r} already exists in {self.root}")
+        staging = self.root / f".create.{new_token()}.{queue}"
+        try:
+            staging.mkdir()
+            for state in STATE_DIRS:
+                (staging / state).mkdir()
+            atomic.write_private(staging / ROOT_MARKER, dump(values).encode(), durable=True)
+            os.rename(staging, paths.dir)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                if exist_ok:
+                    return
+                raise QueueExists(f"queue {queue!r} already exists in {self.root}") from None
+            raise storage_error("create queue", paths.dir, exc) from None
+        except DdmqError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        atomic.fsync_dir(self.root)
+
+    def delete_queue(self, queue: str, force: bool = False) -> None:
+        """Delete a queue and all its messages.
+
+        Refuses, unless ``force``, when the directory holds anything ddmq did
+        not write, so a mistyped name cannot wipe someone's data. The queue is
+        first renamed to a hidden name (atomic: clients see it gone at once),
+        then removed.
+        """
+        paths = self._queue(queue)
+        if not force:
+            foreign = self._foreign_entries(paths)
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+                raise ForeignFiles(
+                    f"queue {queue!r} holds files ddmq did not write ({shown}); "
+                    "move them away or delete with force"
+                )
+        doomed = self.root / f".delete.{new_token()}.{queue}"
+        try:
+            os.rename(paths.dir, doomed)
+        except FileNotFoundError:
+            raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
+        except OSError as exc:
+            raise storage_error("delete queue", paths.dir, exc) from None
+        self._listings.pop(paths.dir, None)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _foreign_entries(self, paths: QueuePaths) -> list[str]:
+        foreign = [n for n in sorted(os.listdir(paths.dir)) if n not in QUEUE_ENTRIES]
+        checks = {READY: parse_ready, WORK: parse_work}
+        for state in STATE_DIRS:
+            directory = paths.dir / state
+            for name in atomic.listdir(directory):
+                parse = checks.get(state)
+                ours = parse(name) is not None if parse else True
+                if not ours or not os.path.isfile(directory / name) or os.path.islink(directory / name):
+                    foreign.append(f"{state}/{name}")
+        return foreign
+
+    def list_queues(self) -> list[str]:
+        """Names of the queues in this root, sorted."""
+        try:
+            names = os.listdir(self.root)
+        except OSError as exc:
+            raise storage_error("list", self.root, exc) from None
+        return sorted(
+            n for n in names
+            if not n.startswith(".") and n != ROOT_MARKER and os.path.isfile(self.root / n / ROOT_MARKER)
+        )
+
+    def counts(self, queue: str) -> dict[str, int]:
+        """How many messages are ready, in work (leased) and dead."""
+        paths = self._queue(queue)
+        dead = [n for n in atomic.listdir(paths.dead) if not n.endswith(REASON_SUFFIX)]
+        return {
+            "ready": len(atomic.listdir(paths.ready)),
+            "work": len(atomic.listdir(paths.work)),
+            "dead": len(dead),
+        }
+
+    # --------------------------------------------------------------- publish
+    def _publish_time(self) -> int:
+        """Publish time in ns, strictly increasing within this process (FIFO for one publisher)."""
+        now = max(time.time_ns(), self._last_published + 1)
+        self._last_published = now
+        return now
+
+    def publish(
+        self,
+        queue: str,
+        message: Any,
+        *,
+        priority: int | None = None,
+        message_timeout: float | None = None,
+        requeue: bool | None = None,
+        requeue_prio: int | None = None,
+        requeue_limit: int | None = None,
+        durable: bool | None = None,
+        headers: dict[str, Any] | None = None,
+        create: bool = False,
+    ) -> Message:
+        """Publish one message; it is visible to consumers, complete, when this returns.
+
+        Keyword arguments override the queue's settings for this message;
+        ``create`` creates the queue if it does not exist.
+        """
+        if create:
+            self.create_queue(queue, exist_ok=True)
+        paths = self._queue(queue)
+        overrides = {
+            "priority": priority, "message_timeout": message_timeout, "requeue": requeue,
+            "requeue_prio": requeue_prio, "durable": durable,
+        }
+        chosen = validate({k: v for k, v in overrides.items() if v is not None}, "publish")
+        if requeue_limit is not None:
+            chosen.update(validate({"requeue_limit": requeue_limit}, "publish"))
+        values = {**self._settings.merged(self._root_settings(), paths.settings), **chosen}
+        if headers is not None and (
+            not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers)
+        ):
+            raise UsageError("headers must be a mapping with string keys")
+        msg = Message(
+            id=new_message_id(), queue=queue, message=message, published=self._publish_time(),
+            host=_HOST, pid=os.getpid(), headers=dict(headers or {}),
+            **{k: values[k] for k in MESSAGE_KEYS},
+        )
+        try:
+            data = encode(msg)
+        except TypeError as exc:
+            raise UsageError(str(exc)) from None
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise UsageError(f"message too large: {len(data)} bytes (at most {MAX_MESSAGE_BYTES})")
+        name = ReadyName(msg.priority, msg.published, msg.id, 0)
+        atomic.publish_file(paths.tmp / f"{msg.id}.tmp", paths.ready / str(name), data, msg.durable)
+        return msg
+
+    # --------------------------------------------------------------- consume
+    def _ready_names(self, paths: QueuePaths) -> Iterator[str]:
+        """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old.
+
+        Listing a directory of 100 000 entries for every consume would make each
+        message cost O(queue); instead the sorted listing is kept and consumed
+        from the front, and re-read when it runs out or grows old. Names taken by
+        other consumers meanwhile simply fail to claim.
+        """
+        listing = self._listings.get(paths.dir)
+        fresh = False
+        while True:
+            if listing is None or not listing.names or time.monotonic() - listing.taken > LISTING_MAX_AGE:
+                if fresh and listing is not None and not listing.names:
+                    return
+                listing = _Listing(atomic.listdir(paths.ready))
+                self._listings[paths.dir] = listing
+                fresh = True
+                if not listing.names:
+                    return
+            yield listing.names.popleft()
+
+    def consume(self, queue: str, n: int = 1, lease: float | None = None, ack: bool = False) -> list[Message]:
+        """Claim up to ``n`` messages, best priority first; returns a list, maybe empty.
+
+        Each message is leased to this consumer for ``lease`` seconds (default:
+        the message's ``message_timeout``); ack, nack or extend it before then,
+        or it is requeued for someone else. ``ack=True`` acks at once
+        (at-most-once from here on).
+        """
+        _check_count(n)
+        if lease is not None:
+            _check_seconds(lease, "lease")
+        paths = self._queue(queue)
+        settings = self._settings.merged(self._root_settings(), paths.settings)
+        self._maybe_clean(paths, settings)
+        claimed: list[Message] = []
+        for name in self._ready_names(paths):
+            ready = parse_ready(name)
+            if ready is None:
+                self._dead_letter(paths, paths.ready / name, "foreign", "file name is not a ddmq message name")
+                continue
+            seconds = lease if lease is not None else settings["message_timeout"]
+            work = ready.claimed(time.time_ns() + int(seconds * 1e9), new_token())
+            if not atomic.move(paths.ready / name, paths.work / str(work)):
+                continue
+            msg = self._load(paths, paths.work / str(work), work.id)
+            if msg is None:
+                continue
+            self._fill_state(msg, work)
+            msg.receipt = work.receipt
+            if lease is None and msg.message_timeout != seconds:
+                self.extend(msg, msg.message_timeout)
+            if ack:
+                self.ack(msg)
+            claimed.append(msg)
+            if len(claimed) >= n:
+                break
+        return claimed
+
+    @staticmethod
+    def _fill_state(msg: Message, name: ReadyName | WorkName) -> None:
+        msg.priority = name.priority
+        msg.requeues = name.requeues
+        if isinstance(name, WorkName):
+            msg.lease_expires = name.expires
+
+    def _load(self, paths: QueuePaths, path: Path, expected_id: str) -> Message | None:
+        """Read a message we hold; a file that is not a valid message is dead-lettered."""
+        try:
+            data = atomic.read_file(path, MAX_MESSAGE_BYTES)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK):
+                self._dead_letter(paths, path, "corrupt", "not a regular file")
+                return None
+            raise storage_error("read", path, exc) from None
+        if data is None:
+            return None
+        try:
+            if len(data) > MAX_MESSAGE_BYTES:
+                raise CorruptMessage(f"larger than {MAX_MESSAGE_BYTES} bytes")
+            msg = decode(data)
+            if msg.id != expected_id:
+                raise CorruptMessage(f"payload id {msg.id!r} does not match the file name")
+        except CorruptMessage as exc:
+            self._dead_letter(paths, path, "corrupt", str(exc))
+            return None
+        return msg
+
+    def peek(self, queue: str, n: int = 1, state: str = READY) -> list[Message]:
+        """Look at up to ``n`` messages without claiming them (state: ready, work or dead)."""
+        _check_count(n)
+        if state not in (READY, WORK, DEAD):
+            raise UsageError(f"state must be one of ready, work, dead; not {state!r}")
+        paths = self._queue(queue)
+        directory = paths.dir / state
+        found: list[Message] = []
+        for name in sorted(atomic.listdir(directory)):
+            if len(found) >= n:
+                break
+            parsed = parse_ready(name) if state == READY else parse_work(name) if state == WORK else None
+            if state != DEAD and parsed is None or name.endswith(REASON_SUFFIX):
+                continue
+            try:
+                data = atomic.read_file(directory / name, MAX_MESSAGE_BYTES)
+                msg = decode(data) if data is not None else None
+            except (OSError, CorruptMessage):
+                continue
+            if msg is None:
+                continue
+            if parsed is not None:
+                self._fill_state(msg, parsed)
+            found.append(msg)
+        return found
+
+    # ------------------------------------------------------------ the lease
+    def _held(self, receipt: Receipt, queue: str | None) -> tuple[QueuePaths, WorkName]:
+        """Where the lease named by ``receipt`` is now, or LeaseLost."""
+        if isinstance(receipt, Message):
+            if receipt.receipt is None:
+                raise UsageError(f"message {receipt.id} is not held by this consumer")
+            paths = self._queue(queue or receipt.queue)
+            msg_id, token = parse_receipt(receipt.receipt)
+            if receipt.lease_expires is not None:
+                guess = WorkName(receipt.priority, receipt.published, msg_id, receipt.requeues,
+                                 receipt.lease_expires, token or "")
+                if os.path.lexists(paths.work / str(guess)):
+                    return paths, guess
+        else:
+            if queue is None:
+                raise UsageError("a queue is needed to find a message by its receipt")
+            paths = self._queue(queue)
+            msg_id, token = parse_receipt(receipt)
+        for name in atomic.listdir(paths.work):
+            work = parse_work(name)
+            if work is not None and work.id == msg_id and (token is None or work.token == token):
+                return paths, work
+        raise LeaseLost(
+            f"message {msg_id} is no longer leased here: it was acked or nacked, "
+            "or its lease expired and it was requeued"
+        )
+
+    def ack(self, message: Receipt, queue: str | None = None) -> None:
+        """Done with the message: remove it. LeaseLost if the lease is no longer ours."""
+        paths, work = self._held(message, queue)
+        if not atomic.remove(paths.work / str(work)):
+            raise LeaseLost(f"message {work.id} was taken back before it could be acked")
+        if isinstance(message, Message):
+            message.receipt = None
+
+    def nack(self, message: Receipt, queue: str | None = None, requeue: bool = True) -> str:
+        """Give the message back: requeue it (until its requeue limit) or dead-letter it.
+
+        Returns where it went: ``"ready"`` or ``"dead"``.
+        """
+        paths, work = self._held(message, queue)
+        msg = message if isinstance(message, Message) else self._load(paths, paths.work / str(work), work.id)
+        if msg is None:
+            return DEAD
+        where = self._retire(paths, work, msg, requeue, "rejected")
+        if where is None:
+            raise LeaseLost(f"message {work.id} was taken back before it could be nacked")
+        if isinstance(message, Message):
+            message.receipt = None
+        return where
+
+    def extend(self, message: Receipt, seconds: float | None = None, queue: str | None = None) -> int:
+        """Renew the lease for ``seconds`` from now (default: the message timeout).
+
+        Returns the new expiry (ns since the epoch). LeaseLost if it was requeued.
+        """
+        paths, work = self._held(message, queue)
+        if seconds is None:
+            seconds = (message.message_timeout if isinstance(message, Message)
+                       else self._settings.merged(self._root_settings(), paths.settings)["message_timeout"])
+        _check_seconds(seconds, "seconds")
+        renewed = work.extended(time.time_ns() + int(seconds * 1e9))
+        if not atomic.move(paths.work / str(work), paths.work / str(renewed)):
+            raise LeaseLost(f"message {work.id} was taken back before its lease could be extended")
+        if isinstance(message, Message):
+            message.lease_expires = renewed.expires
+        return renewed.expires
+
+    def _retire(self, paths: QueuePaths, work: WorkName, msg: Message, requeue: bool, reason: str) -> str | None:
+        """Requeue a message we hold, or dead-letter it if it may not be requeued.
+
+        One rename either way; None if another client moved it first.
+        """
+        if requeue and msg.requeue:
+            if msg.requeue_limit is None or work.requeues < msg.requeue_limit:
+                target = paths.ready / str(work.requeued(msg.requeue_prio))
+                return READY if atomic.move(paths.work / str(work), target) else None
+            reason = "requeue-limit"
+        moved = self._dead_letter(paths, paths.work / str(work), reason,
+                                  f"requeued {work.requeues} times" if reason == "requeue-limit" else "")
+        return DEAD if moved else None
+
+    def _dead_letter(self, paths: QueuePaths, path: Path, reason: str, detail: str) -> bool:
+        """Move ``path`` to dead/ with the reason in its name, then record details beside it.
+
+        The rename is the atomic step; the ``.reason`` file is written after it
+        and is best effort (a crash in between leaves the reason code in the name).
+        """
+        original = path.name + ("_" if path.name.endswith(REASON_SUFFIX) else "")
+        target = paths.dead / dead_name(reason, original, time.time_ns())
+        if not atomic.move(path, target):
+            return False
+        record = {
+            "reason": reason, "detail": detail, "from": f"{path.parent.name}/{path.name}",
+            "time": time.time(), "host": _HOST, "pid": os.getpid(),
+        }
+        tmp = paths.tmp / f"{target.name[:40]}.{new_token()}.tmp"
+        try:
+            atomic.publish_file(tmp, target.with_name(target.name + REASON_SUFFIX),
+                                json.dumps(record, sort_keys=True).encode(), durable=False)
+        except DdmqError:
+            pass
+        return True
+
+    # --------------------------------------------------------------- purge
+    def purge(self, queue: str, dead: bool = False) -> int:
+        """Remove every ready message (or, with ``dead``, every dead letter); returns how many."""
+        paths = self._queue(queue)
+        directory = paths.dead if dead else paths.ready
+        removed = 0
+        for name in atomic.listdir(directory):
+            if atomic.remove(directory / name) and not name.endswith(REASON_SUFFIX):
+                removed += 1
+        self._listings.pop(paths.dir, None)
+        return removed
+
+    # ----------------------------------------------------------- housekeeping
+    def _maybe_clean(self, paths: QueuePaths, settings: dict[str, Any]) -> None:
+        """Clean the queue if nobody has in the last ``clean_interval`` seconds.
+
+        The stamp's mtime is set by the file server, so every client on every
+        host agrees on when the queue was last cleaned.
+        """
+        try:
+            age = time.time() - os.stat(paths.clean_stamp).st_mtime
+        except FileNotFoundError:
+            age = float("inf")
+        except OSError as exc:
+            raise storage_error("read", paths.clean_stamp, exc) from None
+        if age >= settings["clean_interval"] or age < -settings["clean_interval"]:
+            self._clean_queue(paths)
+
+    def clean(self, queue: str | None = None) -> CleanReport:
+        """Housekeeping now, for one queue or all.
+
+        Requeues (or dead-letters) messages whose lease expired, dead-letters
+        files in ready/ and work/ that are not ddmq messages, and removes
+        temporary files abandoned by crashed writers.
+        """
+        report = CleanReport()
+        if queue is None:
+            self._remove_abandoned(self.root, ".create.", ".delete.", f".{ROOT_MARKER}.")
+            for name in self.list_queues():
+                report.add(self._clean_queue(self._paths(name)))
+        else:
+            report.add(self._clean_queue(self._queue(queue)))
+        return report
+
+    def _clean_queue(self, paths: QueuePaths) -> CleanReport:
+        report = CleanReport()
+        try:
+            with open(paths.clean_stamp, "a"):
+                pass
+            os.utime(paths.clean_stamp)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ESTALE):
+                raise storage_error("update", paths.clean_stamp, exc) from None
+        now = time.time_ns()
+        for name in atomic.listdir(paths.work):
+            work = parse_work(name)
+            if work is None:
+                report.dead_lettered += self._dead_letter(paths, paths.work / name, "foreign",
+                                                          "file name is not a ddmq lease name")
+            elif work.expires <= now:
+                msg = self._load(paths, paths.work / name, work.id)
+                if msg is None:
+                    continue
+                where = self._retire(paths, work, msg, True, "expired")
+                report.requeued += where == READY
+                report.dead_lettered += where == DEAD
+        for name in atomic.listdir(paths.ready):
+            if parse_ready(name) is None:
+                report.dead_lettered += self._dead_letter(paths, paths.ready / name, "foreign",
+                                                          "file name is not a ddmq message name")
+        report.temp_removed += self._remove_abandoned(paths.tmp, "")
+        return report
+
+    def _remove_abandoned(self, directory: Path, *prefixes: str) -> int:
+        """Remove entries starting with one of ``prefixes`` untouched for ABANDONED_AFTER seconds."""
+        removed = 0
+        cutoff = time.time() - ABANDONED_AFTER
+        try:
+            names = os.listdir(directory)
+        except OSError as exc:
+            raise storage_error("list", directory, exc) from None
+        for name in names:
+            if not name.startswith(prefixes):
+                continue
+            path = directory / name
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_mtime >= cutoff:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+            else:
+                removed += atomic.remove(path)
+        return removed
+
+
+# The seed's spelling: ``broker(root, create=True)``.
+broker = Broker

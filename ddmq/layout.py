@@ -1,0 +1,196 @@
+"""The on-disk layout: directory names, file names, and how to parse them.
+
+Everything that changes about a message after it is published (its current
+priority, how often it was requeued, who holds its lease and until when) lives
+in its *file name*, so that every state change is a single ``rename`` of an
+immutable file. This module is the only place that builds or parses those
+names; ``docs/protocol.md`` describes the same formats.
+
+Fixed-width numeric fields make a plain string sort of ready names equal to
+delivery order: priority, then publish time, then message id.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidQueueName, UsageError
+
+ROOT_MARKER = "ddmq.yaml"
+QUEUE_MARKER = "ddmq.yaml"
+READY, WORK, DEAD, TMP = "ready", "work", "dead", "tmp"
+STATE_DIRS = (READY, WORK, DEAD, TMP)
+CLEAN_STAMP = "clean.stamp"
+REASON_SUFFIX = ".reason"
+# Entries a queue directory may hold; anything else was not written by ddmq.
+QUEUE_ENTRIES = frozenset((QUEUE_MARKER, CLEAN_STAMP) + STATE_DIRS)
+
+MAX_PRIORITY = 999_999
+_PRIO_WIDTH = 6
+_TIME_WIDTH = 20
+MAX_QUEUE_NAME = 128
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,%d}\Z" % (MAX_QUEUE_NAME - 1))
+_ID = r"[0-9a-f]{32}"
+_TOKEN = r"[0-9a-f]{12}"
+_READY_NAME = re.compile(
+    rf"(?P<priority>\d{{{_PRIO_WIDTH}}})\.(?P<published>\d{{{_TIME_WIDTH}}})"
+    rf"\.(?P<id>{_ID})\.(?P<requeues>\d{{1,9}})\.msg\Z"
+)
+_WORK_NAME = re.compile(
+    rf"(?P<priority>\d{{{_PRIO_WIDTH}}})\.(?P<published>\d{{{_TIME_WIDTH}}})"
+    rf"\.(?P<id>{_ID})\.(?P<requeues>\d{{1,9}})"
+    rf"\.(?P<expires>\d{{{_TIME_WIDTH}}})\.(?P<token>{_TOKEN})\.msg\Z"
+)
+_RECEIPT = re.compile(rf"(?P<id>{_ID})\.(?P<token>{_TOKEN})\Z")
+_MESSAGE_ID = re.compile(rf"{_ID}\Z")
+DEAD_REASONS = ("requeue-limit", "expired", "rejected", "corrupt", "foreign")
+
+
+def check_queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise InvalidQueueName.
+
+    Checked before any path is built from the name: only letters, digits,
+    ``_``, ``-`` and ``.`` (never leading, so no hidden names and no ``..``).
+    """
+    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+        raise InvalidQueueName(
+            f"invalid queue name {name!r}: use 1-{MAX_QUEUE_NAME} letters, digits, "
+            "'_', '-' or '.', not starting with '.'"
+        )
+    return name
+
+
+def check_priority(priority: object) -> int:
+    """Priorities are whole numbers from 0 (served first) to MAX_PRIORITY."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise UsageError(f"invalid priority {priority!r}: use a whole number from 0 to {MAX_PRIORITY}")
+    return priority
+
+
+def new_message_id() -> str:
+    return secrets.token_hex(16)
+
+
+def new_token() -> str:
+    """A claim token: makes each lease's file name unique to one claim."""
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class ReadyName:
+    """A message waiting in ``ready/``."""
+
+    priority: int
+    published: int  # nanoseconds since the epoch, publisher's clock
+    id: str
+    requeues: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.priority:0{_PRIO_WIDTH}d}.{self.published:0{_TIME_WIDTH}d}"
+            f".{self.id}.{self.requeues}.msg"
+        )
+
+    def claimed(self, expires: int, token: str) -> "WorkName":
+        return WorkName(self.priority, self.published, self.id, self.requeues, expires, token)
+
+
+@dataclass(frozen=True)
+class WorkName:
+    """A message leased to one consumer in ``work/`` until ``expires``."""
+
+    priority: int
+    published: int
+    id: str
+    requeues: int
+    expires: int  # nanoseconds since the epoch, claimer's clock
+    token: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.priority:0{_PRIO_WIDTH}d}.{self.published:0{_TIME_WIDTH}d}"
+            f".{self.id}.{self.requeues}.{self.expires:0{_TIME_WIDTH}d}.{self.token}.msg"
+        )
+
+    @property
+    def receipt(self) -> str:
+        """What a consumer needs to ack, nack or extend: stable across extensions."""
+        return f"{self.id}.{self.token}"
+
+    def extended(self, expires: int) -> "WorkName":
+        return WorkName(self.priority, self.published, self.id, self.requeues, expires, self.token)
+
+    def requeued(self, priority: int) -> ReadyName:
+        return ReadyName(priority, self.published, self.id, self.requeues + 1)
+
+
+def parse_ready(name: str) -> ReadyName | None:
+    m = _READY_NAME.match(name)
+    if not m:
+        return None
+    return ReadyName(int(m["priority"]), int(m["published"]), m["id"], int(m["requeues"]))
+
+
+def parse_work(name: str) -> WorkName | None:
+    m = _WORK_NAME.match(name)
+    if not m:
+        return None
+    return WorkName(
+        int(m["priority"]), int(m["published"]), m["id"], int(m["requeues"]),
+        int(m["expires"]), m["token"],
+    )
+
+
+def parse_receipt(receipt: object) -> tuple[str, str | None]:
+    """Split a receipt ``ID.TOKEN`` (or a bare message ID) into its parts.
+
+    Refuses anything else, so a receipt from the command line can never name a
+    path outside the queue.
+    """
+    if isinstance(receipt, str):
+        m = _RECEIPT.match(receipt)
+        if m:
+            return m["id"], m["token"]
+        if _MESSAGE_ID.match(receipt):
+            return receipt, None
+    raise UsageError(f"invalid receipt {receipt!r}: expected ID.TOKEN as printed by consume")
+
+
+def dead_name(reason: str, original: str, now_ns: int) -> str:
+    """Name of a dead letter: when, why, and (shortened) what it was called."""
+    assert reason in DEAD_REASONS
+    return f"{now_ns:0{_TIME_WIDTH}d}.{secrets.token_hex(3)}.{reason}.{original[:160]}"
+
+
+@dataclass(frozen=True)
+class QueuePaths:
+    """The directories of one queue."""
+
+    dir: Path
+
+    @property
+    def settings(self) -> Path:
+        return self.dir / QUEUE_MARKER
+
+    @property
+    def ready(self) -> Path:
+        return self.dir / READY
+
+    @property
+    def work(self) -> Path:
+        return self.dir / WORK
+
+    @property
+    def dead(self) -> Path:
+        return self.dir / DEAD
+
+    @property
+    def tmp(self) -> Path:
+        return self.dir / TMP
+
+    @property
+    def clean_stamp(self) -> Path:
+        return self.dir / CLEAN_STAMP

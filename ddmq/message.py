@@ -1,0 +1,99 @@
+"""A message: the immutable payload written at publish, plus the state read from its name.
+
+The payload file is JSON, written once and never rewritten. What changes over
+a message's life (current priority, requeue count, lease) comes from the file
+name and is filled into the :class:`Message` when it is read.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+# Larger payloads are refused at publish and dead-lettered when found in a queue.
+MAX_MESSAGE_BYTES = 64 << 20
+_REQUIRED = {
+    "id": str, "queue": str, "published": int, "priority": int, "message_timeout": (int, float),
+    "requeue": bool, "requeue_prio": int, "durable": bool, "host": str, "pid": int, "headers": dict,
+}
+
+
+class CorruptMessage(ValueError):
+    """A payload file that is not a ddmq message; the text says what is wrong."""
+
+
+@dataclass
+class Message:
+    """One message as a consumer or a peek sees it."""
+
+    id: str
+    queue: str
+    message: Any
+    priority: int
+    published: int  # nanoseconds since the epoch, on the publisher's clock
+    message_timeout: float
+    requeue: bool
+    requeue_prio: int
+    requeue_limit: int | None
+    durable: bool
+    host: str
+    pid: int
+    headers: dict[str, Any] = field(default_factory=dict)
+    # State, from the file name:
+    requeues: int = 0
+    receipt: str | None = None  # set while this consumer holds the lease
+    lease_expires: int | None = None  # nanoseconds since the epoch
+
+    @property
+    def delivery_count(self) -> int:
+        """How many times the message has been claimed, a current claim included."""
+        return self.requeues + (1 if self.lease_expires is not None else 0)
+
+    def payload(self) -> dict[str, Any]:
+        """The immutable part, as written to disk."""
+        data = asdict(self)
+        for key in ("requeues", "receipt", "lease_expires"):
+            del data[key]
+        data["format"] = FORMAT_VERSION
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, for JSON/YAML output; stable keys."""
+        data = asdict(self)
+        data["delivery_count"] = self.delivery_count
+        return data
+
+
+def encode(message: Message) -> bytes:
+    """Serialise the payload; raises TypeError for bodies JSON cannot hold."""
+    try:
+        return json.dumps(message.payload(), ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
+    except ValueError as exc:
+        raise TypeError(f"message is not JSON-serialisable: {exc}") from None
+
+
+def decode(data: bytes) -> Message:
+    """Parse a payload file, checking it is a complete ddmq message."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptMessage(f"not a JSON message: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CorruptMessage("payload is not a JSON object")
+    if raw.get("format") != FORMAT_VERSION:
+        raise CorruptMessage(f"unknown format {raw.get('format')!r}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(raw.get(key), kind) or (kind is int and isinstance(raw[key], bool)):
+            raise CorruptMessage(f"field {key!r} missing or of the wrong type")
+    if "message" not in raw:
+        raise CorruptMessage("field 'message' missing")
+    limit = raw.get("requeue_limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+        raise CorruptMessage("field 'requeue_limit' of the wrong type")
+    return Message(
+        id=raw["id"], queue=raw["queue"], message=raw["message"], priority=raw["priority"],
+        published=raw["published"], message_timeout=raw["message_timeout"],
+        requeue=raw["requeue"], requeue_prio=raw["requeue_prio"], requeue_limit=limit,
+        durable=raw["durable"], host=raw["host"], pid=raw["pid"], headers=raw["headers"],
+    )

@@ -1,0 +1,139 @@
+"""Settings: built-in defaults < root ``ddmq.yaml`` < queue ``ddmq.yaml`` < per-call arguments.
+
+Files are read with YAML's safe loader only, and every key and value is
+checked, so that a typo in a settings file is reported with the file and the
+key instead of silently changing behaviour. PyYAML is imported only when a
+file has real content: the command-line tools run at the end of every batch
+job and their start-up time matters.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import SettingsError, storage_error
+from .layout import MAX_PRIORITY
+
+
+def _number(positive: bool) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok and (value > 0 if positive else value >= 0)
+    return check
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return ok and (high is None or value <= high)
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+# key: (default, validator, what a valid value looks like)
+SCHEMA: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
+    "message_timeout": (600, _number(positive=True), "a number of seconds > 0"),
+    "priority": (999, _whole(0, MAX_PRIORITY), f"a whole number from 0 to {MAX_PRIORITY}"),
+    "requeue": (True, _boolean, "true or false"),
+    "requeue_prio": (0, _whole(0, MAX_PRIORITY), f"a whole number from 0 to {MAX_PRIORITY}"),
+    "requeue_limit": (None, _optional(_whole(0)), "a whole number >= 0, or null for no limit"),
+    "durable": (True, _boolean, "true or false"),
+    "clean_interval": (30, _number(positive=False), "a number of seconds >= 0"),
+}
+DEFAULTS: dict[str, Any] = {key: spec[0] for key, spec in SCHEMA.items()}
+# The settings a message carries with it (the rest belong to the queue).
+MESSAGE_KEYS = ("message_timeout", "priority", "requeue", "requeue_prio", "requeue_limit", "durable")
+
+
+def validate(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Check keys and types; ``source`` names where the values came from."""
+    for key, value in values.items():
+        if key not in SCHEMA:
+            known = ", ".join(SCHEMA)
+            raise SettingsError(f"{source}: unknown setting {key!r} (known: {known})")
+        _, check, expected = SCHEMA[key]
+        if not check(value):
+            raise SettingsError(f"{source}: setting {key!r} must be {expected}, not {value!r}")
+    return dict(values)
+
+
+def _has_content(text: str) -> bool:
+    return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read and validate one settings file; a missing or empty file means no overrides."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise storage_error("read", path, exc) from None
+    if not _has_content(text):
+        return {}
+    import yaml  # deferred: see module docstring
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
+    return validate(data, str(path))
+
+
+def dump(values: Mapping[str, Any]) -> str:
+    """YAML text for a settings file, with a header saying what it is."""
+    import yaml
+
+    header = (
+        "# ddmq settings. Keys: " + ", ".join(SCHEMA) + "\n"
+        "# Root file: defaults for every queue; queue file: overrides for that queue.\n"
+    )
+    body = yaml.safe_dump(dict(values), default_flow_style=False, sort_keys=True) if values else ""
+    return header + body
+
+
+class SettingsCache:
+    """Merged settings per file chain, re-read only when a file's stat changes.
+
+    A long-running consumer must see edits to ``ddmq.yaml``; a stat per use is
+    cheap, a YAML parse per message is not.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
+
+    def _file(self, path: Path) -> dict[str, Any]:
+        try:
+            st = os.stat(path)
+            key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            key = None
+        except OSError as exc:
+            raise storage_error("read", path, exc) from None
+        cached = self._files.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        values = {} if key is None else load_file(path)
+        self._files[path] = (key, values)
+        return values
+
+    def merged(self, *paths: Path) -> dict[str, Any]:
+        """Defaults overridden by each file in turn."""
+        result = dict(DEFAULTS)
+        for path in paths:
+            result.update(self._file(path))
+        return result
