@@ -10,12 +10,12 @@ most once per ``clean_interval``.
 from __future__ import annotations
 
 import errno
+import heapq
 import json
 import os
 import shutil
 import socket
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -70,11 +70,22 @@ class CleanReport:
 
 
 class _Listing:
-    """A consumer's sorted snapshot of ready/, consumed from the front."""
+    """A consumer's snapshot of ready/ as a heap, so the best name pops first.
+
+    Names this process itself moves into ready/ (publish, nack, requeue) are
+    pushed in, so its own writes are never hidden behind an older listing.
+    """
 
     def __init__(self, names: list[str]):
-        self.names = deque(sorted(names))
+        heapq.heapify(names)
+        self.names = names
         self.taken = time.monotonic()
+
+    def pop(self) -> str:
+        return heapq.heappop(self.names)
+
+    def push(self, name: str) -> None:
+        heapq.heappush(self.names, name)
 
 
 def _check_count(n: object) -> None:
@@ -293,6 +304,7 @@ class Broker:
             raise UsageError(f"message too large: {len(data)} bytes (at most {MAX_MESSAGE_BYTES})")
         name = ReadyName(msg.priority, msg.published, msg.id, 0)
         atomic.publish_file(paths.tmp / f"{msg.id}.tmp", paths.ready / str(name), data, msg.durable)
+        self._readied(paths, name)
         return msg
 
     # --------------------------------------------------------------- consume
@@ -315,7 +327,13 @@ class Broker:
                 fresh = True
                 if not listing.names:
                     return
-            yield listing.names.popleft()
+            yield listing.pop()
+
+    def _readied(self, paths: QueuePaths, name: ReadyName) -> None:
+        """Tell this process's listing about a message it just put into ready/."""
+        listing = self._listings.get(paths.dir)
+        if listing is not None:
+            listing.push(str(name))
 
     def consume(self, queue: str, n: int = 1, lease: float | None = None, ack: bool = False) -> list[Message]:
         """Claim up to ``n`` messages, best priority first; returns a list, maybe empty.
@@ -485,8 +503,11 @@ class Broker:
         """
         if requeue and msg.requeue:
             if msg.requeue_limit is None or work.requeues < msg.requeue_limit:
-                target = paths.ready / str(work.requeued(msg.requeue_prio))
-                return READY if atomic.move(paths.work / str(work), target) else None
+                requeued = work.requeued(msg.requeue_prio)
+                if not atomic.move(paths.work / str(work), paths.ready / str(requeued)):
+                    return None
+                self._readied(paths, requeued)
+                return READY
             reason = "requeue-limit"
         moved = self._dead_letter(paths, paths.work / str(work), reason,
                                   f"requeued {work.requeues} times" if reason == "requeue-limit" else "")

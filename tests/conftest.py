@@ -1,0 +1,40 @@
+"""Shared fixtures: every test gets its own root on the local disk."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddmq import Broker
+
+TESTS = Path(__file__).resolve().parent
+WORKER = TESTS / "workers.py"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def b(root: Path) -> Broker:
+    return Broker(root, create=True)
+
+
+@pytest.fixture
+def worker_cmd():
+    """Command line of a worker process (tests/workers.py) with this interpreter."""
+    def cmd(*args: object) -> list[str]:
+        return [sys.executable, str(WORKER), *map(str, args)]
+    return cmd
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may touch the real ~/.ddmq or inherit a DDMQ_ROOT."""
+    monkeypatch.delenv("DDMQ_ROOT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    src = str(TESTS.parent)
+    monkeypatch.setenv("PYTHONPATH", src + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -1,0 +1,298 @@
+"""The Python API, call by call, on a real directory."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import ddmq
+from ddmq import Broker, broker
+from ddmq.errors import (
+    ForeignFiles, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound, SettingsError,
+    UsageError,
+)
+
+
+def test_seed_example_works_as_written(tmp_path: Path) -> None:
+    b = broker(str(tmp_path / "rootdir"), create=True)
+    b.create_queue("queue_name")
+    b.publish(queue="queue_name", message="Hello World!")
+    msg = b.consume(queue="queue_name")
+    assert isinstance(msg, list) and msg[0].message == "Hello World!"
+
+
+def test_broker_alias_is_the_class() -> None:
+    assert broker is Broker and ddmq.Message is not None
+
+
+def test_root_is_created_only_when_asked(tmp_path: Path) -> None:
+    with pytest.raises(RootNotFound):
+        Broker(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(NotARoot):
+        Broker(tmp_path / "plain")
+    Broker(tmp_path / "plain", create=True)
+    assert (tmp_path / "plain" / "ddmq.yaml").is_file()
+
+
+def test_default_root_from_env_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDMQ_ROOT", str(tmp_path / "envroot"))
+    with pytest.raises(RootNotFound):
+        Broker()
+    monkeypatch.delenv("DDMQ_ROOT")
+    b = Broker()
+    assert b.root == tmp_path / "home" / ".ddmq" and (b.root / "ddmq.yaml").is_file()
+
+
+def test_message_bodies_round_trip(b: Broker) -> None:
+    bodies = ["text", "123", "", {"a": [1, 2, None]}, [1, "x"], 3.5, None, True, "ünïcødé ✓"]
+    for body in bodies:
+        b.publish("q", body, create=True)
+    got = [m.message for m in b.consume("q", n=len(bodies), ack=True)]
+    assert got == bodies
+    assert isinstance(got[1], str)
+
+
+def test_unserialisable_body_is_refused_and_leaves_nothing(b: Broker, root: Path) -> None:
+    b.create_queue("q")
+    with pytest.raises(UsageError):
+        b.publish("q", {1, 2})
+    with pytest.raises(UsageError):
+        b.publish("q", float("nan"))
+    assert os.listdir(root / "q" / "ready") == [] and os.listdir(root / "q" / "tmp") == []
+
+
+def test_message_carries_metadata(b: Broker) -> None:
+    sent = b.publish("q", "x", create=True, headers={"k": "v"}, priority=5, requeue_limit=2)
+    [got] = b.consume("q")
+    assert got.id == sent.id and got.queue == "q" and got.headers == {"k": "v"}
+    assert got.priority == 5 and got.requeue_limit == 2 and got.host and got.pid == os.getpid()
+    assert got.published == sent.published and got.delivery_count == 1
+    assert got.receipt and got.lease_expires > time.time_ns()
+
+
+def test_priority_then_fifo(b: Broker) -> None:
+    b.create_queue("q")
+    for i, prio in enumerate([5, 1, 5, 10, 1, 9, 10, 100]):
+        b.publish("q", f"{prio}-{i}", priority=prio)
+    got = [m.message for m in b.consume("q", n=100, ack=True)]
+    assert got == ["1-1", "1-4", "5-0", "5-2", "9-5", "10-3", "10-6", "100-7"]
+
+
+def test_publish_needs_an_existing_queue_unless_create(b: Broker, root: Path) -> None:
+    with pytest.raises(QueueNotFound):
+        b.publish("nope", "x")
+    assert not (root / "nope").exists()
+    b.publish("nope", "x", create=True)
+    assert b.counts("nope")["ready"] == 1
+
+
+def test_create_list_delete_queues(b: Broker, root: Path) -> None:
+    b.create_queue("a")
+    b.create_queue("b.c", message_timeout=5)
+    with pytest.raises(QueueExists):
+        b.create_queue("a")
+    b.create_queue("a", exist_ok=True)
+    assert b.list_queues() == ["a", "b.c"]
+    assert b.settings("b.c")["message_timeout"] == 5
+    b.publish("a", "x")
+    b.delete_queue("a")
+    assert b.list_queues() == ["b.c"]
+    assert [n for n in os.listdir(root) if n.startswith(".")] == []
+    with pytest.raises(QueueNotFound):
+        b.delete_queue("a")
+
+
+def test_delete_refuses_foreign_files_unless_forced(b: Broker, root: Path) -> None:
+    b.create_queue("q")
+    (root / "q" / "results.csv").write_text("precious")
+    with pytest.raises(ForeignFiles, match="results.csv"):
+        b.delete_queue("q")
+    assert (root / "q" / "results.csv").exists()
+    b.delete_queue("q", force=True)
+    assert not (root / "q").exists()
+
+
+def test_counts_ack_nack_and_peek(b: Broker) -> None:
+    b.create_queue("q")
+    for i in range(3):
+        b.publish("q", i)
+    assert [m.message for m in b.peek("q", n=10)] == [0, 1, 2]
+    first, second = b.consume("q", n=2)
+    assert b.counts("q") == {"ready": 1, "work": 2, "dead": 0}
+    assert [m.message for m in b.peek("q", n=10, state="work")] == [0, 1]
+    b.ack(first)
+    assert b.nack(second) == "ready"
+    assert b.counts("q") == {"ready": 2, "work": 0, "dead": 0}
+    again = b.consume("q")[0]
+    assert again.message == 1 and again.delivery_count == 2 and again.priority == 0
+
+
+def test_ack_twice_is_lease_lost(b: Broker) -> None:
+    b.publish("q", "x", create=True)
+    [m] = b.consume("q")
+    receipt = m.receipt
+    b.ack(m)
+    with pytest.raises(LeaseLost):
+        b.ack(receipt, queue="q")
+
+
+def test_ack_by_receipt_string_from_another_broker(b: Broker, root: Path) -> None:
+    b.publish("q", "x", create=True)
+    [m] = b.consume("q")
+    other = Broker(root)
+    other.extend(m.receipt, 100, queue="q")
+    other.ack(m.receipt, queue="q")
+    assert b.counts("q") == {"ready": 0, "work": 0, "dead": 0}
+
+
+def test_bad_receipts_are_usage_errors(b: Broker) -> None:
+    b.create_queue("q")
+    for bad in ["../../etc/passwd", "x", "0" * 32 + ".zz", ""]:
+        with pytest.raises(UsageError):
+            b.ack(bad, queue="q")
+
+
+def test_nack_without_requeue_dead_letters_with_reason(b: Broker, root: Path) -> None:
+    b.publish("q", "x", create=True)
+    [m] = b.consume("q")
+    assert b.nack(m, requeue=False) == "dead"
+    [dead] = b.peek("q", state="dead")
+    assert dead.message == "x"
+    names = os.listdir(root / "q" / "dead")
+    reason = json.loads((root / "q" / "dead" / [n for n in names if n.endswith(".reason")][0]).read_text())
+    assert reason["reason"] == "rejected" and any(".rejected." in n for n in names)
+
+
+def test_requeue_limit_dead_letters(b: Broker) -> None:
+    b.publish("q", "x", create=True, requeue_limit=2)
+    for _ in range(2):
+        assert b.nack(b.consume("q")[0]) == "ready"
+    assert b.nack(b.consume("q")[0]) == "dead"
+    assert b.counts("q") == {"ready": 0, "work": 0, "dead": 1}
+
+
+def test_requeue_false_dead_letters_at_once(b: Broker) -> None:
+    b.publish("q", "x", create=True, requeue=False)
+    assert b.nack(b.consume("q")[0]) == "dead"
+
+
+def test_expired_lease_is_requeued_by_clean(b: Broker) -> None:
+    b.publish("q", "x", create=True, requeue_prio=3)
+    [m] = b.consume("q", lease=0.05)
+    time.sleep(0.1)
+    report = b.clean("q")
+    assert report.requeued == 1
+    with pytest.raises(LeaseLost):
+        b.ack(m)
+    [again] = b.consume("q")
+    assert again.id == m.id and again.delivery_count == 2 and again.priority == 3
+
+
+def test_live_lease_is_not_requeued(b: Broker) -> None:
+    b.publish("q", "x", create=True)
+    [m] = b.consume("q", lease=60)
+    assert b.clean("q").requeued == 0
+    b.ack(m)
+
+
+def test_extend_keeps_a_lease_alive(b: Broker) -> None:
+    b.publish("q", "x", create=True)
+    [m] = b.consume("q", lease=0.2)
+    b.extend(m, 60)
+    time.sleep(0.3)
+    assert b.clean("q").requeued == 0
+    b.ack(m)
+
+
+def test_extend_after_requeue_is_lease_lost(b: Broker) -> None:
+    b.publish("q", "x", create=True)
+    [m] = b.consume("q", lease=0.01)
+    time.sleep(0.05)
+    b.clean("q")
+    with pytest.raises(LeaseLost):
+        b.extend(m, 10)
+
+
+def test_per_message_timeout_sets_the_lease(b: Broker) -> None:
+    b.create_queue("q", message_timeout=600)
+    b.publish("q", "x", message_timeout=0.05)
+    [m] = b.consume("q")
+    assert m.lease_expires < time.time_ns() + 1e9
+    time.sleep(0.1)
+    assert b.clean("q").requeued == 1
+
+
+def test_consumers_clean_at_most_every_clean_interval(b: Broker, root: Path) -> None:
+    b.create_queue("q", clean_interval=3600)
+    b.publish("q", "x")
+    b.consume("q", lease=0.01)
+    time.sleep(0.05)
+    assert b.consume("q") == []  # the first consume stamped the queue; no re-scan yet
+    os.utime(root / "q" / "clean.stamp", (0, 0))
+    assert [m.message for m in b.consume("q")] == ["x"]
+
+
+def test_purge(b: Broker) -> None:
+    b.create_queue("q")
+    for i in range(4):
+        b.publish("q", i)
+    b.nack(b.consume("q")[0], requeue=False)
+    assert b.purge("q") == 3
+    assert b.purge("q", dead=True) == 1
+    assert b.counts("q") == {"ready": 0, "work": 0, "dead": 0}
+
+
+def test_clean_removes_only_old_temp_files(b: Broker, root: Path) -> None:
+    b.create_queue("q")
+    old, new = root / "q" / "tmp" / "old.tmp", root / "q" / "tmp" / "new.tmp"
+    old.write_text("half")
+    new.write_text("half")
+    os.utime(old, (time.time() - 7200,) * 2)
+    assert b.clean().temp_removed == 1
+    assert not old.exists() and new.exists()
+
+
+def test_settings_layering(b: Broker, root: Path) -> None:
+    (root / "ddmq.yaml").write_text("priority: 7\nmessage_timeout: 30\n")
+    b.create_queue("q")
+    (root / "q" / "ddmq.yaml").write_text("message_timeout: 5\n")
+    assert b.settings("q")["priority"] == 7 and b.settings("q")["message_timeout"] == 5
+    m = b.publish("q", "x", priority=2)
+    assert m.priority == 2 and m.message_timeout == 5
+
+
+def test_settings_errors_name_file_and_key(b: Broker, root: Path) -> None:
+    b.create_queue("q")
+    (root / "q" / "ddmq.yaml").write_text("message_timout: 5\n")
+    with pytest.raises(SettingsError, match=r"q/ddmq.yaml.*message_timout"):
+        b.publish("q", "x")
+    (root / "q" / "ddmq.yaml").write_text("priority: high\n")
+    with pytest.raises(SettingsError, match="'priority'"):
+        b.publish("q", "x")
+    with pytest.raises(SettingsError):
+        b.create_queue("r", durable="yes")
+
+
+def test_two_brokers_share_a_queue(root: Path) -> None:
+    a, c = Broker(root, create=True), Broker(root)
+    a.publish("q", "from a", create=True)
+    [m] = c.consume("q")
+    assert m.message == "from a"
+    assert a.consume("q") == []
+
+
+def test_consumer_sees_new_higher_priority_within_listing_age(b: Broker) -> None:
+    from ddmq.broker import LISTING_MAX_AGE
+
+    b.create_queue("q")
+    for i in range(5):
+        b.publish("q", f"low{i}", priority=500)
+    assert b.consume("q")[0].message == "low0"
+    Broker(b.root).publish("q", "urgent", priority=0)
+    time.sleep(LISTING_MAX_AGE + 0.05)
+    assert b.consume("q")[0].message == "urgent"

@@ -1,0 +1,103 @@
+"""Worker processes for the concurrency and crash tests.
+
+Each worker appends one line per event to its own log and flushes it at
+once, so that a worker killed with SIGKILL leaves an exact record of what it
+had done: lines reach the kernel before the next filesystem step starts.
+
+    workers.py publish ROOT QUEUE TAG COUNT LOG [--priorities 1,5,9] [--durable]
+    workers.py consume ROOT QUEUE LOG STOPFILE [--lease S] [--hold S] [--batch N]
+    workers.py clean ROOT QUEUE STOPFILE
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ddmq import Broker, LeaseLost  # noqa: E402
+
+
+class Log:
+    def __init__(self, path: str):
+        self.file = open(path, "a", buffering=1)
+
+    def __call__(self, *fields: object) -> None:
+        self.file.write(" ".join(map(str, fields)) + "\n")
+        self.file.flush()
+
+
+def publish(args: argparse.Namespace) -> None:
+    b, log = Broker(args.root), Log(args.log)
+    priorities = [int(p) for p in args.priorities.split(",")]
+    for i in range(args.count):
+        body = f"{args.tag}:{i}"
+        prio = priorities[i % len(priorities)]
+        log("try", body)
+        msg = b.publish(args.queue, body, priority=prio, durable=args.durable)
+        log("ok", body, msg.id, prio, msg.published)
+
+
+def consume(args: argparse.Namespace) -> None:
+    b, log = Broker(args.root), Log(args.log)
+    rng = random.Random(os.getpid())
+    idle_since = None
+    while True:
+        msgs = b.consume(args.queue, n=args.batch, lease=args.lease)
+        now = time.time_ns()
+        if not msgs:
+            if os.path.exists(args.stopfile):
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 1.0:
+                    return
+            time.sleep(0.005)
+            continue
+        idle_since = None
+        for m in msgs:
+            log("claim", m.message, m.receipt, now, m.lease_expires)
+        for m in msgs:
+            if args.hold:
+                time.sleep(rng.uniform(0, args.hold))
+            try:
+                b.ack(m)
+                log("ack", m.message, m.receipt, time.time_ns())
+            except LeaseLost:
+                log("lost", m.message, m.receipt, time.time_ns())
+
+
+def clean(args: argparse.Namespace) -> None:
+    b = Broker(args.root)
+    while not os.path.exists(args.stopfile):
+        b.clean(args.queue)
+        time.sleep(0.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("publish")
+    for name in ("root", "queue", "tag"):
+        p.add_argument(name)
+    p.add_argument("count", type=int)
+    p.add_argument("log")
+    p.add_argument("--priorities", default="999")
+    p.add_argument("--durable", action="store_true")
+    c = sub.add_parser("consume")
+    for name in ("root", "queue", "log", "stopfile"):
+        c.add_argument(name)
+    c.add_argument("--lease", type=float, default=60.0)
+    c.add_argument("--hold", type=float, default=0.0)
+    c.add_argument("--batch", type=int, default=1)
+    k = sub.add_parser("clean")
+    for name in ("root", "queue", "stopfile"):
+        k.add_argument(name)
+    args = parser.parse_args()
+    {"publish": publish, "consume": consume, "clean": clean}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
