@@ -16,9 +16,10 @@ import os
 import shutil
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 from . import atomic
 from .errors import (
@@ -43,6 +44,7 @@ LISTING_MAX_AGE = 1.0
 _HOST = socket.gethostname()
 
 Receipt = Union[Message, str]
+Match = Callable[[Message], bool]
 
 
 def resolve_root(root: str | os.PathLike | None) -> tuple[Path, bool]:
@@ -111,6 +113,7 @@ class Broker:
         self.root, is_default = resolve_root(root)
         self._settings = SettingsCache()
         self._listings: dict[Path, _Listing] = {}
+        self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
         self._last_published = 0
         self._open_root(create or is_default)
 
@@ -335,13 +338,18 @@ class Broker:
         if listing is not None:
             listing.push(str(name))
 
-    def consume(self, queue: str, n: int = 1, lease: float | None = None, ack: bool = False) -> list[Message]:
+    def consume(
+        self, queue: str, n: int = 1, lease: float | None = None, ack: bool = False,
+        match: Match | None = None,
+    ) -> list[Message]:
         """Claim up to ``n`` messages, best priority first; returns a list, maybe empty.
 
         Each message is leased to this consumer for ``lease`` seconds (default:
         the message's ``message_timeout``); ack, nack or extend it before then,
         or it is requeued for someone else. ``ack=True`` acks at once
-        (at-most-once from here on).
+        (at-most-once from here on). With ``match``, only messages for which
+        ``match(message)`` is true are claimed; the others are not disturbed
+        (see :meth:`_matching` for the cost).
         """
         _check_count(n)
         if lease is not None:
@@ -354,6 +362,8 @@ class Broker:
             ready = parse_ready(name)
             if ready is None:
                 self._dead_letter(paths, paths.ready / name, "foreign", "file name is not a ddmq message name")
+                continue
+            if match is not None and self._matching(paths.ready, name, match) is None:
                 continue
             seconds = lease if lease is not None else settings["message_timeout"]
             work = ready.claimed(time.time_ns() + int(seconds * 1e9), new_token())
@@ -402,8 +412,38 @@ class Broker:
             return None
         return msg
 
-    def peek(self, queue: str, n: int = 1, state: str = READY) -> list[Message]:
-        """Look at up to ``n`` messages without claiming them (state: ready, work or dead)."""
+    def _matching(self, directory: Path, name: str, match: Match) -> Message | None:
+        """The message in ``directory/name`` if ``match`` accepts it, else None.
+
+        Payloads are immutable, so a name once rejected by a predicate is never
+        read again for that predicate: an idle waiter's cost per poll is one
+        listing, however many non-matching messages sit in the queue. The
+        cache lives as long as the predicate object, so pass the same one on
+        every call.
+        """
+        rejected = self._rejected.setdefault(match, set())
+        if name in rejected:
+            return None
+        try:
+            data = atomic.read_file(directory / name, MAX_MESSAGE_BYTES)
+            msg = decode(data) if data is not None else None
+        except (OSError, CorruptMessage):
+            msg = None
+        if msg is None:
+            return None
+        parsed = parse_ready(name) or parse_work(name)
+        if parsed is not None:
+            self._fill_state(msg, parsed)
+        if not match(msg):
+            rejected.add(name)
+            return None
+        return msg
+
+    def peek(self, queue: str, n: int = 1, state: str = READY, match: Match | None = None) -> list[Message]:
+        """Look at up to ``n`` messages without claiming them (state: ready, work or dead).
+
+        ``match`` selects messages as in :meth:`consume`.
+        """
         _check_count(n)
         if state not in (READY, WORK, DEAD):
             raise UsageError(f"state must be one of ready, work, dead; not {state!r}")
@@ -415,6 +455,11 @@ class Broker:
                 break
             parsed = parse_ready(name) if state == READY else parse_work(name) if state == WORK else None
             if state != DEAD and parsed is None or name.endswith(REASON_SUFFIX):
+                continue
+            if match is not None:
+                matched = self._matching(directory, name, match)
+                if matched is not None:
+                    found.append(matched)
                 continue
             try:
                 data = atomic.read_file(directory / name, MAX_MESSAGE_BYTES)

@@ -296,3 +296,17 @@ def test_consumer_sees_new_higher_priority_within_listing_age(b: Broker) -> None
     Broker(b.root).publish("q", "urgent", priority=0)
     time.sleep(LISTING_MAX_AGE + 0.05)
     assert b.consume("q")[0].message == "urgent"
+
+
+def test_consume_with_match_leaves_others_undisturbed(b: Broker, root: Path, mocker) -> None:
+    b.create_queue("q")
+    for i in range(5):
+        b.publish("q", {"job": i})
+    wanted = lambda m: m.message["job"] == 3  # noqa: E731
+    [m] = b.consume("q", match=wanted, ack=True)
+    assert m.message == {"job": 3}
+    assert b.counts("q") == {"ready": 4, "work": 0, "dead": 0}
+    reads = mocker.spy(ddmq.broker.atomic, "read_file")
+    assert b.consume("q", match=wanted) == [] and b.peek("q", n=9, match=wanted) == []
+    assert reads.call_count == 0, "rejected payloads are never read twice by one predicate"
+    assert [m.message["job"] for m in b.peek("q", n=9, match=lambda m: m.message["job"] > 1)] == [2, 4]
