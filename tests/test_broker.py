@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import ddmq
+from ddmq import atomic
 from ddmq import Broker, broker
 from ddmq.errors import (
     ForeignFiles, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound, SettingsError,
@@ -306,7 +307,7 @@ def test_consume_with_match_leaves_others_undisturbed(b: Broker, root: Path, moc
     [m] = b.consume("q", match=wanted, ack=True)
     assert m.message == {"job": 3}
     assert b.counts("q") == {"ready": 4, "work": 0, "dead": 0}
-    reads = mocker.spy(ddmq.broker.atomic, "read_file")
+    reads = mocker.spy(atomic, "read_file")
     assert b.consume("q", match=wanted) == [] and b.peek("q", n=9, match=wanted) == []
     assert reads.call_count == 0, "rejected payloads are never read twice by one predicate"
     assert [m.message["job"] for m in b.peek("q", n=9, match=lambda m: m.message["job"] > 1)] == [2, 4]
