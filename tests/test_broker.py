@@ -307,6 +307,7 @@ def test_consume_with_match_leaves_others_undisturbed(b: Broker, root: Path, moc
     [m] = b.consume("q", match=wanted, ack=True)
     assert m.message == {"job": 3}
     assert b.counts("q") == {"ready": 4, "work": 0, "dead": 0}
+    assert b.consume("q", match=wanted) == []  # reads job 4, the one not yet looked at
     reads = mocker.spy(atomic, "read_file")
     assert b.consume("q", match=wanted) == [] and b.peek("q", n=9, match=wanted) == []
     assert reads.call_count == 0, "rejected payloads are never read twice by one predicate"
