@@ -524,6 +524,22 @@ class Broker:
             message.receipt = None
         return where
 
+    def release(self, message: Receipt, queue: str | None = None) -> None:
+        """Put a claimed message back exactly as it was, as if never claimed.
+
+        For a consumer that took a message it turns out it cannot use yet (a
+        waiter interrupted before it had all it waited for): unlike nack, the
+        priority and requeue count are unchanged, so no requeue limit is spent.
+        """
+        paths, work = self._held(message, queue)
+        ready = ReadyName(work.priority, work.published, work.id, work.requeues)
+        if not atomic.move(paths.work / str(work), paths.ready / str(ready)):
+            raise LeaseLost(f"message {work.id} was taken back before it could be released")
+        self._readied(paths, ready)
+        if isinstance(message, Message):
+            message.receipt = None
+            message.lease_expires = None
+
     def extend(self, message: Receipt, seconds: float | None = None, queue: str | None = None) -> int:
         """Renew the lease for ``seconds`` from now (default: the message timeout).
 

@@ -312,3 +312,14 @@ def test_consume_with_match_leaves_others_undisturbed(b: Broker, root: Path, moc
     assert b.consume("q", match=wanted) == [] and b.peek("q", n=9, match=wanted) == []
     assert reads.call_count == 0, "rejected payloads are never read twice by one predicate"
     assert [m.message["job"] for m in b.peek("q", n=9, match=lambda m: m.message["job"] > 1)] == [2, 4]
+
+
+def test_release_restores_the_message_unchanged(b: Broker) -> None:
+    b.publish("q", "a", create=True, priority=7, requeue_limit=0)
+    b.publish("q", "b", priority=8)
+    [m] = b.consume("q")
+    b.release(m)
+    with pytest.raises(LeaseLost):
+        b.ack(m.id, queue="q")
+    [again] = b.consume("q")
+    assert again.message == "a" and again.priority == 7 and again.delivery_count == 1

@@ -1,0 +1,4 @@
+"""``python -m ddmq`` runs the ddmq command."""
+from .cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""ddmq for batch jobs: signalling between jobs, workflows and cron on a cluster."""

@@ -1,0 +1,82 @@
+"""What a batch job knows about itself, read from the scheduler's environment.
+
+SLURM and PBS (PBS Pro and Torque) export different variables for the same
+facts; a completion event names them the same way for both, so a waiting
+workflow need not care which scheduler ran the job.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from typing import Any, Mapping
+
+STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+
+# event key: variables to try, first set one wins
+_SLURM = {
+    "job_id": ("SLURM_JOB_ID", "SLURM_JOBID"),
+    "array_job_id": ("SLURM_ARRAY_JOB_ID",),
+    "array_task_id": ("SLURM_ARRAY_TASK_ID",),
+    "job_name": ("SLURM_JOB_NAME",),
+    "user": ("SLURM_JOB_USER",),
+    "submit_dir": ("SLURM_SUBMIT_DIR",),
+    "partition": ("SLURM_JOB_PARTITION",),
+    "node": ("SLURMD_NODENAME",),
+}
+_PBS = {
+    "job_id": ("PBS_JOBID",),
+    "array_job_id": ("PBS_ARRAY_ID",),
+    "array_task_id": ("PBS_ARRAY_INDEX", "PBS_ARRAYID"),
+    "job_name": ("PBS_JOBNAME",),
+    "user": ("PBS_O_LOGNAME",),
+    "submit_dir": ("PBS_O_WORKDIR",),
+    "partition": ("PBS_QUEUE",),
+}
+
+
+def scheduler(env: Mapping[str, str]) -> str | None:
+    if "SLURM_JOB_ID" in env or "SLURM_JOBID" in env:
+        return "slurm"
+    if "PBS_JOBID" in env:
+        return "pbs"
+    return None
+
+
+def _user(env: Mapping[str, str]) -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return env.get("USER", "") or str(os.getuid())
+
+
+def completion_event(
+    status: int | None = None, state: str | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The JSON object ``ddmq-notify`` publishes when given no message.
+
+    ``state`` defaults from ``status``: 0 is COMPLETED, anything else FAILED;
+    with neither, the event says only that the job (or shell) got this far.
+    Outside a job it still carries host, user and time.
+    """
+    env = os.environ if env is None else env
+    if state is None and status is not None:
+        state = "COMPLETED" if status == 0 else "FAILED"
+    event: dict[str, Any] = {
+        "event": "job_end",
+        "scheduler": scheduler(env),
+        "host": socket.gethostname(),
+        "user": _user(env),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": status,
+        "state": state,
+    }
+    names = _SLURM if event["scheduler"] == "slurm" else _PBS if event["scheduler"] == "pbs" else {}
+    for key, variables in names.items():
+        value = next((env[v] for v in variables if env.get(v)), None)
+        if value is not None:
+            event[key] = value
+    if event["scheduler"] is None:
+        event["submit_dir"] = os.getcwd()
+    return event

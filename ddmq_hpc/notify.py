@@ -1,0 +1,116 @@
+"""``ddmq-notify QUEUE [MESSAGE]``: publish an event at the end of a batch job.
+
+It runs in the epilogue of thousands of jobs, so it starts fast (argparse, no
+YAML unless a settings file has content), retries the transient errors of
+network filesystems, never hangs (``--timeout`` bounds it even when the
+filesystem does not answer), and says in one line why it failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from ddmq import Broker, DdmqError, Message
+from ddmq.errors import UsageError
+
+from .fields import parse_fields
+from .jobenv import STATES, completion_event
+from .retry import retry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def notify(queue: str, message: Any, *, root: str | None = None, create: bool = True,
+           priority: int | None = None, deadline: float | None = None) -> Message:
+    """Publish ``message`` to ``queue``, creating root and queue unless ``create`` is false.
+
+    Transient filesystem errors are retried with backoff until ``deadline``
+    (a ``time.monotonic()`` value).
+    """
+    def attempt() -> Message:
+        b = Broker(root, create=create)
+        return b.publish(queue, message, priority=priority, create=create)
+    return retry(attempt, deadline=deadline)
+
+
+def build_message(args: argparse.Namespace) -> Any:
+    """MESSAGE as text or JSON, or the job's completion event; ``--field`` entries merged in."""
+    fields = parse_fields(args.field)
+    if args.message is None:
+        return {**completion_event(args.status, args.state), **fields}
+    if not args.json:
+        if fields:
+            raise UsageError("--field builds a JSON object: use it without MESSAGE, or with --json")
+        return args.message
+    try:
+        body = json.loads(args.message)
+    except ValueError as exc:
+        raise UsageError(f"--json: MESSAGE is not valid JSON: {exc}") from None
+    if fields:
+        if not isinstance(body, dict):
+            raise UsageError("--field needs MESSAGE to be a JSON object")
+        body.update(fields)
+    return body
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ddmq-notify",
+        description="Publish MESSAGE to QUEUE. With no MESSAGE, publish a JSON completion event for the "
+                    "current SLURM or PBS job (job id, array ids, name, user, host, submit dir, time, and "
+                    "--status/--state).",
+        epilog="Exit codes: 0 published; 1 could not publish (reason on stderr); 2 usage error. "
+               "Root: --root, else $DDMQ_ROOT, else ~/.ddmq.",
+    )
+    p.add_argument("queue", help="queue to publish to (created if missing, unless --no-create)")
+    p.add_argument("message", nargs="?", help="message text (default: a job completion event)")
+    p.add_argument("--json", action="store_true", help="parse MESSAGE as JSON")
+    p.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
+                   help="add a field to the JSON object published (repeatable)")
+    p.add_argument("--status", type=int, help="exit status of the job, recorded in the event")
+    p.add_argument("--state", choices=STATES, help="job state (default: from --status)")
+    p.add_argument("--priority", type=int, help="message priority (0 is served first)")
+    p.add_argument("--root", help="ddmq root directory")
+    p.add_argument("--no-create", dest="create", action="store_false",
+                   help="fail if the root or queue does not exist")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="give up after this many seconds, retries included (default 60)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_intermixed_args(argv)
+    try:
+        body = build_message(args)
+    except UsageError as exc:
+        print(f"ddmq-notify: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    outcome: dict[str, Any] = {}
+
+    def publish() -> None:
+        try:
+            notify(args.queue, body, root=args.root, create=args.create, priority=args.priority,
+                   deadline=time.monotonic() + args.timeout)
+        except DdmqError as exc:
+            outcome["error"] = exc
+        except OSError as exc:
+            outcome["error"] = f"{exc.strerror or exc}"
+        else:
+            outcome["ok"] = True
+
+    # A hung network filesystem can block a system call for ever; the publish
+    # runs in a thread so the process can still give up and exit on time.
+    worker = threading.Thread(target=publish, daemon=True)
+    worker.start()
+    worker.join(args.timeout)
+    if outcome.get("ok"):
+        return
+    reason = outcome.get("error") or f"timed out after {args.timeout:g} s (filesystem not answering?)"
+    print(f"ddmq-notify: could not publish to {args.queue!r}: {reason}", file=sys.stderr)
+    sys.stdout.flush()
+    os._exit(EXIT_FAILED if not isinstance(reason, UsageError) else EXIT_USAGE)

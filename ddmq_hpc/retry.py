@@ -1,0 +1,42 @@
+"""Retrying the transient errors of network filesystems, within a deadline.
+
+On NFS and Lustre an operation can fail once with ESTALE (a file handle
+invalidated by another client), EIO (a server failover) or EAGAIN, and
+succeed when repeated. Jobs must not lose their completion event to such a
+blip, nor hang on one: attempts are bounded and spaced with backoff.
+"""
+from __future__ import annotations
+
+import errno
+import random
+import time
+from typing import Callable, TypeVar
+
+from ddmq.errors import StorageError
+
+TRANSIENT = frozenset({errno.ESTALE, errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR})
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (StorageError, OSError)) and getattr(exc, "errno", None) in TRANSIENT
+
+
+def retry(action: Callable[[], T], attempts: int = 5, first_delay: float = 0.2,
+          deadline: float | None = None) -> T:
+    """Run ``action``; on a transient error wait (doubling, with jitter) and run it again.
+
+    Gives up after ``attempts`` tries or when the next wait would pass
+    ``deadline`` (a ``time.monotonic()`` value), re-raising the last error.
+    """
+    delay = first_delay
+    for _ in range(attempts - 1):
+        try:
+            return action()
+        except (StorageError, OSError) as exc:
+            pause = delay * random.uniform(0.8, 1.2)
+            if not is_transient(exc) or (deadline is not None and time.monotonic() + pause > deadline):
+                raise
+        time.sleep(pause)
+        delay *= 2
+    return action()
