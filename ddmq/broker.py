@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Union
 
 from . import atomic
 from .errors import (
-    DdmqError, ForeignFiles, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound,
+    DdmqError, ForeignFiles, InvalidSetting, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound,
     UsageError, storage_error,
 )
 from .layout import (
@@ -32,7 +32,7 @@ from .layout import (
     parse_ready, parse_receipt, parse_work,
 )
 from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode
-from .settings import MESSAGE_KEYS, SettingsCache, dump, validate
+from .settings import MAX_SECONDS, MESSAGE_KEYS, SettingsCache, dump, validate
 
 DEFAULT_ROOT = "~/.ddmq"
 # A temporary file or directory older than this was certainly abandoned by a
@@ -96,8 +96,8 @@ def _check_count(n: object) -> None:
 
 
 def _check_seconds(value: object, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UsageError(f"{what} must be a positive number of seconds, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
+        raise UsageError(f"{what} must be a number of seconds > 0 and <= {MAX_SECONDS:g}, not {value!r}")
 
 
 class Broker:
@@ -114,7 +114,6 @@ class Broker:
         self._settings = SettingsCache()
         self._listings: dict[Path, _Listing] = {}
         self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
-        self._last_published = 0
         self._open_root(create or is_default)
 
     def __repr__(self) -> str:
@@ -169,7 +168,7 @@ class Broker:
         clients see either no queue or a complete one.
         """
         paths = self._paths(queue)
-        values = validate(settings, "create_queue")
+        values = validate(settings, "create_queue", InvalidSetting)
         if os.path.isdir(paths.dir):
             if exist_ok and os.path.isfile(paths.settings):
                 return
@@ -254,10 +253,17 @@ class Broker:
         }
 
     # --------------------------------------------------------------- publish
-    def _publish_time(self) -> int:
-        """Publish time in ns, strictly increasing within this process (FIFO for one publisher)."""
-        now = max(time.time_ns(), self._last_published + 1)
-        self._last_published = now
+    _last_published = 0  # shared by every Broker in the process
+
+    @classmethod
+    def _publish_time(cls) -> int:
+        """Publish time in ns, strictly increasing within this process (FIFO for one publisher).
+
+        Kept per process, not per Broker, so a script that makes a new Broker
+        per message still publishes in order on a coarse clock.
+        """
+        now = max(time.time_ns(), Broker._last_published + 1)
+        Broker._last_published = now
         return now
 
     def publish(
@@ -286,9 +292,9 @@ class Broker:
             "priority": priority, "message_timeout": message_timeout, "requeue": requeue,
             "requeue_prio": requeue_prio, "durable": durable,
         }
-        chosen = validate({k: v for k, v in overrides.items() if v is not None}, "publish")
+        chosen = validate({k: v for k, v in overrides.items() if v is not None}, "publish", InvalidSetting)
         if requeue_limit is not None:
-            chosen.update(validate({"requeue_limit": requeue_limit}, "publish"))
+            chosen.update(validate({"requeue_limit": requeue_limit}, "publish", InvalidSetting))
         values = {**self._settings.merged(self._root_settings(), paths.settings), **chosen}
         if headers is not None and (
             not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers)
@@ -390,26 +396,42 @@ class Broker:
         if isinstance(name, WorkName):
             msg.lease_expires = name.expires
 
-    def _load(self, paths: QueuePaths, path: Path, expected_id: str) -> Message | None:
-        """Read a message we hold; a file that is not a valid message is dead-lettered."""
+    @staticmethod
+    def _read(path: Path, expected_id: str | None) -> Message | None:
+        """Read and check one message file: None if it vanished, CorruptMessage if it is not one."""
         try:
             data = atomic.read_file(path, MAX_MESSAGE_BYTES)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK):
-                self._dead_letter(paths, path, "corrupt", "not a regular file")
-                return None
+                raise CorruptMessage("not a regular file") from None
             raise storage_error("read", path, exc) from None
         if data is None:
             return None
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise CorruptMessage(f"larger than {MAX_MESSAGE_BYTES} bytes")
+        msg = decode(data)
+        if expected_id is not None and msg.id != expected_id:
+            raise CorruptMessage(f"payload id {msg.id!r} does not match the file name")
+        return msg
+
+    def _load(self, paths: QueuePaths, path: Path, expected_id: str,
+              report: CleanReport | None = None) -> Message | None:
+        """Read a message we hold; a file that is not a valid message is dead-lettered."""
         try:
-            if len(data) > MAX_MESSAGE_BYTES:
-                raise CorruptMessage(f"larger than {MAX_MESSAGE_BYTES} bytes")
-            msg = decode(data)
-            if msg.id != expected_id:
-                raise CorruptMessage(f"payload id {msg.id!r} does not match the file name")
+            return self._read(path, expected_id)
         except CorruptMessage as exc:
-            self._dead_letter(paths, path, "corrupt", str(exc))
+            if self._dead_letter(paths, path, "corrupt", str(exc)) and report is not None:
+                report.dead_lettered += 1
             return None
+
+    def _peeked(self, directory: Path, name: str, parsed: ReadyName | WorkName | None) -> Message | None:
+        """Read a message without holding it; unreadable files are skipped, left for its holder."""
+        try:
+            msg = self._read(directory / name, parsed.id if parsed else None)
+        except CorruptMessage:
+            return None
+        if msg is not None and parsed is not None:
+            self._fill_state(msg, parsed)
         return msg
 
     def _matching(self, directory: Path, name: str, match: Match) -> Message | None:
@@ -424,16 +446,9 @@ class Broker:
         rejected = self._rejected.setdefault(match, set())
         if name in rejected:
             return None
-        try:
-            data = atomic.read_file(directory / name, MAX_MESSAGE_BYTES)
-            msg = decode(data) if data is not None else None
-        except (OSError, CorruptMessage):
-            msg = None
+        msg = self._peeked(directory, name, parse_ready(name) or parse_work(name))
         if msg is None:
             return None
-        parsed = parse_ready(name) or parse_work(name)
-        if parsed is not None:
-            self._fill_state(msg, parsed)
         if not match(msg):
             rejected.add(name)
             return None
@@ -456,21 +471,9 @@ class Broker:
             parsed = parse_ready(name) if state == READY else parse_work(name) if state == WORK else None
             if state != DEAD and parsed is None or name.endswith(REASON_SUFFIX):
                 continue
-            if match is not None:
-                matched = self._matching(directory, name, match)
-                if matched is not None:
-                    found.append(matched)
-                continue
-            try:
-                data = atomic.read_file(directory / name, MAX_MESSAGE_BYTES)
-                msg = decode(data) if data is not None else None
-            except (OSError, CorruptMessage):
-                continue
-            if msg is None:
-                continue
-            if parsed is not None:
-                self._fill_state(msg, parsed)
-            found.append(msg)
+            msg = self._matching(directory, name, match) if match else self._peeked(directory, name, parsed)
+            if msg is not None:
+                found.append(msg)
         return found
 
     # ------------------------------------------------------------ the lease
@@ -603,7 +606,11 @@ class Broker:
         directory = paths.dead if dead else paths.ready
         removed = 0
         for name in atomic.listdir(directory):
-            if atomic.remove(directory / name) and not name.endswith(REASON_SUFFIX):
+            path = directory / name
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)  # a dead-lettered foreign directory
+                removed += 1
+            elif atomic.remove(path) and not name.endswith(REASON_SUFFIX):
                 removed += 1
         self._listings.pop(paths.dir, None)
         return removed
@@ -656,7 +663,7 @@ class Broker:
                 report.dead_lettered += self._dead_letter(paths, paths.work / name, "foreign",
                                                           "file name is not a ddmq lease name")
             elif work.expires <= now:
-                msg = self._load(paths, paths.work / name, work.id)
+                msg = self._load(paths, paths.work / name, work.id, report)
                 if msg is None:
                     continue
                 where = self._retire(paths, work, msg, True, "expired")

@@ -18,6 +18,7 @@ import click
 from . import __version__
 from .broker import Broker
 from .errors import DdmqError, UsageError
+from .layout import check_queue_name
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY, EXIT_NOT_FOUND, EXIT_LEASE_LOST = 0, 1, 2, 3, 4, 5
 EXIT_CODES_HELP = """\b
@@ -38,13 +39,20 @@ class Empty(DdmqError):
     exit_code = EXIT_EMPTY
 
 
-def _split(names: str | Iterable[str]) -> list[str]:
-    """Queue lists may be comma-separated (``create q1,q2``) or repeated arguments."""
+def _split(names: str | Iterable[str], what: str = "queue name") -> list[str]:
+    """Lists may be comma-separated (``create q1,q2``) or repeated arguments.
+
+    An empty list is an error: a script whose ``$QUEUE`` or ``$RECEIPT`` came
+    out empty must not be told that nothing went wrong.
+    """
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise UsageError(f"expected a queue name or a list of them, not {names!r}")
-    return [part for name in names for part in name.split(",") if part]
+        raise UsageError(f"expected a {what} or a list of them, not {names!r}")
+    parts = [part for name in names for part in name.split(",") if part]
+    if not parts:
+        raise UsageError(f"no {what} given")
+    return parts
 
 
 # ------------------------------------------------------------------ operations
@@ -70,8 +78,12 @@ def op_delete(b: Broker, queues: str | list[str], force: bool = False) -> list[d
 
 
 def op_publish(b: Broker, queue: str, message: Any, create: bool = False, headers: dict | None = None,
-               **settings: Any) -> dict[str, Any]:
-    msg = b.publish(queue, message, create=create, headers=headers, **settings)
+               priority: int | None = None, message_timeout: float | None = None, requeue: bool | None = None,
+               requeue_prio: int | None = None, requeue_limit: int | None = None,
+               durable: bool | None = None) -> dict[str, Any]:
+    msg = b.publish(queue, message, create=create, headers=headers, priority=priority,
+                    message_timeout=message_timeout, requeue=requeue, requeue_prio=requeue_prio,
+                    requeue_limit=requeue_limit, durable=durable)
     return {"queue": queue, "id": msg.id, "priority": msg.priority}
 
 
@@ -85,14 +97,14 @@ def op_peek(b: Broker, queue: str, n: int = 1, state: str = "ready") -> list[dic
 
 def op_ack(b: Broker, queue: str, receipts: str | list[str]) -> list[dict[str, Any]]:
     result = []
-    for receipt in _split(receipts):
+    for receipt in _split(receipts, "receipt"):
         b.ack(receipt, queue=queue)
         result.append({"receipt": receipt, "acked": True})
     return result
 
 
 def op_nack(b: Broker, queue: str, receipts: str | list[str], requeue: bool = True) -> list[dict[str, Any]]:
-    return [{"receipt": r, "moved_to": b.nack(r, queue=queue, requeue=requeue)} for r in _split(receipts)]
+    return [{"receipt": r, "moved_to": b.nack(r, queue=queue, requeue=requeue)} for r in _split(receipts, "receipt")]
 
 
 def op_extend(b: Broker, queue: str, receipt: str, seconds: float | None = None) -> dict[str, Any]:
@@ -176,11 +188,24 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _run(name: str, root: str | None, fmt: str | None, plain: Callable[[Any], str], **kwargs: Any) -> Any:
-    ctx = click.get_current_context()
-    parent = ctx.find_root().params
-    root = root or parent.get("root")
-    fmt = fmt or parent.get("fmt") or "plain"
+def _context(root: str | None, fmt: str | None) -> tuple[str | None, str]:
+    """``--root``/``--format`` given after the subcommand win over those before it."""
+    parent = click.get_current_context().find_root().params
+    return root or parent.get("root"), fmt or parent.get("fmt") or "plain"
+
+
+def _check_names(arguments: dict[str, Any]) -> None:
+    """Refuse bad queue names before anything, even the root, is created."""
+    if "queue" in arguments:
+        check_queue_name(arguments["queue"])
+    if "queues" in arguments and arguments["queues"] is not None:
+        for name in _split(arguments["queues"]):
+            check_queue_name(name)
+
+
+def _run(name: str, root: str | None, fmt: str | None, plain: Callable[[Any], str], /, **kwargs: Any) -> Any:
+    root, fmt = _context(root, fmt)
+    _check_names(kwargs)
     b = Broker(root, create=name == "create" or bool(kwargs.get("create")))
     data = OPERATIONS[name](b, **kwargs)
     _render(data, fmt, plain)
@@ -248,6 +273,12 @@ def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bo
     _run("delete", root, fmt, lambda rows: "", queues=list(queues), force=force)
 
 
+def _stdin_message() -> str:
+    """A message from stdin, less one trailing newline (as ``$(...)`` in the shell strips it)."""
+    text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text
+
+
 def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str] | None:
     headers = {}
     for pair in pairs:
@@ -273,16 +304,18 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
     Prints the id of each message published.
     """
     bodies = list(messages) or ["-"]
-    bodies = [sys.stdin.read() if body == "-" else body for body in bodies]
+    bodies = [_stdin_message() if body == "-" else body for body in bodies]
     if as_json:
         try:
             bodies = [json.loads(body) for body in bodies]
         except ValueError as exc:
             raise UsageError(f"--json: not valid JSON: {exc}") from None
     parsed_headers = _parse_headers(headers)
-    for body in bodies:
-        _run("publish", root, fmt, lambda row: row["id"], queue=queue, message=body, create=create,
-             headers=parsed_headers, **_settings(**settings))
+    root, fmt = _context(root, fmt)
+    check_queue_name(queue)
+    b = Broker(root, create=create)
+    rows = [op_publish(b, queue, body, create=create, headers=parsed_headers, **settings) for body in bodies]
+    _render(rows, fmt, lambda rows: "\n".join(row["id"] for row in rows))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -32,6 +32,10 @@ class SettingsError(DdmqError):
     """A ``ddmq.yaml`` file that cannot be used; the message names file and key."""
 
 
+class InvalidSetting(SettingsError, UsageError):
+    """A setting passed as an argument (not read from a file) that is invalid."""
+
+
 class NotFound(DdmqError):
     """Something named by the caller does not exist."""
 

@@ -55,7 +55,7 @@ def check_queue_name(name: object) -> str:
     Checked before any path is built from the name: only letters, digits,
     ``_``, ``-`` and ``.`` (never leading, so no hidden names and no ``..``).
     """
-    if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+    if not isinstance(name, str) or not _QUEUE_NAME.match(name) or name == ROOT_MARKER:
         raise InvalidQueueName(
             f"invalid queue name {name!r}: use 1-{MAX_QUEUE_NAME} letters, digits, "
             "'_', '-' or '.', not starting with '.'"

@@ -16,10 +16,15 @@ from .errors import SettingsError, storage_error
 from .layout import MAX_PRIORITY
 
 
+# Longest lease or interval: lease expiries must fit the fixed-width time field
+# of a file name, and nobody means a lease of more than a few years.
+MAX_SECONDS = 1e9
+
+
 def _number(positive: bool) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok and (value > 0 if positive else value >= 0)
+        return ok and (value > 0 if positive else value >= 0) and value <= MAX_SECONDS
     return check
 
 
@@ -40,28 +45,33 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 # key: (default, validator, what a valid value looks like)
 SCHEMA: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
-    "message_timeout": (600, _number(positive=True), "a number of seconds > 0"),
+    "message_timeout": (600, _number(positive=True), "a number of seconds > 0 and <= 1e9"),
     "priority": (999, _whole(0, MAX_PRIORITY), f"a whole number from 0 to {MAX_PRIORITY}"),
     "requeue": (True, _boolean, "true or false"),
     "requeue_prio": (0, _whole(0, MAX_PRIORITY), f"a whole number from 0 to {MAX_PRIORITY}"),
     "requeue_limit": (None, _optional(_whole(0)), "a whole number >= 0, or null for no limit"),
     "durable": (True, _boolean, "true or false"),
-    "clean_interval": (30, _number(positive=False), "a number of seconds >= 0"),
+    "clean_interval": (30, _number(positive=False), "a number of seconds from 0 to 1e9"),
 }
 DEFAULTS: dict[str, Any] = {key: spec[0] for key, spec in SCHEMA.items()}
 # The settings a message carries with it (the rest belong to the queue).
 MESSAGE_KEYS = ("message_timeout", "priority", "requeue", "requeue_prio", "requeue_limit", "durable")
 
 
-def validate(values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Check keys and types; ``source`` names where the values came from."""
+def validate(values: Mapping[str, Any], source: str,
+             error: type[SettingsError] = SettingsError) -> dict[str, Any]:
+    """Check keys and types; ``source`` names where the values came from.
+
+    ``error`` is SettingsError for files and InvalidSetting for arguments, so
+    the command line reports a bad option as a usage error.
+    """
     for key, value in values.items():
         if key not in SCHEMA:
             known = ", ".join(SCHEMA)
-            raise SettingsError(f"{source}: unknown setting {key!r} (known: {known})")
+            raise error(f"{source}: unknown setting {key!r} (known: {known})")
         _, check, expected = SCHEMA[key]
         if not check(value):
-            raise SettingsError(f"{source}: setting {key!r} must be {expected}, not {value!r}")
+            raise error(f"{source}: setting {key!r} must be {expected}, not {value!r}")
     return dict(values)
 
 
