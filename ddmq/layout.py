@@ -161,7 +161,8 @@ def parse_receipt(receipt: object) -> tuple[str, str | None]:
 
 def dead_name(reason: str, original: str, now_ns: int) -> str:
     """Name of a dead letter: when, why, and (shortened) what it was called."""
-    assert reason in DEAD_REASONS
+    if reason not in DEAD_REASONS:
+        raise ValueError(f"unknown dead-letter reason {reason!r}")
     return f"{now_ns:0{_TIME_WIDTH}d}.{secrets.token_hex(3)}.{reason}.{original[:160]}"
 
 

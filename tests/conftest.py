@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from ddmq import Broker
 
 TESTS = Path(__file__).resolve().parent
-WORKER = TESTS / "workers.py"
 
 
 @pytest.fixture
@@ -21,14 +19,6 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture
 def b(root: Path) -> Broker:
     return Broker(root, create=True)
-
-
-@pytest.fixture
-def worker_cmd():
-    """Command line of a worker process (tests/workers.py) with this interpreter."""
-    def cmd(*args: object) -> list[str]:
-        return [sys.executable, str(WORKER), *map(str, args)]
-    return cmd
 
 
 @pytest.fixture(autouse=True)

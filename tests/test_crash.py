@@ -12,12 +12,9 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
+from swarm import read_log, worker
 
 LEASE = 0.3
-
-
-def read_log(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def payload_bodies(root: Path, state: str) -> list[str]:
@@ -33,7 +30,7 @@ def payload_bodies(root: Path, state: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_kill_9_publishers_and_consumers_loses_nothing(tmp_path: Path, worker_cmd) -> None:
+def test_kill_9_publishers_and_consumers_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261127)
     root = tmp_path / "root"
     Broker(root, create=True).create_queue("q", clean_interval=0.1, requeue_limit=50)
@@ -45,13 +42,13 @@ def test_kill_9_publishers_and_consumers_loses_nothing(tmp_path: Path, worker_cm
             log = tmp_path / f"r{rnd}p{i}.log"
             logs.append(log)
             procs.append(subprocess.Popen(
-                worker_cmd("publish", root, "q", f"r{rnd}p{i}", 100_000, log,
+                worker("publish", root, "q", f"r{rnd}p{i}", 100_000, log,
                            "--priorities", "3,7", *(["--durable"] if i else []))))
         for i in range(3):
             log = tmp_path / f"r{rnd}c{i}.log"
             logs.append(log)
             procs.append(subprocess.Popen(
-                worker_cmd("consume", root, "q", log, stop, "--lease", LEASE, "--hold", 0.005)))
+                worker("consume", root, "q", log, stop, "--lease", LEASE, "--hold", 0.005)))
         time.sleep(0.6)  # interpreter start-up, then work
         for p in rng.sample(procs, len(procs)):
             time.sleep(rng.uniform(0, 0.15))

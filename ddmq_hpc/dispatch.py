@@ -1,0 +1,455 @@
+"""``ddmq-dispatch QUEUE --handler CMD``: run a command once per queued request, from cron.
+
+A cluster login node often allows cron but no daemons. Run from cron every
+minute, this turns a queue into a service: each run claims up to
+``--max-messages`` requests for at most ``--max-seconds`` and runs the handler
+once per request, acking on success and nacking on failure (so the queue's
+requeue limit and dead letters apply). Overlapping runs, on one node or many,
+need no lock: claiming a message is one atomic rename, so two dispatchers
+never hold the same message at once.
+
+The message reaches the handler only on stdin and in environment variables,
+and the handler command line is split with :mod:`shlex` and executed without
+a shell, so nothing in a message can be run as a command.
+
+Cron mails whatever a job prints, so a run where everything succeeded prints
+nothing; each failure is one line on stderr. ``--log-file`` keeps a line per
+message for a persistent record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, Any, Mapping
+
+from ddmq import Broker, DdmqError, LeaseLost, Message
+from ddmq.errors import storage_error
+
+PROG = "ddmq-dispatch"
+EXIT_OK, EXIT_FAILED = 0, 1  # usage errors exit 2 through argparse
+# How much of the handler's stdout/stderr goes into the reply message.
+TAIL_BYTES = 4096
+# Linux refuses to exec a program with any one environment string above
+# 128 KiB (MAX_ARG_STRLEN); larger values are left out of the environment
+# (the body is always on stdin) rather than making every delivery fail.
+ENV_VALUE_MAX = 64 * 1024
+# How often the running handler is looked at: bounds how late a signal, the
+# handler timeout or a lease extension is acted on.
+POLL_SECONDS = 0.1
+_HOST = socket.gethostname()
+
+
+# ------------------------------------------------------------------ options
+def _positive(kind: type) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text!r}")
+        return value
+    return convert
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run HANDLER once for each message of REQUEST_QUEUE: ack on exit 0, "
+                    "nack (requeue until the requeue limit, then dead-letter) otherwise. "
+                    "Meant to be run from cron every minute; prints nothing when all went well.",
+        epilog="The handler gets the message body on stdin and in DDMQ_MESSAGE, and "
+               "DDMQ_MESSAGE_ID, DDMQ_QUEUE, DDMQ_ROOT, DDMQ_DELIVERY_COUNT, DDMQ_RECEIPT, "
+               "DDMQ_HEADERS (JSON). Exit codes: 0 all handled messages succeeded (or none "
+               "were waiting), 1 a handler failed, 2 usage error, 4 root or queue not found, "
+               "128+N stopped by signal N.",
+    )
+    parser.add_argument("queue", metavar="REQUEST_QUEUE", help="queue to take requests from")
+    parser.add_argument("--handler", required=True, metavar="'COMMAND ARGS'",
+                        help="command to run per message (split like a shell would, run without one)")
+    parser.add_argument("--root", help="ddmq root directory (default: $DDMQ_ROOT, else ~/.ddmq)")
+    parser.add_argument("--max-messages", type=_positive(int), default=10, metavar="N",
+                        help="handle at most N messages per run (default 10)")
+    parser.add_argument("--max-seconds", type=_positive(float), default=50.0, metavar="S",
+                        help="take no new message after S seconds (default 50, so a run started "
+                             "by cron ends before the next one); a running handler is not cut short")
+    parser.add_argument("--lease", type=_positive(float), metavar="S",
+                        help="lease length in seconds, renewed every S/3 while the handler runs "
+                             "(default: the message's message_timeout)")
+    parser.add_argument("--handler-timeout", type=_positive(float), metavar="S",
+                        help="kill a handler running longer than S seconds and nack its message "
+                             "(default: no limit)")
+    parser.add_argument("--kill-grace", type=_not_negative, default=5.0, metavar="S",
+                        help="seconds between SIGTERM and SIGKILL when a handler is killed (default 5)")
+    parser.add_argument("--reply-queue", metavar="QUEUE",
+                        help="publish a result (JSON object) per message to this existing queue")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="append a timestamped line per message (success or failure) to FILE")
+    return parser
+
+
+# ------------------------------------------------------------- the handler
+@dataclass
+class Outcome:
+    """What became of one run of the handler."""
+
+    state: str  # ok, failed, timeout, interrupted (a lost lease is reported beside it)
+    returncode: int | None  # as subprocess reports it: negative = killed by that signal
+    detail: str  # why it failed, for stderr and the log; empty when ok
+    stdout: str  # tails, for the reply
+    stderr: str
+    seconds: float
+    lease_lost: bool = False
+
+
+class StopRequest:
+    """Signal handler for SIGTERM/SIGINT: remembers the signal, the loop acts on it.
+
+    Nothing is done inside the handler itself, so a signal can never cut a
+    queue operation in half; the dispatcher notices it within POLL_SECONDS.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+
+def body_bytes(msg: Message) -> bytes:
+    """The body as the handler sees it: a string as is, any other JSON value JSON-encoded.
+
+    ``surrogatepass``: publish refuses lone surrogates, but a payload written
+    by other means may hold one, and it must reach the handler rather than
+    crash the dispatcher.
+    """
+    text = msg.message if isinstance(msg.message, str) else json.dumps(msg.message, ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def handler_env(msg: Message, root: str, body: bytes, base: Mapping[str, str]) -> dict[str, Any]:
+    """The handler's environment: ours plus the DDMQ_* description of the message.
+
+    Values are passed as data (never through a shell). DDMQ_MESSAGE is left
+    out when the body holds a NUL byte or is too large for exec; an inherited
+    DDMQ_MESSAGE is removed so it cannot pass for this message's body.
+    """
+    env: dict[str, Any] = dict(base)
+    env.pop("DDMQ_MESSAGE", None)
+    env.pop("DDMQ_HEADERS", None)
+    env.update(
+        DDMQ_MESSAGE_ID=msg.id, DDMQ_QUEUE=msg.queue, DDMQ_ROOT=root,
+        DDMQ_DELIVERY_COUNT=str(msg.delivery_count), DDMQ_RECEIPT=msg.receipt or "",
+    )
+    headers = json.dumps(msg.headers, sort_keys=True)
+    if len(headers) <= ENV_VALUE_MAX:
+        env["DDMQ_HEADERS"] = headers
+    if len(body) <= ENV_VALUE_MAX and b"\0" not in body:
+        env["DDMQ_MESSAGE"] = body
+    return env
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_handler(proc: subprocess.Popen, grace: float) -> int:
+    """Stop the handler and everything it started; returns its return code.
+
+    The handler leads its own process group (``start_new_session``), so the
+    whole group gets SIGTERM, then, if anything of it is left after ``grace``
+    seconds, SIGKILL: a handler that started ``srun`` or a pipeline does not
+    leave orphans running.
+    """
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, or the group stays alive through its zombie
+        if not _group_alive(proc.pid):
+            break
+        time.sleep(0.05)
+    else:
+        _signal_group(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def _tail(stream: IO[bytes]) -> str:
+    stream.seek(0, os.SEEK_END)
+    stream.seek(max(0, stream.tell() - TAIL_BYTES))
+    return stream.read().decode("utf-8", "replace")
+
+
+def run_handler(argv: list[str], msg: Message, broker: Broker, lease: float,
+                timeout: float | None, grace: float, stop: StopRequest) -> Outcome:
+    """Run the handler for one message, keeping its lease alive until it exits.
+
+    Input and output go through anonymous temporary files (in $TMPDIR), not
+    pipes: a handler that ignores stdin, prints megabytes, or leaves a
+    background child holding its stdout open can never block the dispatcher.
+    Only the last TAIL_BYTES of each output are kept for the reply.
+    """
+    body = body_bytes(msg)
+    env = handler_env(msg, os.path.abspath(broker.root), body, os.environ)
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryFile() as err:
+        stdin.write(body)
+        stdin.seek(0)
+        if stop.signum:
+            return Outcome("interrupted", None, "interrupted before the handler started", "", "", 0.0)
+        try:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, env=env,
+                                    start_new_session=True)
+        except OSError as exc:
+            return Outcome("failed", None, f"cannot run handler: {exc.strerror or exc}", "", "", 0.0)
+        state, detail, lease_lost = "", "", False
+        next_extend = start + lease / 3
+        while True:
+            try:
+                returncode = proc.wait(timeout=POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if stop.signum:
+                returncode = kill_handler(proc, grace)
+                state = "interrupted"
+                detail = f"interrupted by {signal.Signals(stop.signum).name}, handler killed"
+                break
+            if timeout is not None and now - start >= timeout:
+                returncode = kill_handler(proc, grace)
+                state, detail = "timeout", f"handler killed after --handler-timeout {timeout:g} s"
+                break
+            if not lease_lost and now >= next_extend:
+                next_extend = now + lease / 3
+                try:
+                    broker.extend(msg, lease)
+                except LeaseLost:
+                    lease_lost = True
+                except DdmqError as exc:  # transient storage trouble: try again next time
+                    print(f"{PROG}: message {msg.id}: cannot extend lease: {exc}", file=sys.stderr)
+        if not state:
+            if returncode == 0:
+                state = "ok"
+            else:
+                state = "failed"
+                detail = (f"handler exited {returncode}" if returncode > 0
+                          else f"handler killed by {_signal_name(-returncode)}")
+        return Outcome(state, returncode, detail, _tail(out), _tail(err),
+                       time.monotonic() - start, lease_lost)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+# ---------------------------------------------------------------- reporting
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def summary(outcome: Outcome, disposition: str) -> str:
+    """One line about a message's fate, for stderr and the log file."""
+    if outcome.state == "ok" and disposition == "acked":
+        return f"acked ({outcome.seconds:.2f} s)"
+    if disposition == "lease-lost":
+        ran = f"handler exited {outcome.returncode}" if outcome.state == "ok" else outcome.detail
+        text = f"{ran}, but the lease was lost meanwhile; not acked, it will be redelivered"
+    else:
+        text = f"{outcome.detail} ({disposition})"
+    last = _last_line(outcome.stderr)
+    return f"{text}: {last}" if last else text
+
+
+class LogFile:
+    """The ``--log-file``: one appended line per message, written in one ``write``.
+
+    ``O_APPEND`` with a single write per line keeps lines from concurrent
+    dispatchers on one host whole (on NFS, appends from different hosts can
+    still interleave; give each host its own file there).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise storage_error("open log file", path, exc) from None
+
+    def write(self, queue: str, msg_id: str, state: str, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        line = f"{stamp} {_HOST} {PROG}[{os.getpid()}] {queue} {msg_id} {state} {text}\n"
+        try:
+            os.write(self.fd, line.encode("utf-8", "replace"))
+        except OSError as exc:
+            raise storage_error("write log file", self.path, exc) from None
+
+
+# -------------------------------------------------------------- dispatching
+def settle(broker: Broker, msg: Message, outcome: Outcome) -> str:
+    """Ack or nack the message; returns what became of it.
+
+    ``acked``, ``requeued``, ``dead-lettered`` (requeue limit reached), or
+    ``lease-lost`` when the lease is no longer ours: then the message is
+    neither acked nor nacked, and whoever requeued it owns it now.
+    """
+    if outcome.lease_lost:
+        return "lease-lost"
+    try:
+        if outcome.state == "ok":
+            broker.ack(msg)
+            return "acked"
+        return "requeued" if broker.nack(msg) == "ready" else "dead-lettered"
+    except LeaseLost:
+        return "lease-lost"
+
+
+def reply(outcome: Outcome, msg: Message, disposition: str) -> dict[str, Any]:
+    """The result message published to ``--reply-queue``.
+
+    It is published after the ack or nack, so ``disposition`` is what really
+    happened: a requester can tell a failure that will be retried from a
+    final one.
+    """
+    code = outcome.returncode
+    return {
+        "request_id": msg.id, "queue": msg.queue, "state": outcome.state,
+        "exit_status": code if code is not None and code >= 0 else None,
+        "signal": -code if code is not None and code < 0 else None,
+        "disposition": disposition, "delivery_count": msg.delivery_count,
+        "stdout": outcome.stdout, "stderr": outcome.stderr,
+        "seconds": round(outcome.seconds, 3), "host": _HOST, "time": time.time(),
+    }
+
+
+class Dispatcher:
+    """One run: claim, handle and settle messages one at a time until a limit is hit."""
+
+    def __init__(self, args: argparse.Namespace, handler: list[str]):
+        self.args = args
+        self.handler = handler
+        self.broker = Broker(args.root)
+        self.broker.settings(args.queue)  # QueueNotFound before anything is claimed
+        if args.reply_queue is not None:
+            self.broker.settings(args.reply_queue)
+        self.log = LogFile(args.log_file) if args.log_file else None
+        self.stop = StopRequest()
+
+    def run(self) -> int:
+        """Handle messages; returns the exit code.
+
+        One message at a time, so a dispatcher never holds leases on requests
+        it is not working on: a concurrent dispatcher (an overlapping cron
+        run, or another node) takes those instead of waiting for them.
+
+        Failed messages are nacked only at the end of the run. A requeued
+        message goes to the front of the queue (``requeue_prio``, 0 by
+        default), so nacking at once would make this run retry the same
+        failing request back to back, spending its whole requeue limit within
+        a minute and starving the requests behind it. Held until the end, it
+        is retried by a later run; if its lease runs out first, expiry
+        requeues it just as the nack would.
+        """
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        args = self.args
+        started = time.monotonic()
+        failed: list[tuple[Message, Outcome]] = []
+        all_ok = True
+        for _ in range(args.max_messages):
+            if self.stop.signum or time.monotonic() - started >= args.max_seconds:
+                break
+            claimed = self.broker.consume(args.queue, 1, lease=args.lease)
+            if not claimed:
+                break
+            msg = claimed[0]
+            lease = args.lease if args.lease is not None else msg.message_timeout
+            outcome = run_handler(self.handler, msg, self.broker, lease, args.handler_timeout,
+                                  args.kill_grace, self.stop)
+            if outcome.state == "ok" or outcome.lease_lost:
+                if not self.finish(msg, outcome):
+                    all_ok = False
+            else:
+                failed.append((msg, outcome))
+        for msg, outcome in failed:
+            self.finish(msg, outcome)
+        if self.stop.signum:
+            return 128 + self.stop.signum
+        return EXIT_OK if all_ok and not failed else EXIT_FAILED
+
+    def finish(self, msg: Message, outcome: Outcome) -> bool:
+        """Settle one message, then reply and report; True if it was acked."""
+        disposition = settle(self.broker, msg, outcome)
+        if self.args.reply_queue is not None:
+            self.broker.publish(self.args.reply_queue, reply(outcome, msg, disposition))
+        text = summary(outcome, disposition)
+        if self.log is not None:
+            state = "lease-lost" if disposition == "lease-lost" else outcome.state
+            self.log.write(msg.queue, msg.id, state, text)
+        if disposition == "acked":
+            return True
+        print(f"{PROG}: message {msg.id}: {text}", file=sys.stderr)
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ddmq-dispatch``; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        handler = shlex.split(args.handler)
+    except ValueError as exc:
+        parser.error(f"--handler: {exc}")
+    if not handler:
+        parser.error("--handler: empty command")
+    if shutil.which(handler[0]) is None:
+        # Checked before claiming anything: a typo in the crontab must not use
+        # up every message's requeue limit and fill the dead letters.
+        parser.error(f"--handler: command not found or not executable: {handler[0]}")
+    try:
+        return Dispatcher(args, handler).run()
+    except DdmqError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
