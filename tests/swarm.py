@@ -55,15 +55,16 @@ def run_swarm(logs: Path, roots: list[Path], publishers: int, per_publisher: int
 def check_no_loss_no_overlap(root: Path, published: set[str], events: list[list[str]]) -> collections.Counter:
     """Every message acked exactly once, never held by two consumers at once, queue empty.
 
-    A claim holds the message from the claim until its ack/loss or lease
-    expiry; the next claim of the same message must start after that.
+    A claim holds the message from the instant of the claim (logged by the
+    worker) until its ack or its lease expiry, whichever is first; the next
+    claim of the same message must start after that.
     Returns how often each message was claimed.
     """
     acks = collections.Counter(e[1] for e in events if e[0] == "ack")
     assert set(acks) == published, "every published message is acked"
     assert max(acks.values()) == 1, "no message is acked twice"
     claims: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
-    ends = {(e[1], e[2]): int(e[3]) for e in events if e[0] in ("ack", "lost")}
+    ends = {(e[1], e[2]): int(e[3]) for e in events if e[0] == "ack"}
     for e in events:
         if e[0] == "claim":
             start, expires = int(e[3]), int(e[4])

@@ -48,7 +48,6 @@ def consume(args: argparse.Namespace) -> None:
     idle_since = None
     while True:
         msgs = b.consume(args.queue, n=args.batch, lease=args.lease)
-        now = time.time_ns()
         if not msgs:
             if os.path.exists(args.stopfile):
                 idle_since = idle_since or time.monotonic()
@@ -58,15 +57,17 @@ def consume(args: argparse.Namespace) -> None:
             continue
         idle_since = None
         for m in msgs:
-            log("claim", m.message, m.receipt, now, m.lease_expires)
+            # The claim happened inside consume, exactly one lease before the expiry.
+            log("claim", m.message, m.receipt, m.lease_expires - int(args.lease * 1e9), m.lease_expires)
         for m in msgs:
             if args.hold:
                 time.sleep(rng.uniform(0, args.hold))
+            receipt = m.receipt
             try:
                 b.ack(m)
-                log("ack", m.message, m.receipt, time.time_ns())
+                log("ack", m.message, receipt, time.time_ns())
             except LeaseLost:
-                log("lost", m.message, m.receipt, time.time_ns())
+                log("lost", m.message, receipt, time.time_ns())
 
 
 def clean(args: argparse.Namespace) -> None:
