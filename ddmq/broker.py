@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,11 @@ ABANDONED_AFTER = 3600.0
 # A consumer re-lists ready/ at least this often, so a newly published message
 # of higher priority waits at most this long behind an older listing.
 LISTING_MAX_AGE = 1.0
+# Clocks that differ from the file server's by more than this are corrected
+# for lease times; within it (NTP, coarse file timestamps) the local clock is
+# used as it is. The offset is measured at most once per CLOCK_CHECK_EVERY.
+CLOCK_TOLERANCE = 2.0
+CLOCK_CHECK_EVERY = 60.0
 _HOST = socket.gethostname()
 
 Receipt = Union[Message, str]
@@ -114,6 +120,8 @@ class Broker:
         self._settings = SettingsCache()
         self._listings: dict[Path, _Listing] = {}
         self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
+        self._clock_offset = 0
+        self._clock_checked: float | None = None
         self._open_root(create or is_default)
 
     def __repr__(self) -> str:
@@ -372,7 +380,7 @@ class Broker:
             if match is not None and self._matching(paths.ready, name, match) is None:
                 continue
             seconds = lease if lease is not None else settings["message_timeout"]
-            work = ready.claimed(time.time_ns() + int(seconds * 1e9), new_token())
+            work = ready.claimed(self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token())
             if not atomic.move(paths.ready / name, paths.work / str(work)):
                 continue
             msg = self._load(paths, paths.work / str(work), work.id)
@@ -553,7 +561,7 @@ class Broker:
             seconds = (message.message_timeout if isinstance(message, Message)
                        else self._settings.merged(self._root_settings(), paths.settings)["message_timeout"])
         _check_seconds(seconds, "seconds")
-        renewed = work.extended(time.time_ns() + int(seconds * 1e9))
+        renewed = work.extended(self._lease_clock(paths.tmp) + int(seconds * 1e9))
         if not atomic.move(paths.work / str(work), paths.work / str(renewed)):
             raise LeaseLost(f"message {work.id} was taken back before its lease could be extended")
         if isinstance(message, Message):
@@ -599,6 +607,51 @@ class Broker:
             pass
         return True
 
+    # ----------------------------------------------------------------- clock
+    def _lease_clock(self, probe_dir: Path) -> int:
+        """Now, in ns, for lease expiries: the local clock unless it is off from the file server's.
+
+        Leases are written by one host and judged by others. A node whose
+        clock is minutes off would otherwise requeue other clients' live
+        leases early (clock ahead) or keep expired ones (clock behind). So the
+        offset to the file server is measured now and then, and when it
+        exceeds CLOCK_TOLERANCE lease times are taken on the server's clock.
+        """
+        checked = time.monotonic()
+        if self._clock_checked is None or checked - self._clock_checked > CLOCK_CHECK_EVERY:
+            self._clock_offset = self._server_offset(probe_dir)
+            self._clock_checked = checked
+        return time.time_ns() + self._clock_offset
+
+    @staticmethod
+    def _server_offset(probe_dir: Path) -> int:
+        """File server's clock minus ours (ns), from the mtime it gives a new file; 0 if within tolerance.
+
+        A file's mtime at creation is stamped by the server on NFS, Lustre,
+        GPFS and sshfs. If the probe cannot be made (read-only, full), the
+        local clock is used: a lease decision must not fail for want of it.
+        """
+        probe = probe_dir / f".clock.{new_token()}"
+        before = time.time_ns()
+        try:
+            fd = os.open(probe, atomic.OPEN_FLAGS, 0o600)
+        except OSError:
+            return 0
+        try:
+            stamped = os.fstat(fd).st_mtime_ns
+        finally:
+            os.close(fd)
+            atomic.discard(probe)
+        offset = stamped - (before + time.time_ns()) // 2
+        if abs(offset) <= CLOCK_TOLERANCE * 1e9:
+            return 0
+        warnings.warn(
+            f"ddmq: this host's clock differs from the file server's by {-offset / 1e9:+.1f} s; "
+            "using the server's time for leases (fix NTP on this host)",
+            RuntimeWarning, stacklevel=4,
+        )
+        return offset
+
     # --------------------------------------------------------------- purge
     def purge(self, queue: str, dead: bool = False) -> int:
         """Remove every ready message (or, with ``dead``, every dead letter); returns how many."""
@@ -623,7 +676,7 @@ class Broker:
         host agrees on when the queue was last cleaned.
         """
         try:
-            age = time.time() - os.stat(paths.clean_stamp).st_mtime
+            age = (self._lease_clock(paths.tmp) - os.stat(paths.clean_stamp).st_mtime_ns) / 1e9
         except FileNotFoundError:
             age = float("inf")
         except OSError as exc:
@@ -640,7 +693,8 @@ class Broker:
         """
         report = CleanReport()
         if queue is None:
-            self._remove_abandoned(self.root, ".create.", ".delete.", f".{ROOT_MARKER}.")
+            self._remove_abandoned(self.root, self._lease_clock(self.root), ".create.", ".delete.",
+                                   ".clock.", f".{ROOT_MARKER}.")
             for name in self.list_queues():
                 report.add(self._clean_queue(self._paths(name)))
         else:
@@ -656,7 +710,7 @@ class Broker:
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ESTALE):
                 raise storage_error("update", paths.clean_stamp, exc) from None
-        now = time.time_ns()
+        now = self._lease_clock(paths.tmp)
         for name in atomic.listdir(paths.work):
             work = parse_work(name)
             if work is None:
@@ -673,13 +727,17 @@ class Broker:
             if parse_ready(name) is None:
                 report.dead_lettered += self._dead_letter(paths, paths.ready / name, "foreign",
                                                           "file name is not a ddmq message name")
-        report.temp_removed += self._remove_abandoned(paths.tmp, "")
+        report.temp_removed += self._remove_abandoned(paths.tmp, now, "")
         return report
 
-    def _remove_abandoned(self, directory: Path, *prefixes: str) -> int:
-        """Remove entries starting with one of ``prefixes`` untouched for ABANDONED_AFTER seconds."""
+    def _remove_abandoned(self, directory: Path, now_ns: int, *prefixes: str) -> int:
+        """Remove entries starting with one of ``prefixes`` untouched for ABANDONED_AFTER seconds.
+
+        ``now_ns`` is on the server's clock (see _lease_clock), so a client
+        whose clock runs ahead cannot remove a file another client is still writing.
+        """
         removed = 0
-        cutoff = time.time() - ABANDONED_AFTER
+        cutoff = now_ns / 1e9 - ABANDONED_AFTER
         try:
             names = os.listdir(directory)
         except OSError as exc:

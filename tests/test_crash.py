@@ -49,7 +49,12 @@ def test_kill_9_publishers_and_consumers_loses_nothing(tmp_path: Path) -> None:
             logs.append(log)
             procs.append(subprocess.Popen(
                 worker("consume", root, "q", log, stop, "--lease", LEASE, "--hold", 0.005)))
-        time.sleep(0.6)  # interpreter start-up, then work
+        # Let every publisher get going (interpreter start-up is slow on a loaded machine).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(
+            sum(e[0] == "ok" for e in read_log(log)) >= 20 for log in logs[-5:-3]
+        ):
+            time.sleep(0.05)
         for p in rng.sample(procs, len(procs)):
             time.sleep(rng.uniform(0, 0.15))
             p.send_signal(signal.SIGKILL)

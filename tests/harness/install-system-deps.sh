@@ -4,6 +4,8 @@
 #   mount-shared.sh / umount-shared.sh openssh-server, openssh-client, sshfs, fuse3
 #   all of them                        iproute2 (ss), procps (ps), hostname, util-linux
 #                                      (runuser, mountpoint)
+#   tests/test_clock.py                faketime (libfaketime: a process with a shifted clock)
+#   tests/test_multiuser.py            python3-yaml (the system python run as other users)
 #
 # Idempotent and non-interactive.  If every package is already installed
 # (checked with dpkg-query) it does nothing -- no `apt-get update` -- so re-runs
@@ -20,7 +22,7 @@
 # Run as root (or with sudo).  Usage:  tests/harness/install-system-deps.sh
 set -euo pipefail
 
-PKGS=(slurm-wlm munge openssh-server openssh-client sshfs fuse3 iproute2 procps hostname util-linux)
+PKGS=(slurm-wlm munge openssh-server openssh-client sshfs fuse3 iproute2 procps hostname util-linux faketime python3-yaml)
 LOG=${DDMQ_APT_LOG:-${TMPDIR:-/tmp}/ddmq-install-system-deps.log}
 export DEBIAN_FRONTEND=noninteractive
 
