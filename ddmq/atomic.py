@@ -25,6 +25,20 @@ OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def dir_mode(file_mode: int) -> int:
+    """Directory bits for a file mode: search where read is allowed, and setgid
+    when the group may write, so files created inside keep the shared group."""
+    mode = file_mode | ((file_mode & 0o444) >> 2)
+    return mode | 0o2000 if file_mode & 0o020 else mode
+
+
+def make_dir(path: Path, file_mode: int | None) -> None:
+    """mkdir, with permissions derived from ``file_mode`` whatever the umask (None: umask)."""
+    path.mkdir()
+    if file_mode is not None:
+        os.chmod(path, dir_mode(file_mode))
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename into ``path`` durable (a no-op where directories cannot be opened)."""
     try:
@@ -39,18 +53,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_private(tmp: Path, data: bytes, durable: bool, mode: int = 0o644) -> None:
+def write_private(tmp: Path, data: bytes, durable: bool, mode: int | None = None) -> None:
     """Create ``tmp`` exclusively and write all of ``data`` to it.
 
+    ``mode`` (permission bits) is set exactly, whatever the umask, so files in
+    a queue shared by a group stay usable by the group; None leaves it to the umask.
     On any failure the partial file is removed (best effort: ``clean`` removes
     what a crash leaves behind) and a StorageError is raised.
     """
     try:
-        fd = os.open(tmp, OPEN_FLAGS, mode)
+        fd = os.open(tmp, OPEN_FLAGS, 0o666 if mode is None else mode)
     except OSError as exc:
         raise storage_error("create", tmp, exc) from None
     try:
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -63,13 +81,13 @@ def write_private(tmp: Path, data: bytes, durable: bool, mode: int = 0o644) -> N
         raise storage_error("write", tmp, exc) from None
 
 
-def publish_file(tmp: Path, final: Path, data: bytes, durable: bool) -> None:
+def publish_file(tmp: Path, final: Path, data: bytes, durable: bool, mode: int | None = None) -> None:
     """Write ``data`` under the private name ``tmp``, then rename it to ``final``.
 
     ``final`` becomes visible complete or not at all. With ``durable`` the data
     is on stable storage before the rename, and the rename itself before return.
     """
-    write_private(tmp, data, durable)
+    write_private(tmp, data, durable, mode)
     try:
         os.rename(tmp, final)
     except OSError as exc:

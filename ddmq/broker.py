@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 import warnings
 import weakref
@@ -130,8 +131,13 @@ class Broker:
     # ------------------------------------------------------------------ root
     def _open_root(self, create: bool) -> None:
         marker = self.root / ROOT_MARKER
-        if os.path.isfile(marker):
-            return
+        try:
+            if stat.S_ISREG(os.stat(marker).st_mode):
+                return
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:  # e.g. not in the group that shares the root
+            raise storage_error("open root", self.root, exc) from None
         if not create:
             if not self.root.exists():
                 raise RootNotFound(f"ddmq root {self.root} does not exist (create it with `ddmq create`)")
@@ -182,11 +188,12 @@ class Broker:
                 return
             raise QueueExists(f"queue {queue!r} already exists in {self.root}")
         staging = self.root / f".create.{new_token()}.{queue}"
+        mode = {**self.settings(), **values}["mode"]
         try:
-            staging.mkdir()
+            atomic.make_dir(staging, mode)
             for state in STATE_DIRS:
-                (staging / state).mkdir()
-            atomic.write_private(staging / ROOT_MARKER, dump(values).encode(), durable=True)
+                atomic.make_dir(staging / state, mode)
+            atomic.write_private(staging / ROOT_MARKER, dump(values).encode(), durable=True, mode=mode)
             os.rename(staging, paths.dir)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -320,7 +327,8 @@ class Broker:
         if len(data) > MAX_MESSAGE_BYTES:
             raise UsageError(f"message too large: {len(data)} bytes (at most {MAX_MESSAGE_BYTES})")
         name = ReadyName(msg.priority, msg.published, msg.id, 0)
-        atomic.publish_file(paths.tmp / f"{msg.id}.tmp", paths.ready / str(name), data, msg.durable)
+        atomic.publish_file(paths.tmp / f"{msg.id}.tmp", paths.ready / str(name), data, msg.durable,
+                            values["mode"])
         self._readied(paths, name)
         return msg
 
@@ -601,8 +609,9 @@ class Broker:
         }
         tmp = paths.tmp / f"{target.name[:40]}.{new_token()}.tmp"
         try:
+            mode = self._settings.merged(self._root_settings(), paths.settings)["mode"]
             atomic.publish_file(tmp, target.with_name(target.name + REASON_SUFFIX),
-                                json.dumps(record, sort_keys=True).encode(), durable=False)
+                                json.dumps(record, sort_keys=True).encode(), durable=False, mode=mode)
         except DdmqError:
             pass
         return True
@@ -703,13 +712,11 @@ class Broker:
 
     def _clean_queue(self, paths: QueuePaths) -> CleanReport:
         report = CleanReport()
-        try:
-            with open(paths.clean_stamp, "a"):
-                pass
-            os.utime(paths.clean_stamp)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ESTALE):
-                raise storage_error("update", paths.clean_stamp, exc) from None
+        # A fresh file renamed over the stamp: its mtime is the server's time of
+        # creation, and replacing it needs only write access to the directory,
+        # not ownership of the old stamp (which another user may have made).
+        mode = self._settings.merged(self._root_settings(), paths.settings)["mode"]
+        atomic.publish_file(paths.tmp / f".stamp.{new_token()}", paths.clean_stamp, b"", durable=False, mode=mode)
         now = self._lease_clock(paths.tmp)
         for name in atomic.listdir(paths.work):
             work = parse_work(name)

@@ -258,9 +258,16 @@ def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
 @_common
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--exist-ok", is_flag=True, help="Do not fail if a queue already exists.")
+@click.option("--clean-interval", type=float, help="Seconds between consumers' housekeeping (default 30).")
+@click.option("--mode", help="Octal permission bits for the queue's files, e.g. 0660 for a group-shared queue.")
 @_setting_options
 def create(root: str | None, fmt: str | None, queues: tuple[str, ...], exist_ok: bool, **settings: Any) -> None:
-    """Create queues (and the root, if needed); options become the queue's settings."""
+    """Create queues (and the root, if needed); options become the queue's settings.
+
+    For a queue shared by a Unix group, make the root directory group-owned
+    and setgid (chgrp GROUP ROOT; chmod 2770 ROOT) and create queues with
+    --mode 0660 (or put "mode: 0660" in the root's ddmq.yaml).
+    """
     _run("create", root, fmt, lambda rows: "", queues=list(queues), exist_ok=exist_ok, **_settings(**settings))
 
 

@@ -52,10 +52,25 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "requeue_limit": (None, _optional(_whole(0)), "a whole number >= 0, or null for no limit"),
     "durable": (True, _boolean, "true or false"),
     "clean_interval": (30, _number(positive=False), "a number of seconds from 0 to 1e9"),
+    "mode": (None, _optional(_whole(0, 0o777)),
+             "octal permission bits for the queue's files, like 0660 (or null: the umask decides)"),
 }
 DEFAULTS: dict[str, Any] = {key: spec[0] for key, spec in SCHEMA.items()}
 # The settings a message carries with it (the rest belong to the queue).
 MESSAGE_KEYS = ("message_timeout", "priority", "requeue", "requeue_prio", "requeue_limit", "durable")
+
+
+def _octal(value: Any) -> Any:
+    """``mode`` may be written as an octal string ("0660", "0o660"); YAML reads 0660 as octal itself."""
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            return value
+    return value
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {"mode": _octal}
 
 
 def validate(values: Mapping[str, Any], source: str,
@@ -65,14 +80,17 @@ def validate(values: Mapping[str, Any], source: str,
     ``error`` is SettingsError for files and InvalidSetting for arguments, so
     the command line reports a bad option as a usage error.
     """
+    result = {}
     for key, value in values.items():
         if key not in SCHEMA:
             known = ", ".join(SCHEMA)
             raise error(f"{source}: unknown setting {key!r} (known: {known})")
         _, check, expected = SCHEMA[key]
-        if not check(value):
+        converted = _CONVERT.get(key, lambda v: v)(value)
+        if not check(converted):
             raise error(f"{source}: setting {key!r} must be {expected}, not {value!r}")
-    return dict(values)
+        result[key] = converted
+    return result
 
 
 def _has_content(text: str) -> bool:
@@ -112,7 +130,8 @@ def dump(values: Mapping[str, Any]) -> str:
         "# ddmq settings. Keys: " + ", ".join(SCHEMA) + "\n"
         "# Root file: defaults for every queue; queue file: overrides for that queue.\n"
     )
-    body = yaml.safe_dump(dict(values), default_flow_style=False, sort_keys=True) if values else ""
+    shown = {k: f"0{v:o}" if k == "mode" and v is not None else v for k, v in values.items()}
+    body = yaml.safe_dump(shown, default_flow_style=False, sort_keys=True) if values else ""
     return header + body
 
 
