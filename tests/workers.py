@@ -4,13 +4,18 @@ Each worker appends one line per event to its own log and flushes it at
 once, so that a worker killed with SIGKILL leaves an exact record of what it
 had done: lines reach the kernel before the next filesystem step starts.
 
-    workers.py publish ROOT QUEUE TAG COUNT LOG [--priorities 1,5,9] [--durable]
-    workers.py consume ROOT QUEUE LOG STOPFILE [--lease S] [--hold S] [--batch N]
-    workers.py clean ROOT QUEUE STOPFILE
+    workers.py [--faults P] publish ROOT QUEUE TAG COUNT LOG [--priorities 1,5,9] [--durable]
+    workers.py [--faults P] consume ROOT QUEUE LOG STOPFILE [--lease S] [--hold S] [--batch N]
+    workers.py [--faults P] clean ROOT QUEUE STOPFILE
+
+With ``--faults P`` each write, fsync, rename and unlink fails with
+probability P with ENOSPC, EIO, EDQUOT or ESTALE (before doing anything, as a
+full disk or a server hiccup would); workers then log the error and go on.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import random
 import sys
@@ -19,7 +24,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ddmq import Broker, LeaseLost  # noqa: E402
+from ddmq import Broker, DdmqError, LeaseLost  # noqa: E402
+
+FAULT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ESTALE)
+
+
+def inject_faults(rate: float, seed: int) -> None:
+    """Make os.write/fsync/rename/unlink fail at random, as a sick filesystem would."""
+    rng = random.Random(seed)
+    for name in ("write", "fsync", "rename", "unlink"):
+        real = getattr(os, name)
+
+        def faulty(*args: object, _real=real, **kwargs: object) -> object:
+            if rng.random() < rate:
+                code = rng.choice(FAULT_ERRNOS)
+                raise OSError(code, os.strerror(code))
+            return _real(*args, **kwargs)
+        setattr(os, name, faulty)
 
 
 class Log:
@@ -38,7 +59,11 @@ def publish(args: argparse.Namespace) -> None:
         body = f"{args.tag}:{i}"
         prio = priorities[i % len(priorities)]
         log("try", body)
-        msg = b.publish(args.queue, body, priority=prio, durable=args.durable)
+        try:
+            msg = b.publish(args.queue, body, priority=prio, durable=args.durable)
+        except DdmqError as exc:
+            log("fail", body, type(exc).__name__)
+            continue
         log("ok", body, msg.id, prio, msg.published)
 
 
@@ -47,7 +72,11 @@ def consume(args: argparse.Namespace) -> None:
     rng = random.Random(os.getpid())
     idle_since = None
     while True:
-        msgs = b.consume(args.queue, n=args.batch, lease=args.lease)
+        try:
+            msgs = b.consume(args.queue, n=args.batch, lease=args.lease)
+        except DdmqError as exc:
+            log("fault", "consume", type(exc).__name__)
+            continue
         if not msgs:
             if os.path.exists(args.stopfile):
                 idle_since = idle_since or time.monotonic()
@@ -68,17 +97,23 @@ def consume(args: argparse.Namespace) -> None:
                 log("ack", m.message, receipt, time.time_ns())
             except LeaseLost:
                 log("lost", m.message, receipt, time.time_ns())
+            except DdmqError as exc:  # the ack did not happen: redelivered after the lease
+                log("fault", m.message, type(exc).__name__)
 
 
 def clean(args: argparse.Namespace) -> None:
     b = Broker(args.root)
     while not os.path.exists(args.stopfile):
-        b.clean(args.queue)
+        try:
+            b.clean(args.queue)
+        except DdmqError:
+            pass
         time.sleep(0.01)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--faults", type=float, default=0.0)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("publish")
     for name in ("root", "queue", "tag"):
@@ -97,6 +132,8 @@ def main() -> None:
     for name in ("root", "queue", "stopfile"):
         k.add_argument(name)
     args = parser.parse_args()
+    if args.faults:
+        inject_faults(args.faults, os.getpid())
     {"publish": publish, "consume": consume, "clean": clean}[args.cmd](args)
 
 
