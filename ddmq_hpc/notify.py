@@ -84,7 +84,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_intermixed_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # parse_intermixed_args rejects "--", the only way to name a queue that starts with "-"
+    args = parser().parse_args(argv) if "--" in argv else parser().parse_intermixed_args(argv)
     try:
         body = build_message(args)
     except UsageError as exc:

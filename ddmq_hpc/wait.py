@@ -218,7 +218,9 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_intermixed_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # parse_intermixed_args rejects "--", the only way to name a queue that starts with "-"
+    args = parser().parse_args(argv) if "--" in argv else parser().parse_intermixed_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
 
