@@ -29,8 +29,8 @@ from .errors import (
     UsageError, storage_error,
 )
 from .layout import (
-    DEAD, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, TMP, WORK, QUEUE_ENTRIES, QueuePaths,
-    ReadyName, WorkName, check_priority, check_queue_name, dead_name, new_message_id, new_token,
+    DEAD, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, WORK, QUEUE_ENTRIES, QueuePaths,
+    ReadyName, WorkName, check_queue_name, dead_name, new_message_id, new_token,
     parse_ready, parse_receipt, parse_work,
 )
 from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode

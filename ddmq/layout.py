@@ -63,13 +63,6 @@ def check_queue_name(name: object) -> str:
     return name
 
 
-def check_priority(priority: object) -> int:
-    """Priorities are whole numbers from 0 (served first) to MAX_PRIORITY."""
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
-        raise UsageError(f"invalid priority {priority!r}: use a whole number from 0 to {MAX_PRIORITY}")
-    return priority
-
-
 def new_message_id() -> str:
     return secrets.token_hex(16)
 

@@ -28,22 +28,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # ------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DDMQ_ROOT", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def b(root: Path) -> Broker:
-    return Broker(root, create=True)
-
-
 @pytest.fixture
 def q(b: Broker) -> str:
     """A queue cleaned on every consume (clean_interval 0), so junk in work/ is found at once."""

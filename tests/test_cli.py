@@ -97,22 +97,6 @@ def receipts_of(result) -> list[str]:
     return [m["receipt"] for m in jout(result)]
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DDMQ_ROOT", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "root"
-
-
-@pytest.fixture
-def b(root: Path) -> Broker:
-    return Broker(root, create=True)
-
-
 @pytest.fixture
 def q(b: Broker, root: Path) -> str:
     """An empty queue named ``q`` in ``root``."""
