@@ -91,8 +91,12 @@ def publish_file(tmp: Path, final: Path, data: bytes, durable: bool, mode: int |
     try:
         os.rename(tmp, final)
     except OSError as exc:
-        discard(tmp)
-        raise storage_error("publish", final, exc) from None
+        # An NFS client whose rename reply was lost can report an error for a
+        # rename that happened; ``final`` is a fresh unique name, so finding
+        # it means it did (and retrying would publish the message twice).
+        if not os.path.lexists(final):
+            discard(tmp)
+            raise storage_error("publish", final, exc) from None
     if durable:
         fsync_dir(final.parent)
 

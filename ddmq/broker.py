@@ -112,18 +112,18 @@ class Broker:
 
     ``Broker(root, create=True)`` initialises the root if needed. Without a root
     the ``DDMQ_ROOT`` environment variable is used, else ``~/.ddmq``, which is
-    created on first use. A Broker holds no locks and no open files; any number
+    created on first use unless ``create=False`` says never to create a root. A Broker holds no locks and no open files; any number
     of them, in any number of processes on any number of hosts, may share a root.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, create: bool = False):
+    def __init__(self, root: str | os.PathLike | None = None, create: bool | None = None):
         self.root, is_default = resolve_root(root)
         self._settings = SettingsCache()
         self._listings: dict[Path, _Listing] = {}
         self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
         self._clock_offset = 0
         self._clock_checked: float | None = None
-        self._open_root(create or is_default)
+        self._open_root(is_default if create is None else create)
 
     def __repr__(self) -> str:
         return f"Broker({str(self.root)!r})"
@@ -691,7 +691,7 @@ class Broker:
         except OSError as exc:
             raise storage_error("read", paths.clean_stamp, exc) from None
         if age >= settings["clean_interval"] or age < -settings["clean_interval"]:
-            self._clean_queue(paths)
+            self._clean_queue(paths, scan_ready=False)
 
     def clean(self, queue: str | None = None) -> CleanReport:
         """Housekeeping now, for one queue or all.
@@ -705,12 +705,18 @@ class Broker:
             self._remove_abandoned(self.root, self._lease_clock(self.root), ".create.", ".delete.",
                                    ".clock.", f".{ROOT_MARKER}.")
             for name in self.list_queues():
-                report.add(self._clean_queue(self._paths(name)))
+                report.add(self._clean_queue(self._paths(name), scan_ready=True))
         else:
-            report.add(self._clean_queue(self._queue(queue)))
+            report.add(self._clean_queue(self._queue(queue), scan_ready=True))
         return report
 
-    def _clean_queue(self, paths: QueuePaths) -> CleanReport:
+    def _clean_queue(self, paths: QueuePaths, scan_ready: bool) -> CleanReport:
+        """One housekeeping pass; see :meth:`clean`.
+
+        Consumers pass ``scan_ready=False``: listing a ready/ of 100 000
+        messages on every pass would make housekeeping cost O(queue), and a
+        consumer dead-letters a foreign name in ready/ anyway when it reaches it.
+        """
         report = CleanReport()
         # A fresh file renamed over the stamp: its mtime is the server's time of
         # creation, and replacing it needs only write access to the directory,
@@ -730,7 +736,7 @@ class Broker:
                 where = self._retire(paths, work, msg, True, "expired")
                 report.requeued += where == READY
                 report.dead_lettered += where == DEAD
-        for name in atomic.listdir(paths.ready):
+        for name in atomic.listdir(paths.ready) if scan_ready else ():
             if parse_ready(name) is None:
                 report.dead_lettered += self._dead_letter(paths, paths.ready / name, "foreign",
                                                           "file name is not a ddmq message name")

@@ -206,7 +206,7 @@ def _check_names(arguments: dict[str, Any]) -> None:
 def _run(name: str, root: str | None, fmt: str | None, plain: Callable[[Any], str], /, **kwargs: Any) -> Any:
     root, fmt = _context(root, fmt)
     _check_names(kwargs)
-    b = Broker(root, create=name == "create" or bool(kwargs.get("create")))
+    b = Broker(root, create=True if name == "create" or kwargs.get("create") else None)
     data = OPERATIONS[name](b, **kwargs)
     _render(data, fmt, plain)
     return data
@@ -320,7 +320,7 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
     parsed_headers = _parse_headers(headers)
     root, fmt = _context(root, fmt)
     check_queue_name(queue)
-    b = Broker(root, create=create)
+    b = Broker(root, create=True if create else None)
     rows = [op_publish(b, queue, body, create=create, headers=parsed_headers, **settings) for body in bodies]
     _render(rows, fmt, lambda rows: "\n".join(row["id"] for row in rows))
 

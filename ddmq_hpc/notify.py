@@ -17,6 +17,7 @@ from typing import Any
 
 from ddmq import Broker, DdmqError, Message
 from ddmq.errors import UsageError
+from ddmq.layout import check_queue_name
 
 from .fields import parse_fields
 from .jobenv import STATES, completion_event
@@ -32,8 +33,10 @@ def notify(queue: str, message: Any, *, root: str | None = None, create: bool = 
     Transient filesystem errors are retried with backoff until ``deadline``
     (a ``time.monotonic()`` value).
     """
+    check_queue_name(queue)
+
     def attempt() -> Message:
-        b = Broker(root, create=create)
+        b = Broker(root, create=True if create else False)
         return b.publish(queue, message, priority=priority, create=create)
     return retry(attempt, deadline=deadline)
 
@@ -88,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     # parse_intermixed_args rejects "--", the only way to name a queue that starts with "-"
     args = parser().parse_args(argv) if "--" in argv else parser().parse_intermixed_args(argv)
     try:
+        if not args.timeout > 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+        check_queue_name(args.queue)
         body = build_message(args)
     except UsageError as exc:
         print(f"ddmq-notify: {exc}", file=sys.stderr)

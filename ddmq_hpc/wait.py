@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from ddmq import Broker, DdmqError, Message
 from ddmq.errors import UsageError
+from ddmq.layout import check_queue_name
 
 from .fields import as_text, fields_match, parse_fields
 from .retry import is_transient
@@ -86,7 +87,8 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
         raise UsageError("count must be at least 1")
     if not 0 < interval <= max_interval:
         raise UsageError("need 0 < interval <= max-interval")
-    b = Broker(root, create=create)
+    check_queue_name(queue)
+    b = Broker(root, create=True if create else False)
     if create:
         b.create_queue(queue, exist_ok=True)
     wanted = matcher(match, regex, fields)
@@ -117,16 +119,40 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
                 pause = min(pause, deadline - now)
             time.sleep(pause)
             delay = min(delay * 2, max_interval)
-        if deliver is not None:
-            deliver(held)
     except BaseException:
         if not peek:
             _release_all(b, held)
         raise
-    if not peek:
-        for msg in held:
-            b.ack(msg)
+    _deliver_and_ack(b, held, deliver, peek)
     return held
+
+
+def _deliver_and_ack(b: Broker, held: list[Message], deliver: Callable[[list[Message]], None] | None,
+                     peek: bool) -> None:
+    """Hand the messages over, then ack them, with SIGINT/SIGTERM held back throughout.
+
+    A signal in the middle must neither leave a half-printed event whose
+    message goes back to the queue (seen twice) nor strand delivered
+    messages in work/. One that arrives meanwhile is taken as arriving after
+    the wait finished: the work is done, so it is dropped.
+    """
+    previous = _blocked_signals()
+    try:
+        try:
+            if deliver is not None:
+                deliver(held)
+        except BaseException:
+            if not peek:
+                _release_all(b, held)
+            raise
+        if not peek:
+            for msg in held:
+                b.ack(msg)
+    finally:
+        try:
+            _unblock(previous)
+        except Interrupted:
+            pass
 
 
 def _poll(b: Broker, queue: str, fresh: Callable[[Message], bool], count: int,

@@ -66,10 +66,11 @@ class Conductor:
         fault = ["--faults", str(self.faults)] if self.faults else []
         if kind == "p":
             cmd = worker(*fault, "publish", root, "q", name, 10**9, self.logs / f"{name}.log",
-                         "--priorities", "1,5,9", *(["--durable"] if self.rng.random() < 0.3 else []))
+                         "--priorities", "1,5,9", "--pause", 0.01,
+                         *(["--durable"] if self.rng.random() < 0.3 else []))
         elif kind == "c":
             cmd = worker(*fault, "consume", root, "q", self.logs / f"{name}.log", self.stop,
-                         "--lease", LEASE, "--hold", self.rng.choice([0, 0.01, 0.4, 0.7]),
+                         "--lease", LEASE, "--hold", self.rng.choice([0, 0, 0.01, 0.3, 0.7]),
                          "--batch", self.rng.choice([1, 2, 5]))
         else:
             cmd = worker(*fault, "clean", root, "q", self.stop)

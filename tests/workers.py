@@ -4,7 +4,7 @@ Each worker appends one line per event to its own log and flushes it at
 once, so that a worker killed with SIGKILL leaves an exact record of what it
 had done: lines reach the kernel before the next filesystem step starts.
 
-    workers.py [--faults P] publish ROOT QUEUE TAG COUNT LOG [--priorities 1,5,9] [--durable]
+    workers.py [--faults P] publish ROOT QUEUE TAG COUNT LOG [--priorities 1,5,9] [--durable] [--pause S]
     workers.py [--faults P] consume ROOT QUEUE LOG STOPFILE [--lease S] [--hold S] [--batch N]
     workers.py [--faults P] clean ROOT QUEUE STOPFILE
 
@@ -65,6 +65,7 @@ def publish(args: argparse.Namespace) -> None:
             log("fail", body, type(exc).__name__)
             continue
         log("ok", body, msg.id, prio, msg.published)
+        time.sleep(args.pause)
 
 
 def consume(args: argparse.Namespace) -> None:
@@ -122,6 +123,7 @@ def main() -> None:
     p.add_argument("log")
     p.add_argument("--priorities", default="999")
     p.add_argument("--durable", action="store_true")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds to sleep after each publish")
     c = sub.add_parser("consume")
     for name in ("root", "queue", "log", "stopfile"):
         c.add_argument(name)

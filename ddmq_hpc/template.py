@@ -1,0 +1,192 @@
+"""``ddmq-template slurm|pbs``: a job script that publishes its own completion event.
+
+The trap logic is where hand-written event scripts go wrong: under ``dash``
+the EXIT trap does not run on SIGTERM, a ``ddmq-notify`` line after the
+command is skipped when the job is cancelled or times out, a command run in
+the foreground delays the TERM trap until it ends, and an unquoted command
+runs something other than what was meant. The templates in
+``ddmq_hpc/templates/`` get this right once (their comments explain each
+step); this module fills them in. It uses argparse and ``string.Template``
+so that it starts fast on a busy login node.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import string
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from ddmq.broker import resolve_root
+from ddmq.errors import UsageError
+from ddmq.layout import check_queue_name
+
+SCHEDULERS = ("slurm", "pbs")
+EXIT_USAGE = 2
+_PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS"}
+# --time as each scheduler reads it: SLURM [days-]hours[:minutes[:seconds]] or
+# minutes[:seconds] or hours:minutes:seconds; PBS [[hours:]minutes:]seconds.
+_TIME = {
+    "slurm": re.compile(r"(?:(?P<days>[0-9]+)-)?(?P<clock>[0-9]+(?::[0-9]+){0,2})"),
+    "pbs": re.compile(r"(?P<clock>[0-9]+(?::[0-9]+){0,2})"),
+}
+
+
+class _ShellTemplate(string.Template):
+    """``@@{name}`` placeholders, because ``$`` belongs to the shell."""
+
+    delimiter = "@@"
+
+
+def limit_seconds(scheduler: str, text: str) -> int | None:
+    """``--time`` in seconds as ``scheduler`` reads it; None for 0, which means no limit.
+
+    The rendered script compares it with its own run time to tell a time-out
+    from a cancellation when the scheduler cannot be asked.
+    """
+    m = _TIME[scheduler].fullmatch(text)
+    if m is None:
+        formats = ("minutes, minutes:seconds, hours:minutes:seconds or days-hours[:minutes[:seconds]]"
+                   if scheduler == "slurm" else "seconds, minutes:seconds or hours:minutes:seconds")
+        raise UsageError(f"--time {text!r}: use {formats}")
+    fields = [int(f) for f in m.group("clock").split(":")]
+    if m.groupdict().get("days") is not None:
+        hours, minutes, seconds = (fields + [0, 0])[:3]
+        total = int(m.group("days")) * 86400 + hours * 3600 + minutes * 60 + seconds
+    elif len(fields) == 1:
+        total = fields[0] * (60 if scheduler == "slurm" else 1)
+    else:
+        total = 0
+        for field in fields:
+            total = total * 60 + field
+    return total or None
+
+
+def _word(option: str, value: str) -> str:
+    """A directive value must be one word: the directive parsers differ in how they read quotes."""
+    if not value or any(c.isspace() or c in "'\"\\" for c in value):
+        raise UsageError(f"{option} {value!r}: must be one word, without quotes or backslashes")
+    return value
+
+
+def directives(scheduler: str, *, job_name: str | None = None, time: str | None = None,
+               partition: str | None = None, array: str | None = None, output: str | None = None,
+               extra: Sequence[str] = ()) -> list[str]:
+    """The ``#SBATCH``/``#PBS`` lines; ``extra`` (raw lines) come last so they can override."""
+    given = {"--job-name": job_name, "--partition": partition, "--time": time, "--array": array,
+             "--output": output}
+    values = {option: _word(option, value) for option, value in given.items() if value is not None}
+    if scheduler == "slurm":  # ddmq-template's options are named after SLURM's
+        lines = [f"#SBATCH {option}={value}" for option, value in values.items()]
+    else:
+        flags = {"--job-name": "-N {}", "--partition": "-q {}", "--time": "-l walltime={}",
+                 "--array": "-J {}", "--output": "-o {}"}
+        lines = ["#PBS -S /bin/bash"]  # PBS may run the script with the login shell instead
+        lines += [f"#PBS {flags[option].format(value)}" for option, value in values.items()]
+        if output is not None:
+            lines.append("#PBS -j oe")  # stderr into the same file, as SLURM's --output does
+    prefix = _PREFIX[scheduler]
+    for line in extra:
+        if "\n" in line or "\r" in line or not line.startswith(prefix + " "):
+            raise UsageError(f"--directive {line!r}: must be one line starting with '{prefix} '")
+        lines.append(line)
+    return lines
+
+
+def find_notify() -> str | None:
+    """The ``ddmq-notify`` installed with this ``ddmq-template``, else the one in PATH.
+
+    The one beside the running interpreter is the same ddmq, and a real file
+    (PATH may hold a pyenv shim that needs the user's shell setup).
+    """
+    beside = Path(sys.executable).parent / "ddmq-notify"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("ddmq-notify")
+
+
+def _template(name: str) -> str:
+    return (resources.files("ddmq_hpc") / "templates" / name).read_text(encoding="utf-8")
+
+
+def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os.PathLike[str] | None = None,
+           job_name: str | None = None, time: str | None = None, partition: str | None = None,
+           array: str | None = None, output: str | None = None, extra_directives: Sequence[str] = (),
+           notify: str | None = None) -> str:
+    """The job script for ``scheduler`` that runs ``command`` and publishes its event to ``queue``.
+
+    ``root`` defaults as everywhere (``$DDMQ_ROOT``, else ``~/.ddmq``) but is
+    written into the script as an absolute path, as is ``notify`` (default:
+    :func:`find_notify`): a job on a compute node may have neither the
+    submitter's environment nor its PATH.
+    """
+    if scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+    check_queue_name(queue)
+    if not command:
+        raise UsageError("no command: give it after '--'")
+    limit = limit_seconds(scheduler, time) if time is not None else None
+    lines = directives(scheduler, job_name=job_name, time=time, partition=partition, array=array,
+                       output=output, extra=extra_directives)
+    if notify is None:
+        notify = find_notify() or ""
+    values = {
+        "notify": shlex.quote(notify),
+        "root": shlex.quote(str(resolve_root(root)[0].absolute())),
+        "queue": shlex.quote(queue),
+        "time_limit": "" if limit is None else str(limit),
+    }
+    common = _ShellTemplate(_template("common.sh")).substitute(values)
+    return _ShellTemplate(_template(f"{scheduler}.sh")).substitute(
+        directives="\n".join(lines), common=common.rstrip("\n"), command=shlex.join(command))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ddmq-template",
+        usage="%(prog)s {slurm,pbs} --queue QUEUE [options] -- COMMAND [ARG...]",
+        description="Print a SLURM or PBS job script that runs COMMAND and then publishes a completion "
+                    "event (ddmq-notify) to QUEUE, with the command's exit status and state COMPLETED "
+                    "or FAILED, or CANCELLED or TIMEOUT when the job is cancelled or reaches its time "
+                    "limit. The job's exit status stays the command's. Submit it with sbatch or qsub.",
+        epilog="COMMAND is quoted: it runs as given, with nothing expanded; for shell syntax or job "
+               "variables use -- bash -c '...'. Root: --root, else $DDMQ_ROOT, else ~/.ddmq, written "
+               "into the script as an absolute path. Exit codes: 0 printed; 2 usage error.",
+    )
+    p.add_argument("scheduler", choices=SCHEDULERS, help="the batch system the script is for")
+    p.add_argument("--queue", required=True, help="queue the completion event is published to")
+    p.add_argument("--root", help="ddmq root directory the job publishes to")
+    p.add_argument("--job-name", help="job name (#SBATCH --job-name, #PBS -N)")
+    p.add_argument("--time", help="time limit (#SBATCH --time, #PBS -l walltime=)")
+    p.add_argument("--partition", help="partition or queue to run in (#SBATCH --partition, #PBS -q)")
+    p.add_argument("--array", help="array indices, e.g. 1-3 (#SBATCH --array, PBS Pro #PBS -J; "
+                                   "for Torque use --directive '#PBS -t 1-3')")
+    p.add_argument("--output", help="job output file, stdout and stderr (#SBATCH --output, #PBS -o + -j oe)")
+    p.add_argument("--directive", action="append", default=[], metavar="LINE",
+                   help="a raw '#SBATCH ...' or '#PBS ...' line, after the others (repeatable)")
+    p.add_argument("--notify", metavar="PATH",
+                   help="ddmq-notify on the compute nodes (default: the one installed with this command; "
+                        "the job falls back to PATH if it is not there)")
+    p.add_argument("command", nargs="+", metavar="COMMAND", help="the command the job runs, after '--'")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    notify = args.notify if args.notify is not None else find_notify()
+    if notify is None:
+        print("ddmq-template: warning: ddmq-notify not found; the job will look for it in its PATH",
+              file=sys.stderr)
+    try:
+        script = render(args.scheduler, args.command, args.queue, root=args.root, job_name=args.job_name,
+                        time=args.time, partition=args.partition, array=args.array, output=args.output,
+                        extra_directives=args.directive, notify=notify or "")
+    except UsageError as exc:
+        print(f"ddmq-template: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    sys.stdout.write(script)

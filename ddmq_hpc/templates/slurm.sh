@@ -1,0 +1,39 @@
+#!/bin/bash
+@@{directives}
+#
+# A SLURM job script rendered by ddmq-template. It runs the command on its last
+# line and publishes a completion event to a ddmq queue when the command ends,
+# and also when the job is cancelled (state CANCELLED) or reaches its time
+# limit (TIMEOUT). Wait for the event with
+#   ddmq-wait QUEUE --root ROOT --field job_id=JOB_ID   (arrays: array_job_id=)
+# It must run under bash: dash does not run EXIT traps on SIGTERM.
+
+# SLURM sends KILL KillWait seconds (30 by default) after TERM: the query, the
+# grace and the publish that follow a TERM end within ddmq_term_budget seconds.
+ddmq_notify_timeout=15  # publishing after the command ended by itself
+ddmq_term_budget=25     # from TERM to the end of the publish
+ddmq_grace=5            # how long the command may take to exit after TERM
+
+# CANCELLED or TIMEOUT? The controller knows: a job it ends at its time limit
+# has Reason=TimeLimit and no time left (squeue prints INVALID once the limit
+# has passed; it checks limits about every 30 s, so TERM comes 0-30 s after
+# it), while scancel leaves time on the clock. If squeue does not answer, the
+# time this script has run is compared with the limit it was rendered with.
+ddmq_term_state() {
+    local out reason left
+    out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" -o '%r|%L' 2>/dev/null)
+    reason=${out%%|*}
+    left=${out#*|}
+    if [ "$reason" = TimeLimit ] || [ "$left" = INVALID ]; then
+        echo TIMEOUT
+    elif left=$(ddmq_seconds "$left"); then
+        if [ "$left" -le 0 ]; then echo TIMEOUT; else echo CANCELLED; fi
+    elif [ -n "$out" ]; then
+        echo CANCELLED  # UNLIMITED: there is no limit to reach
+    else
+        ddmq_by_elapsed "$ddmq_time_limit"
+    fi
+}
+
+@@{common}
+ddmq_run @@{command}

@@ -1,0 +1,253 @@
+"""Jobs from ``ddmq-template slurm`` on a real SLURM, and the events they publish.
+
+CI starts a one-node SLURM (tests/harness/start-slurm.sh) before pytest and
+sets DDMQ_REQUIRE_SLURM=1: without SLURM these tests then fail, elsewhere they
+are skipped. Each test has its own ddmq root under tmp_path (jobs run as the
+submitter, root here, and inherit its environment, so they find the same
+Python); events are received with ``ddmq-wait --field job_id=...`` as a user
+would. Job ids restart at 1 when SLURM restarts, so nothing is keyed on them
+across tests.
+
+After the real tests, the rendered script runs under bash with a fake
+``squeue``, to cover every answer the script may get on a TERM, and none.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from ddmq_hpc.template import render
+from jobscripts import BIN, QUEUE, events, fake_command, job_env, start, terminate, wait_for_file, write_script
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "slurm"
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
+
+
+def slurm_problem() -> str | None:
+    """Why jobs cannot be submitted here, or None if a node is up to run them."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "sinfo/sbatch not installed"
+    try:
+        info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "`sinfo -h` did not answer within 15 s"
+    if info.returncode != 0:
+        lines = info.stderr.strip().splitlines()
+        return f"`sinfo -h` failed: {lines[-1] if lines else f'exit status {info.returncode}'}"
+    states = info.stdout.split()
+    if not any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no node can run jobs (node states: {', '.join(states) or 'none'})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    """Skip without SLURM, or fail if DDMQ_REQUIRE_SLURM=1 (as in CI) says it must be there."""
+    problem = slurm_problem()
+    if problem is None:
+        return
+    message = f"SLURM is not available: {problem}. Start it as root with tests/harness/start-slurm.sh"
+    if os.environ.get("DDMQ_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{message} (DDMQ_REQUIRE_SLURM=1 requires it)", pytrace=False)
+    pytest.skip(message)
+
+
+def sbatch(script: str, workdir: Path) -> str:
+    """Submit a job script from ``workdir``; its id."""
+    path = workdir / f"job-{time.monotonic_ns()}.sh"
+    path.write_text(script, encoding="utf-8")
+    done = subprocess.run(["sbatch", "--parsable", str(path)], cwd=workdir, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, f"sbatch failed: {done.stderr}"
+    return done.stdout.strip().split(";")[0]
+
+
+def scancel(*job_ids: str) -> None:
+    subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30)
+
+
+def job_info(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (empty once SLURM has forgotten the job)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                         timeout=30).stdout
+    return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
+def final_state(job_id: str, timeout: float = 40) -> tuple[str, str]:
+    """The JobState and ExitCode SLURM records once the job has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = job_info(job_id)
+        if info.get("JobState") in ENDED or time.monotonic() > deadline:
+            return info.get("JobState", "?"), info.get("ExitCode", "?")
+        time.sleep(0.5)
+
+
+def wait_events(root: Path, *fields: str, count: int = 1, timeout: float = 60,
+                about: Path | None = None) -> list[dict[str, Any]]:
+    """The events ``ddmq-wait --field ...`` receives; on a time-out, the job's output says why."""
+    args = [str(BIN / "ddmq-wait"), QUEUE, "--root", str(root), "--count", str(count), "--timeout", str(timeout),
+            "--interval", "0.5", "--max-interval", "2"]
+    for field in fields:
+        args += ["--field", field]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 30)
+    if done.returncode != 0:
+        outputs = "".join(f"\n--- {p.name}:\n{p.read_text()}" for p in sorted(about.glob("*.out"))) if about else ""
+        squeue = subprocess.run(["squeue"], capture_output=True, text=True).stdout
+        pytest.fail(f"ddmq-wait {' '.join(fields)}: {done.stderr.strip()}\nsqueue:\n{squeue}{outputs}")
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+class Jobs:
+    """Submits rendered scripts for one test, and cancels what is left of them afterwards."""
+
+    def __init__(self, tmp_path: Path):
+        self.dir = tmp_path
+        self.root = tmp_path / "root"
+        self.ids: list[str] = []
+
+    def submit(self, command: list[str], **options: Any) -> str:
+        options.setdefault("output", str(self.dir / "job-%j.out"))
+        job_id = sbatch(render("slurm", command, QUEUE, root=self.root, **options), self.dir)
+        self.ids.append(job_id)
+        return job_id
+
+
+@pytest.fixture
+def jobs(slurm: None, tmp_path: Path) -> Iterator[Jobs]:
+    j = Jobs(tmp_path)
+    yield j
+    if j.ids:
+        scancel(*j.ids)
+
+
+# ----------------------------------------------------------------- real SLURM
+def test_exit_0_publishes_completed(jobs: Jobs) -> None:
+    job_id = jobs.submit(["sh", "-c", "echo to-stdout; echo to-stderr >&2"], job_name="ddmq-ok")
+    [event] = wait_events(jobs.root, f"job_id={job_id}", about=jobs.dir)
+    assert (event["state"], event["status"]) == ("COMPLETED", 0)
+    assert event["scheduler"] == "slurm" and event["job_name"] == "ddmq-ok"
+    assert event["submit_dir"] == str(jobs.dir) and event["node"] and event["partition"]
+    assert final_state(job_id) == ("COMPLETED", "0:0")
+    assert (jobs.dir / f"job-{job_id}.out").read_text() == "to-stdout\nto-stderr\n"
+
+
+def test_exit_3_publishes_failed_and_slurm_records_3(jobs: Jobs) -> None:
+    job_id = jobs.submit(["sh", "-c", "exit 3"])
+    [event] = wait_events(jobs.root, f"job_id={job_id}", about=jobs.dir)
+    assert (event["state"], event["status"]) == ("FAILED", 3)
+    assert final_state(job_id) == ("FAILED", "3:0")  # the notification did not change it
+    assert (jobs.dir / f"job-{job_id}.out").read_text() == ""  # and said nothing
+
+
+def test_scancel_publishes_cancelled(jobs: Jobs) -> None:
+    job_id = jobs.submit(["sh", "-c", 'touch "started-$SLURM_JOB_ID" && exec sleep 600'])
+    wait_for_file(jobs.dir / f"started-{job_id}", timeout=60)
+    cancelled = time.monotonic()
+    scancel(job_id)
+    [event] = wait_events(jobs.root, f"job_id={job_id}", timeout=30, about=jobs.dir)
+    assert time.monotonic() - cancelled < 10  # long before SLURM's KILL (KillWait 30 s)
+    assert (event["state"], event["status"]) == ("CANCELLED", 143)
+    assert final_state(job_id)[0] == "CANCELLED"
+
+
+def test_time_limit_publishes_timeout(jobs: Jobs) -> None:
+    """SLURM ends the job at its time limit, and the event says TIMEOUT.
+
+    The smallest --time is a minute and slurmctld checks limits every 30 s, so
+    a job would take 60-90 s to time out. Lowering the running job's limit to 0
+    with ``scontrol update`` has slurmctld end it at its next check (0-30 s),
+    through the same time-limit path: state TIMEOUT, reason TimeLimit. The
+    script was rendered with 5 minutes, so only squeue's answer can tell it
+    that this TERM is the time limit.
+    """
+    job_id = jobs.submit(["sh", "-c", 'touch "started-$SLURM_JOB_ID" && exec sleep 600'], time="00:05:00")
+    wait_for_file(jobs.dir / f"started-{job_id}", timeout=60)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=0"], check=True, timeout=30)
+    [event] = wait_events(jobs.root, f"job_id={job_id}", timeout=60, about=jobs.dir)
+    out = (jobs.dir / f"job-{job_id}.out").read_text()
+    assert (event["state"], event["status"]) == ("TIMEOUT", 143), (event, out, final_state(job_id))
+    assert final_state(job_id)[0] == "TIMEOUT"
+    assert "DUE TO TIME LIMIT" in (jobs.dir / f"job-{job_id}.out").read_text()
+
+
+def test_array_publishes_one_event_per_task(jobs: Jobs) -> None:
+    array_id = jobs.submit(["sh", "-c", 'echo "task $SLURM_ARRAY_TASK_ID"'], array="1-3",
+                           output=str(jobs.dir / "array-%A_%a.out"))
+    got = wait_events(jobs.root, f"array_job_id={array_id}", count=3, about=jobs.dir)
+    assert sorted(e["array_task_id"] for e in got) == ["1", "2", "3"]
+    assert len({e["job_id"] for e in got}) == 3
+    assert all(e["state"] == "COMPLETED" for e in got)
+    assert (jobs.dir / f"array-{array_id}_2.out").read_text() == "task 2\n"
+
+
+def test_workflow_example_second_job_waits_for_the_first(jobs: Jobs) -> None:
+    """workflow_examples/slurm/submit.sh: step 2 waits in its job for step 1's event."""
+    env = {**os.environ, "DDMQ_ROOT": str(jobs.root), "QUEUE": QUEUE, "STEP1_SECONDS": "1"}
+    submitted = subprocess.run([str(EXAMPLE / "submit.sh"), str(jobs.dir)], env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    first, second = submitted.stdout.split()
+    jobs.ids += [first, second]
+    [event] = wait_events(jobs.root, f"job_id={second}", about=jobs.dir)
+    assert (event["state"], event["status"]) == ("COMPLETED", 0), (jobs.dir / f"step2-{second}.out").read_text()
+    assert (jobs.dir / f"step2-{second}.out").read_text() == (
+        f"step 1 (job {first}) completed: aligned by job {first} on {event['host']}\n")
+    step1_event = json.loads((jobs.dir / "step1.event").read_text())
+    assert (step1_event["job_id"], step1_event["state"]) == (first, "COMPLETED")
+    assert events(jobs.root) == []  # step 2 took step 1's event, this test step 2's
+
+
+# -------------------------------------- the TERM question, with a fake squeue
+@pytest.mark.parametrize("answer, state", [
+    ("TimeLimit|INVALID", "TIMEOUT"),     # what slurmctld says at the time limit (seen here)
+    ("None|INVALID", "TIMEOUT"),          # past the limit: no time left
+    ("None|0:00", "TIMEOUT"),
+    ("None|9:55", "CANCELLED"),           # what it says after an scancel (seen here)
+    ("None|1-00:00:00", "CANCELLED"),
+    ("None|UNLIMITED", "CANCELLED"),
+])
+def test_term_state_from_squeue(tmp_path: Path, answer: str, state: str) -> None:
+    """The script asks ``squeue -j $SLURM_JOB_ID -o '%r|%L'`` (reason, time left) on TERM."""
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "squeue", f'echo "$@" > "{tmp_path}/squeue-args"; echo "{answer}"')
+    assert run_and_terminate(tmp_path, bin_dir, time="01:00:00") == (state, 143)
+    assert (tmp_path / "squeue-args").read_text().split() == ["-h", "-j", "77", "-o", "%r|%L"]
+
+
+@pytest.mark.parametrize("rendered, after, state", [
+    ("0:11", 1.1, "TIMEOUT"),      # run for the limit (11 s) less 10 s of slack
+    ("0:12", 0, "CANCELLED"),
+    (None, 1.1, "CANCELLED"),
+])
+def test_term_state_without_squeue(tmp_path: Path, rendered: str | None, after: float, state: str) -> None:
+    """squeue does not answer: the script compares its run time with the limit it was rendered with."""
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "squeue", "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1")
+    assert run_and_terminate(tmp_path, bin_dir, time=rendered, after=after) == (state, 143)
+
+
+def run_and_terminate(tmp_path: Path, bin_dir: Path, after: float = 0, **options: Any) -> tuple[str, int]:
+    """Run the rendered script as SLURM job 77 would run, TERM it after ``after`` s; (state, status)."""
+    root = tmp_path / "root"
+    script = write_script(tmp_path / "job.sh", "slurm", ["sh", "-c", "touch started && exec sleep 60"], root,
+                          **options)
+    env = job_env(tmp_path, {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "fake", "SLURM_SUBMIT_DIR": str(tmp_path)},
+                  bin_dir)
+    proc = start(script, env, cwd=tmp_path)
+    wait_for_file(tmp_path / "started")
+    time.sleep(after)
+    done, took = terminate(proc)
+    assert done.returncode == 143 and done.stderr == ""
+    assert took < 25  # ddmq_term_budget, within SLURM's KillWait of 30 s
+    [event] = events(root)
+    assert event["job_id"] == "77"
+    return event["state"], event["status"]
+
