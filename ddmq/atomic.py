@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 from .errors import storage_error
@@ -91,10 +92,11 @@ def publish_file(tmp: Path, final: Path, data: bytes, durable: bool, mode: int |
     try:
         os.rename(tmp, final)
     except OSError as exc:
-        # An NFS client whose rename reply was lost can report an error for a
-        # rename that happened; ``final`` is a fresh unique name, so finding
-        # it means it did (and retrying would publish the message twice).
-        if not os.path.lexists(final):
+        # An NFS client whose rename reply was lost can report ENOENT/ESTALE
+        # for a rename that happened (retrying would publish twice). ``final``
+        # is not always fresh (clean.stamp is replaced), so the proof is that
+        # our private file is gone *and* the destination is there.
+        if not (exc.errno in _RACE_ERRNOS and renamed(tmp, final)):
             discard(tmp)
             raise storage_error("publish", final, exc) from None
     if durable:
@@ -121,6 +123,23 @@ def move(src: Path, dst: Path) -> bool:
         if exc.errno in _AMBIGUOUS_ERRNOS and not _writable(src.parent, dst.parent):
             raise storage_error("move", src, exc) from None
         return False
+
+
+def renamed(src: Path, dst: Path) -> bool:
+    """After a failed rename of a private ``src``: did it happen anyway (reply lost)?"""
+    return not os.path.lexists(src) and os.path.lexists(dst)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, best effort: what is left, ``clean`` removes later.
+
+    ``shutil.rmtree(ignore_errors=True)`` still raises on Python < 3.12 when
+    the fstat of a directory it opened fails (ESTALE: another client removed it).
+    """
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def _writable(*dirs: Path) -> bool:

@@ -13,7 +13,6 @@ import errno
 import heapq
 import json
 import os
-import shutil
 import socket
 import stat
 import time
@@ -196,14 +195,17 @@ class Broker:
             atomic.write_private(staging / ROOT_MARKER, dump(values).encode(), durable=True, mode=mode)
             os.rename(staging, paths.dir)
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(staging, paths.settings):
+                atomic.fsync_dir(self.root)  # our rename happened; only its reply was lost
+                return
+            atomic.remove_tree(staging)
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 if exist_ok:
                     return
                 raise QueueExists(f"queue {queue!r} already exists in {self.root}") from None
             raise storage_error("create queue", paths.dir, exc) from None
         except DdmqError:
-            shutil.rmtree(staging, ignore_errors=True)
+            atomic.remove_tree(staging)
             raise
         atomic.fsync_dir(self.root)
 
@@ -227,15 +229,17 @@ class Broker:
         doomed = self.root / f".delete.{new_token()}.{queue}"
         try:
             os.rename(paths.dir, doomed)
-        except FileNotFoundError:
-            raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
         except OSError as exc:
-            raise storage_error("delete queue", paths.dir, exc) from None
+            lost_reply = exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(paths.dir, doomed)
+            if not lost_reply:
+                if exc.errno == errno.ENOENT:
+                    raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
+                raise storage_error("delete queue", paths.dir, exc) from None
         self._listings.pop(paths.dir, None)
-        shutil.rmtree(doomed, ignore_errors=True)
+        atomic.remove_tree(doomed)
 
     def _foreign_entries(self, paths: QueuePaths) -> list[str]:
-        foreign = [n for n in sorted(os.listdir(paths.dir)) if n not in QUEUE_ENTRIES]
+        foreign = [n for n in sorted(atomic.listdir(paths.dir)) if n not in QUEUE_ENTRIES]
         checks = {READY: parse_ready, WORK: parse_work}
         for state in STATE_DIRS:
             directory = paths.dir / state
@@ -391,15 +395,25 @@ class Broker:
             work = ready.claimed(self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token())
             if not atomic.move(paths.ready / name, paths.work / str(work)):
                 continue
-            msg = self._load(paths, paths.work / str(work), work.id)
-            if msg is None:
-                continue
-            self._fill_state(msg, work)
-            msg.receipt = work.receipt
-            if lease is None and msg.message_timeout != seconds:
-                self.extend(msg, msg.message_timeout)
-            if ack:
-                self.ack(msg)
+            try:
+                msg = self._load(paths, paths.work / str(work), work.id)
+                if msg is None:
+                    continue
+                self._fill_state(msg, work)
+                msg.receipt = work.receipt
+                if lease is None and msg.message_timeout != seconds:
+                    self.extend(msg, msg.message_timeout)
+                if ack:
+                    self.ack(msg)
+            except DdmqError:
+                # Nothing claimed here reaches the caller: give it back now instead
+                # of hiding it from every consumer until the lease expires.
+                for receipt in [work.receipt] + ([] if ack else [m.receipt for m in claimed]):
+                    try:
+                        self.release(receipt, queue)
+                    except DdmqError:
+                        pass  # best effort: otherwise the lease expires and clean requeues it
+                raise
             claimed.append(msg)
             if len(claimed) >= n:
                 break
@@ -648,8 +662,13 @@ class Broker:
             return 0
         try:
             stamped = os.fstat(fd).st_mtime_ns
+        except OSError:
+            return 0
         finally:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # nothing was written through it
             atomic.discard(probe)
         offset = stamped - (before + time.time_ns()) // 2
         if abs(offset) <= CLOCK_TOLERANCE * 1e9:
@@ -670,7 +689,7 @@ class Broker:
         for name in atomic.listdir(directory):
             path = directory / name
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)  # a dead-lettered foreign directory
+                atomic.remove_tree(path)  # a dead-lettered foreign directory
                 removed += 1
             elif atomic.remove(path) and not name.endswith(REASON_SUFFIX):
                 removed += 1
@@ -765,8 +784,8 @@ class Broker:
                 continue
             if st.st_mtime >= cutoff:
                 continue
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
+            if stat.S_ISDIR(st.st_mode):  # not os.path.isdir: a failing stat would make it "a file"
+                atomic.remove_tree(path)
                 removed += 1
             else:
                 removed += atomic.remove(path)

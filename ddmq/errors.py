@@ -83,7 +83,7 @@ class StorageError(DdmqError):
 _STORAGE_REASONS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only filesystem",
+    errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EIO: "I/O error",
