@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
 from .errors import storage_error
@@ -136,6 +135,8 @@ def remove_tree(path: Path) -> None:
     ``shutil.rmtree(ignore_errors=True)`` still raises on Python < 3.12 when
     the fstat of a directory it opened fails (ESTALE: another client removed it).
     """
+    import shutil  # deferred: rarely needed, and slow to import (start-up of every CLI run)
+
     try:
         shutil.rmtree(path, ignore_errors=True)
     except OSError:

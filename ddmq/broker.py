@@ -13,7 +13,6 @@ import errno
 import heapq
 import json
 import os
-import socket
 import stat
 import time
 import warnings
@@ -47,7 +46,7 @@ LISTING_MAX_AGE = 1.0
 # used as it is. The offset is measured at most once per CLOCK_CHECK_EVERY.
 CLOCK_TOLERANCE = 2.0
 CLOCK_CHECK_EVERY = 60.0
-_HOST = socket.gethostname()
+_HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
 
 Receipt = Union[Message, str]
 Match = Callable[[Message], bool]

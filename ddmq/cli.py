@@ -8,7 +8,6 @@ exit code a script can test, never a traceback.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from typing import Any, Callable, Iterable
@@ -434,6 +433,8 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     name = request.pop("cmd")
     if name not in OPERATIONS:
         raise UsageError(f"unknown cmd {name!r}; one of: {', '.join(OPERATIONS)}")
+    import inspect
+
     try:
         inspect.signature(OPERATIONS[name]).bind(None, **request)
     except TypeError as exc:

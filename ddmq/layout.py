@@ -11,8 +11,8 @@ delivery order: priority, then publish time, then message id.
 """
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +64,12 @@ def check_queue_name(name: object) -> str:
 
 
 def new_message_id() -> str:
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 
 def new_token() -> str:
     """A claim token: makes each lease's file name unique to one claim."""
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def dead_name(reason: str, original: str, now_ns: int) -> str:
     """Name of a dead letter: when, why, and (shortened) what it was called."""
     if reason not in DEAD_REASONS:
         raise ValueError(f"unknown dead-letter reason {reason!r}")
-    return f"{now_ns:0{_TIME_WIDTH}d}.{secrets.token_hex(3)}.{reason}.{original[:160]}"
+    return f"{now_ns:0{_TIME_WIDTH}d}.{os.urandom(3).hex()}.{reason}.{original[:160]}"
 
 
 @dataclass(frozen=True)

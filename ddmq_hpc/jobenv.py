@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import socket
 import time
 from typing import Any, Mapping
 
@@ -66,7 +65,7 @@ def completion_event(
     event: dict[str, Any] = {
         "event": "job_end",
         "scheduler": scheduler(env),
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,
         "user": _user(env),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": status,
