@@ -54,7 +54,7 @@ class Conductor:
         self.procs: dict[str, subprocess.Popen] = {}
         self.killed: set[str] = set()
         self.started = 0
-        self.skewed = 0
+        self.skewed: set[str] = set()
         self.hostile: list[str] = []
         self.outside = logs / "outside-target"
         self.outside.write_text("must survive")
@@ -78,7 +78,7 @@ class Conductor:
         if self.skew and kind != "p" and self.rng.random() < 0.3:
             env.update(LD_PRELOAD=str(LIBFAKETIME), FAKETIME=self.rng.choice(["+120", "-120"]),
                        NO_FAKE_STAT="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
-            self.skewed += 1
+            self.skewed.add(name)
         self.procs[name] = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
 
     def kill_one(self) -> None:
@@ -148,6 +148,11 @@ def run(args: argparse.Namespace, roots: list[Path], truth: Path, logs: Path) ->
 
     events = [line for log in sorted(logs.glob("*.log")) for line in read_log(log)]
     by_log = {log.stem: read_log(log) for log in logs.glob("*.log")}
+    # Holds of messages ever touched by a skewed consumer are judged apart:
+    # its lease clock is the server's time as read from file timestamps,
+    # exact only to CLOCK_TOLERANCE plus their granularity (1 s on sshfs).
+    skewed_bodies = {e[1] for name in c.skewed for e in by_log.get(name, []) if e[0] == "claim"}
+    plain = [e for e in events if e[1] not in skewed_bodies]
     confirmed = {e[1] for e in events if e[0] == "ok"}
     acked = collections.Counter(e[1] for e in events if e[0] == "ack")
     claims = collections.Counter(e[1] for e in events if e[0] == "claim")
@@ -167,12 +172,13 @@ def run(args: argparse.Namespace, roots: list[Path], truth: Path, logs: Path) ->
         "hostile_files_planted": faults_planted,
         "dead_letters_by_reason": dict(dead_reasons),
         "processes_started": c.started, "processes_killed": len(c.killed),
-        "processes_with_clock_off_2_minutes": c.skewed,
+        "processes_with_clock_off_2_minutes": len(c.skewed),
         "faults_injected_rate": args.faults,
         "fault_errors_seen_by_workers": sum(e[0] == "fault" for e in events),
         "symlink_target_intact": c.outside.read_text() == "must survive",
         "lost": len(lost), "delivered_twice_after_ack": len(twice),
-        "held_by_two_at_once": len(held_twice(events)),
+        "held_by_two_at_once": len(held_twice(plain)),
+        "held_by_two_at_once_involving_a_skewed_clock": len(held_twice(events)) - len(held_twice(plain)),
         "examples": {"lost": sorted(lost)[:5], "twice": twice[:5]},
     }
 
