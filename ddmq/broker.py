@@ -120,6 +120,8 @@ class Broker:
         self._listings: dict[Path, _Listing] = {}
         self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
         self._clock_offset = 0
+        self._queue_paths: dict[str, QueuePaths] = {}
+        self._root_marker = self.root / ROOT_MARKER
         self._clock_checked: float | None = None
         self._open_root(is_default if create is None else create)
 
@@ -150,11 +152,14 @@ class Broker:
         atomic.publish_file(tmp, marker, dump({}).encode(), durable=True)
 
     def _root_settings(self) -> Path:
-        return self.root / ROOT_MARKER
+        return self._root_marker
 
     # ---------------------------------------------------------------- queues
     def _paths(self, queue: str) -> QueuePaths:
-        return QueuePaths(self.root / check_queue_name(queue))
+        paths = self._queue_paths.get(queue) if isinstance(queue, str) else None
+        if paths is None:
+            paths = self._queue_paths[queue] = QueuePaths(self.root / check_queue_name(queue))
+        return paths
 
     def _queue(self, queue: str) -> QueuePaths:
         """Paths of an existing queue, or QueueNotFound."""
@@ -534,6 +539,14 @@ class Broker:
 
     def ack(self, message: Receipt, queue: str | None = None) -> None:
         """Done with the message: remove it. LeaseLost if the lease is no longer ours."""
+        if isinstance(message, Message) and message.receipt and message.lease_expires is not None:
+            # Fast path, one unlink: the lease is where this consumer last put it.
+            _, token = parse_receipt(message.receipt)
+            guess = WorkName(message.priority, message.published, message.id, message.requeues,
+                             message.lease_expires, token or "")
+            if atomic.remove(self._paths(queue or message.queue).work / str(guess)):
+                message.receipt = None
+                return
         paths, work = self._held(message, queue)
         if not atomic.remove(paths.work / str(work)):
             raise LeaseLost(f"message {work.id} was taken back before it could be acked")

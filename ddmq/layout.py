@@ -159,32 +159,16 @@ def dead_name(reason: str, original: str, now_ns: int) -> str:
     return f"{now_ns:0{_TIME_WIDTH}d}.{os.urandom(3).hex()}.{reason}.{original[:160]}"
 
 
-@dataclass(frozen=True)
 class QueuePaths:
-    """The directories of one queue."""
+    """The directories of one queue, built once: path arithmetic is a hot spot per message."""
 
-    dir: Path
+    __slots__ = ("dir", "settings", "ready", "work", "dead", "tmp", "clean_stamp")
 
-    @property
-    def settings(self) -> Path:
-        return self.dir / QUEUE_MARKER
-
-    @property
-    def ready(self) -> Path:
-        return self.dir / READY
-
-    @property
-    def work(self) -> Path:
-        return self.dir / WORK
-
-    @property
-    def dead(self) -> Path:
-        return self.dir / DEAD
-
-    @property
-    def tmp(self) -> Path:
-        return self.dir / TMP
-
-    @property
-    def clean_stamp(self) -> Path:
-        return self.dir / CLEAN_STAMP
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.settings = directory / QUEUE_MARKER
+        self.ready = directory / READY
+        self.work = directory / WORK
+        self.dead = directory / DEAD
+        self.tmp = directory / TMP
+        self.clean_stamp = directory / CLEAN_STAMP

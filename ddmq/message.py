@@ -51,12 +51,13 @@ class Message:
         return self.requeues + (1 if self.lease_expires is not None else 0)
 
     def payload(self) -> dict[str, Any]:
-        """The immutable part, as written to disk."""
-        data = asdict(self)
-        for key in ("requeues", "receipt", "lease_expires"):
-            del data[key]
-        data["format"] = FORMAT_VERSION
-        return data
+        """The immutable part, as written to disk (built by hand: ``asdict`` deep-copies the body)."""
+        return {
+            "format": FORMAT_VERSION, "id": self.id, "queue": self.queue, "message": self.message,
+            "priority": self.priority, "published": self.published, "message_timeout": self.message_timeout,
+            "requeue": self.requeue, "requeue_prio": self.requeue_prio, "requeue_limit": self.requeue_limit,
+            "durable": self.durable, "host": self.host, "pid": self.pid, "headers": self.headers,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, for JSON/YAML output; stable keys."""
