@@ -1,0 +1,428 @@
+"""One measurement, run inside the virtual environment of the implementation measured.
+
+``benchmarks/run.py`` starts this script once per measurement with the
+interpreter of the right venv, so every implementation runs in its own
+environment and a measurement never shares a process with another one:
+
+    python worker.py w1 --impl ddmq --root DIR --n 5000 [--durable]
+    python worker.py w3 --impl ddmq --root DIR --n 5000 --consumers 4
+
+It prints one JSON object on stdout. Timing starts after the queue exists
+(set-up is not timed) and ends when the last message is acked; the bodies
+received are checked against those sent (every message back exactly once).
+
+Implementations (``--impl``):
+  ddmq       the working tree (``Broker``), durable on or off
+  ddmq014    ddmq 0.9.14 from PyPI (``broker``), its defaults (clean=True)
+  ddmq014nc  ddmq 0.9.14 with clean=False on every call (its fast path)
+  dirq       dirq.QueueSimple (Directory::Queue), the usual add / lock+get+remove loop
+  rabbit     RabbitMQ through pika: durable queue, persistent messages,
+             publisher confirms, manual acks (basic_consume, prefetch 100)
+  rabbit-transient  the same without durability: transient queue and
+             messages, no confirms, manual acks
+  floor      only the system calls of one publish + claim + ack:
+             open(O_CREAT|O_EXCL)/write/close/rename, rename, unlink
+             (``--durable`` adds fsync of the file and of the directory)
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+import warnings
+
+QUEUE = "bench"
+
+
+# ----------------------------------------------------------------- adapters
+class Adapter:
+    """publish(body) and take() -> the bodies of messages claimed and acked in one pass."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    def setup(self) -> None:
+        """Create the queue (called once, before timing, in the parent)."""
+
+    def open(self) -> None:
+        """Per-process initialisation (after fork)."""
+
+    def publish(self, body: str) -> None:
+        raise NotImplementedError
+
+    def take(self):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        pass
+
+
+class Ddmq(Adapter):
+    def setup(self) -> None:
+        from ddmq import Broker
+
+        Broker(self.args.root, create=True).create_queue(QUEUE, exist_ok=True, durable=self.args.durable)
+
+    def open(self) -> None:
+        from ddmq import Broker
+
+        self.b = Broker(self.args.root)
+
+    def publish(self, body: str) -> None:
+        self.b.publish(QUEUE, body)
+
+    def take(self):
+        b = self.b
+        while True:
+            msgs = b.consume(QUEUE)
+            if not msgs:
+                return
+            b.ack(msgs[0])
+            yield msgs[0].message
+
+
+class Ddmq014(Adapter):
+    clean = True
+
+    def setup(self) -> None:
+        self.open()
+        self.b.create_queue(QUEUE)
+
+    def open(self) -> None:
+        warnings.simplefilter("ignore")  # yaml.load() without a Loader
+        import ddmq
+
+        self.b = ddmq.broker(self.args.root, create=True)
+
+    def publish(self, body: str) -> None:
+        self.b.publish(QUEUE, body, clean=self.clean)
+
+    def take(self):
+        b = self.b
+        while True:
+            m = b.consume(QUEUE, clean=self.clean)
+            if m is None:
+                return
+            b.ack(m)
+            yield m.message
+
+
+class Ddmq014NoClean(Ddmq014):
+    clean = False
+
+
+class Dirq(Adapter):
+    def setup(self) -> None:
+        self.open()
+
+    def open(self) -> None:
+        from dirq.QueueSimple import QueueSimple
+
+        self.q = QueueSimple(os.path.join(self.args.root, QUEUE))
+
+    def publish(self, body: str) -> None:
+        self.q.add(body)
+
+    def take(self):
+        q = self.q
+        for name in q:
+            if not q.lock(name):
+                continue
+            data = q.get(name)
+            q.remove(name)
+            yield data.decode() if isinstance(data, bytes) else data
+
+
+class Rabbit(Adapter):
+    durable = True
+
+    def _connect(self):
+        import pika
+
+        params = pika.ConnectionParameters(host="127.0.0.1", port=self.args.amqp_port,
+                                           heartbeat=0, blocked_connection_timeout=300)
+        conn = pika.BlockingConnection(params)
+        return conn, conn.channel()
+
+    @property
+    def qname(self) -> str:
+        return f"bench-{os.path.basename(self.args.root.rstrip('/'))}"
+
+    def setup(self) -> None:
+        conn, ch = self._connect()
+        ch.queue_declare(self.qname, durable=self.durable)
+        ch.queue_purge(self.qname)
+        conn.close()
+
+    def open(self) -> None:
+        import pika
+
+        self.conn, self.ch = self._connect()
+        if self.durable:
+            self.ch.confirm_delivery()  # basic_publish now returns only once the broker confirmed
+        self.ch.basic_qos(prefetch_count=100)
+        self.props = pika.BasicProperties(delivery_mode=2 if self.durable else 1)
+        self._gen = None
+
+    def publish(self, body: str) -> None:
+        self.ch.basic_publish("", self.qname, body.encode(), properties=self.props)
+
+    def take(self):
+        if self._gen is None:
+            self._gen = self.ch.consume(self.qname, auto_ack=False, inactivity_timeout=self.args.idle)
+        for method, _props, body in self._gen:
+            if method is None:
+                return
+            self.ch.basic_ack(method.delivery_tag)
+            yield body.decode()
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self.ch.cancel()
+        self.conn.close()
+
+    def teardown(self) -> None:
+        conn, ch = self._connect()
+        ch.queue_delete(self.qname)
+        conn.close()
+
+
+class RabbitTransient(Rabbit):
+    durable = False
+
+
+class Floor(Adapter):
+    """The system calls of publish + claim + ack and nothing else: the floor for any file queue."""
+
+    FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def setup(self) -> None:
+        for d in ("tmp", "ready", "work"):
+            os.makedirs(os.path.join(self.args.root, QUEUE, d), exist_ok=True)
+
+    def open(self) -> None:
+        base = os.path.join(self.args.root, QUEUE)
+        self.tmp, self.ready, self.work = (os.path.join(base, d) for d in ("tmp", "ready", "work"))
+        self.names = collections.deque()
+        self.i = 0
+        self.pid = os.getpid()
+
+    def publish(self, body: str) -> None:
+        self.i += 1
+        name = f"{self.pid}.{self.i:09d}"
+        tmp = f"{self.tmp}/{name}.tmp"
+        fd = os.open(tmp, self.FLAGS, 0o644)
+        os.write(fd, body.encode())
+        if self.args.durable:
+            os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, f"{self.ready}/{name}.msg")
+        if self.args.durable:
+            dfd = os.open(self.ready, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(dfd)
+            os.close(dfd)
+        self.names.append((name, body))
+
+    def take(self):
+        while self.names:
+            name, body = self.names.popleft()
+            work = f"{self.work}/{name}.x.msg"
+            os.rename(f"{self.ready}/{name}.msg", work)
+            os.unlink(work)
+            yield body
+
+
+ADAPTERS = {
+    "ddmq": Ddmq, "ddmq014": Ddmq014, "ddmq014nc": Ddmq014NoClean, "dirq": Dirq,
+    "rabbit": Rabbit, "rabbit-transient": RabbitTransient, "floor": Floor,
+}
+
+
+# ---------------------------------------------------------------- helpers
+def bodies(n: int) -> list[str]:
+    return [f"message {i:07d}" for i in range(n)]
+
+
+def verify(sent: list[str], got: list[str]) -> dict:
+    counts = collections.Counter(got)
+    expected = set(sent)
+    return {
+        "received": len(got),
+        "unique": len(counts),
+        "missing": len(expected - counts.keys()),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "unexpected": len(counts.keys() - expected),
+        "ok": len(got) == len(sent) and counts.keys() == expected,
+    }
+
+
+def proc_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of another process (the RabbitMQ server), or None."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+
+
+def children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+# ---------------------------------------------------------------- workloads
+def w1(args: argparse.Namespace) -> dict:
+    """One process: publish n, then consume and ack them all."""
+    adapter = ADAPTERS[args.impl](args)
+    adapter.setup()
+    adapter.open()
+    sent = bodies(args.n)
+    got: list[str] = []
+    server0 = proc_cpu(args.server_pid)
+    cap = args.cap or float("inf")  # a slow implementation is stopped after this many seconds
+    capped = False
+    published = 0
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    for body in sent:
+        adapter.publish(body)
+        published += 1
+        if time.perf_counter() - t0 > cap:
+            capped = True
+            break
+    t1 = time.perf_counter()
+    empty = 0
+    while not capped and len(got) < published and empty < 2:
+        before = len(got)
+        for body in adapter.take():
+            got.append(body)
+            if len(got) >= published:
+                break
+            if time.perf_counter() - t0 > cap:
+                capped = True
+                break
+        empty = empty + 1 if len(got) == before else 0
+    t2 = time.perf_counter()
+    cpu = time.process_time() - c0
+    server1 = proc_cpu(args.server_pid)
+    adapter.close()
+    if not capped:
+        adapter.teardown()
+    result = {
+        "publish_s": t1 - t0, "consume_s": t2 - t1, "total_s": t2 - t0, "cpu_s": cpu,
+        "server_cpu_s": None if server0 is None or server1 is None else server1 - server0,
+        **verify(sent, got),
+    }
+    if capped:
+        result.update({"capped": True, "cap_s": cap, "published_before_cap": published,
+                       "consumed_before_cap": len(got), "ok": None})
+    return result
+
+
+def _w3_consumer(args, start, stop_at, counter, out) -> None:
+    adapter = ADAPTERS[args.impl](args)
+    adapter.open()
+    got = []
+    start.wait()
+    deadline = time.monotonic() + args.deadline
+    while counter.value < stop_at and time.monotonic() < deadline:
+        n = 0
+        for body in adapter.take():
+            got.append(body)
+            n += 1
+            with counter.get_lock():
+                counter.value += 1
+        if n == 0:
+            time.sleep(0.001)
+    adapter.close()
+    out.put((os.getpid(), got, time.perf_counter(), time.process_time()))
+
+
+def _w3_publisher(args, start, out) -> None:
+    adapter = ADAPTERS[args.impl](args)
+    adapter.open()
+    start.wait()
+    for body in bodies(args.n):
+        adapter.publish(body)
+    adapter.close()
+    out.put(("publisher", time.perf_counter(), time.process_time()))
+
+
+def w3(args: argparse.Namespace) -> dict:
+    """One publisher and ``--consumers`` consumer processes at once."""
+    ctx = mp.get_context("fork")
+    adapter = ADAPTERS[args.impl](args)
+    adapter.setup()
+    start = ctx.Barrier(args.consumers + 2)
+    counter = ctx.Value("q", 0)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_w3_consumer, args=(args, start, args.n, counter, out))
+             for _ in range(args.consumers)]
+    procs.append(ctx.Process(target=_w3_publisher, args=(args, start, out)))
+    for p in procs:
+        p.start()
+    server0 = proc_cpu(args.server_pid)
+    start.wait()
+    t0 = time.perf_counter()
+    results = [out.get(timeout=args.deadline + 60) for _ in procs]
+    t1 = time.perf_counter()
+    for p in procs:
+        p.join()
+    server1 = proc_cpu(args.server_pid)
+    got: list[str] = []
+    per_consumer = []
+    publish_end = None
+    cpu = 0.0
+    for r in results:
+        if r[0] == "publisher":
+            publish_end = r[1]
+            cpu += r[2]
+        else:
+            got.extend(r[1])
+            per_consumer.append(len(r[1]))
+            cpu += r[3]
+    adapter.teardown()
+    return {
+        "total_s": t1 - t0, "publish_s": (publish_end or t1) - t0, "cpu_s": cpu,
+        "server_cpu_s": None if server0 is None or server1 is None else server1 - server0,
+        "per_consumer": per_consumer, **verify(bodies(args.n), got),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("workload", choices=("w1", "w3"))
+    p.add_argument("--impl", required=True, choices=sorted(ADAPTERS))
+    p.add_argument("--root", required=True)
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--durable", action="store_true")
+    p.add_argument("--consumers", type=int, default=4)
+    p.add_argument("--amqp-port", type=int, default=5672)
+    p.add_argument("--server-pid", type=int, help="RabbitMQ server pid, to count its CPU time")
+    p.add_argument("--idle", type=float, help="RabbitMQ: a pass ends after this long without a message "
+                   "(default 2 s for W1, 0.05 s for W3)")
+    p.add_argument("--cap", type=float, help="W1: stop after this many seconds (for ddmq 0.9.14)")
+    p.add_argument("--deadline", type=float, default=600.0, help="W3: consumers give up after this")
+    args = p.parse_args()
+    if args.idle is None:
+        args.idle = 2.0 if args.workload == "w1" else 0.05
+    result = {"workload": args.workload, "impl": args.impl, "n": args.n, "durable": args.durable}
+    result.update(w1(args) if args.workload == "w1" else w3(args))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
