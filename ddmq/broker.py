@@ -154,6 +154,10 @@ class Broker:
     def _root_settings(self) -> Path:
         return self._root_marker
 
+    def _queue_values(self, paths: QueuePaths) -> dict[str, Any]:
+        """Effective settings of a queue whose paths are known (root file, then queue file)."""
+        return self._settings.merged(self._root_marker, paths.settings)
+
     # ---------------------------------------------------------------- queues
     def _paths(self, queue: str) -> QueuePaths:
         paths = self._queue_paths.get(queue) if isinstance(queue, str) else None
@@ -318,7 +322,7 @@ class Broker:
         chosen = validate({k: v for k, v in overrides.items() if v is not None}, "publish", InvalidSetting)
         if requeue_limit is not None:
             chosen.update(validate({"requeue_limit": requeue_limit}, "publish", InvalidSetting))
-        values = {**self._settings.merged(self._root_settings(), paths.settings), **chosen}
+        values = {**self._queue_values(paths), **chosen}
         if headers is not None and (
             not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers)
         ):
@@ -385,7 +389,7 @@ class Broker:
         if lease is not None:
             _check_seconds(lease, "lease")
         paths = self._queue(queue)
-        settings = self._settings.merged(self._root_settings(), paths.settings)
+        settings = self._queue_values(paths)
         self._maybe_clean(paths, settings)
         claimed: list[Message] = []
         for name in self._ready_names(paths):
@@ -593,7 +597,7 @@ class Broker:
         paths, work = self._held(message, queue)
         if seconds is None:
             seconds = (message.message_timeout if isinstance(message, Message)
-                       else self._settings.merged(self._root_settings(), paths.settings)["message_timeout"])
+                       else self._queue_values(paths)["message_timeout"])
         _check_seconds(seconds, "seconds")
         renewed = work.extended(self._lease_clock(paths.tmp) + int(seconds * 1e9))
         if not atomic.move(paths.work / str(work), paths.work / str(renewed)):
@@ -635,7 +639,7 @@ class Broker:
         }
         tmp = paths.tmp / f"{target.name[:40]}.{new_token()}.tmp"
         try:
-            mode = self._settings.merged(self._root_settings(), paths.settings)["mode"]
+            mode = self._queue_values(paths)["mode"]
             atomic.publish_file(tmp, target.with_name(target.name + REASON_SUFFIX),
                                 json.dumps(record, sort_keys=True).encode(), durable=False, mode=mode)
         except DdmqError:
@@ -752,7 +756,7 @@ class Broker:
         # A fresh file renamed over the stamp: its mtime is the server's time of
         # creation, and replacing it needs only write access to the directory,
         # not ownership of the old stamp (which another user may have made).
-        mode = self._settings.merged(self._root_settings(), paths.settings)["mode"]
+        mode = self._queue_values(paths)["mode"]
         atomic.publish_file(paths.tmp / f".stamp.{new_token()}", paths.clean_stamp, b"", durable=False, mode=mode)
         now = self._lease_clock(paths.tmp)
         for name in atomic.listdir(paths.work):
