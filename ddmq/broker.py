@@ -117,6 +117,7 @@ class Broker:
     def __init__(self, root: str | os.PathLike | None = None, create: bool | None = None):
         self.root, is_default = resolve_root(root)
         self._settings = SettingsCache()
+        self._clean_due: dict[Path, float] = {}
         self._listings: dict[Path, _Listing] = {}
         self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
         self._clock_offset = 0
@@ -175,6 +176,18 @@ class Broker:
         except OSError as exc:
             raise storage_error("open queue", paths.dir, exc) from None
         return paths
+
+    def _queue_settings(self, queue: str) -> tuple[QueuePaths, dict[str, Any]]:
+        """Paths and effective settings of an existing queue, or QueueNotFound.
+
+        The stat that tells whether the queue's settings changed also tells
+        whether the queue exists: one system call, not two.
+        """
+        paths = self._paths(queue)
+        try:
+            return paths, self._settings.merged(self._root_marker, paths.settings, required=True)
+        except (FileNotFoundError, NotADirectoryError):
+            raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
 
     def settings(self, queue: str | None = None) -> dict[str, Any]:
         """Effective settings of a queue (or of the root when ``queue`` is None)."""
@@ -314,7 +327,7 @@ class Broker:
         """
         if create:
             self.create_queue(queue, exist_ok=True)
-        paths = self._queue(queue)
+        paths, settings = self._queue_settings(queue)
         overrides = {
             "priority": priority, "message_timeout": message_timeout, "requeue": requeue,
             "requeue_prio": requeue_prio, "durable": durable,
@@ -322,7 +335,7 @@ class Broker:
         chosen = validate({k: v for k, v in overrides.items() if v is not None}, "publish", InvalidSetting)
         if requeue_limit is not None:
             chosen.update(validate({"requeue_limit": requeue_limit}, "publish", InvalidSetting))
-        values = {**self._queue_values(paths), **chosen}
+        values = {**settings, **chosen}
         if headers is not None and (
             not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers)
         ):
@@ -388,8 +401,7 @@ class Broker:
         _check_count(n)
         if lease is not None:
             _check_seconds(lease, "lease")
-        paths = self._queue(queue)
-        settings = self._queue_values(paths)
+        paths, settings = self._queue_settings(queue)
         self._maybe_clean(paths, settings)
         claimed: list[Message] = []
         for name in self._ready_names(paths):
@@ -401,10 +413,11 @@ class Broker:
                 continue
             seconds = lease if lease is not None else settings["message_timeout"]
             work = ready.claimed(self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token())
-            if not atomic.move(paths.ready / name, paths.work / str(work)):
+            work_path = paths.work / str(work)
+            if not atomic.move(paths.ready / name, work_path):
                 continue
             try:
-                msg = self._load(paths, paths.work / str(work), work.id)
+                msg = self._load(paths, work_path, work.id)
                 if msg is None:
                     continue
                 self._fill_state(msg, work)
@@ -719,14 +732,24 @@ class Broker:
         The stamp's mtime is set by the file server, so every client on every
         host agrees on when the queue was last cleaned.
         """
+        interval = settings["clean_interval"]
+        now = time.monotonic()
+        if now < self._clean_due.get(paths.dir, 0.0):
+            return
         try:
             age = (self._lease_clock(paths.tmp) - os.stat(paths.clean_stamp).st_mtime_ns) / 1e9
         except FileNotFoundError:
             age = float("inf")
         except OSError as exc:
             raise storage_error("read", paths.clean_stamp, exc) from None
-        if age >= settings["clean_interval"] or age < -settings["clean_interval"]:
+        if age >= interval or age < -interval:
             self._clean_queue(paths, scan_ready=False)
+            age = 0.0
+        # Other clients can only make the stamp newer, so the queue cannot be
+        # due before ``interval - age`` from now: no need to stat it until then
+        # (but at least once a minute, so a shorter clean_interval set in
+        # ddmq.yaml is seen soon).
+        self._clean_due[paths.dir] = now + min(interval - age, interval, 60.0)
 
     def clean(self, queue: str | None = None) -> CleanReport:
         """Housekeeping now, for one queue or all.

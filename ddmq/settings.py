@@ -145,11 +145,15 @@ class SettingsCache:
     def __init__(self) -> None:
         self._files: dict[Path, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
 
-    def _file(self, path: Path) -> dict[str, Any]:
+    def _file(self, path: Path, required: bool = False) -> dict[str, Any]:
         try:
             st = os.stat(path)
             key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if required:
+                raise
+            if not isinstance(exc, FileNotFoundError):
+                raise storage_error("read", path, exc) from None
             key = None
         except OSError as exc:
             raise storage_error("read", path, exc) from None
@@ -160,9 +164,15 @@ class SettingsCache:
         self._files[path] = (key, values)
         return values
 
-    def merged(self, *paths: Path) -> dict[str, Any]:
-        """Defaults overridden by each file in turn."""
+    def merged(self, *paths: Path, required: bool = False) -> dict[str, Any]:
+        """Defaults overridden by each file in turn.
+
+        With ``required``, a missing last file raises FileNotFoundError (or
+        NotADirectoryError) instead of meaning "no overrides": a queue's
+        settings file is its marker.
+        """
         result = dict(DEFAULTS)
-        for path in paths:
-            result.update(self._file(path))
+        last = len(paths) - 1
+        for i, path in enumerate(paths):
+            result.update(self._file(path, required and i == last))
         return result
