@@ -17,7 +17,6 @@ import stat
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
@@ -62,13 +61,23 @@ def resolve_root(root: str | os.PathLike | None) -> tuple[Path, bool]:
     return Path(DEFAULT_ROOT).expanduser(), True
 
 
-@dataclass
 class CleanReport:
     """What one ``clean`` pass did, per queue or summed."""
 
-    requeued: int = 0
-    dead_lettered: int = 0
-    temp_removed: int = 0
+    def __init__(self, requeued: int = 0, dead_lettered: int = 0, temp_removed: int = 0):
+        self.requeued = requeued
+        self.dead_lettered = dead_lettered
+        self.temp_removed = temp_removed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CleanReport):
+            return NotImplemented
+        return (self.requeued, self.dead_lettered, self.temp_removed) == (
+            other.requeued, other.dead_lettered, other.temp_removed)
+
+    def __repr__(self) -> str:
+        return (f"CleanReport(requeued={self.requeued}, dead_lettered={self.dead_lettered}, "
+                f"temp_removed={self.temp_removed})")
 
     def add(self, other: "CleanReport") -> None:
         self.requeued += other.requeued

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import InvalidQueueName, UsageError
 
@@ -72,8 +72,9 @@ def new_token() -> str:
     return os.urandom(6).hex()
 
 
-@dataclass(frozen=True)
-class ReadyName:
+# NamedTuple rather than a frozen dataclass: importing dataclasses imports
+# inspect (and ast, dis, tokenize), a quarter of the command-line start-up.
+class ReadyName(NamedTuple):
     """A message waiting in ``ready/``."""
 
     priority: int
@@ -91,8 +92,7 @@ class ReadyName:
         return WorkName(self.priority, self.published, self.id, self.requeues, expires, token)
 
 
-@dataclass(frozen=True)
-class WorkName:
+class WorkName(NamedTuple):
     """A message leased to one consumer in ``work/`` until ``expires``."""
 
     priority: int

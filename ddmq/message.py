@@ -6,8 +6,8 @@ name and is filled into the :class:`Message` when it is read.
 """
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
@@ -23,27 +23,48 @@ class CorruptMessage(ValueError):
     """A payload file that is not a ddmq message; the text says what is wrong."""
 
 
-@dataclass
-class Message:
-    """One message as a consumer or a peek sees it."""
+_FIELDS = ("id", "queue", "message", "priority", "published", "message_timeout", "requeue", "requeue_prio",
+           "requeue_limit", "durable", "host", "pid", "headers", "requeues", "receipt", "lease_expires")
 
-    id: str
-    queue: str
-    message: Any
-    priority: int
-    published: int  # nanoseconds since the epoch, on the publisher's clock
-    message_timeout: float
-    requeue: bool
-    requeue_prio: int
-    requeue_limit: int | None
-    durable: bool
-    host: str
-    pid: int
-    headers: dict[str, Any] = field(default_factory=dict)
-    # State, from the file name:
-    requeues: int = 0
-    receipt: str | None = None  # set while this consumer holds the lease
-    lease_expires: int | None = None  # nanoseconds since the epoch
+
+class Message:
+    """One message as a consumer or a peek sees it.
+
+    A plain class, not a dataclass: importing dataclasses (and with it
+    inspect) costs more than the rest of a ``ddmq-notify`` run.
+    """
+
+    def __init__(self, id: str, queue: str, message: Any, priority: int, published: int,
+                 message_timeout: float, requeue: bool, requeue_prio: int, requeue_limit: int | None,
+                 durable: bool, host: str, pid: int, headers: dict[str, Any] | None = None,
+                 requeues: int = 0, receipt: str | None = None, lease_expires: int | None = None):
+        self.id = id
+        self.queue = queue
+        self.message = message
+        self.priority = priority
+        self.published = published  # nanoseconds since the epoch, on the publisher's clock
+        self.message_timeout = message_timeout
+        self.requeue = requeue
+        self.requeue_prio = requeue_prio
+        self.requeue_limit = requeue_limit
+        self.durable = durable
+        self.host = host
+        self.pid = pid
+        self.headers = {} if headers is None else headers
+        # State, from the file name:
+        self.requeues = requeues
+        self.receipt = receipt  # set while this consumer holds the lease
+        self.lease_expires = lease_expires  # nanoseconds since the epoch
+
+    def __repr__(self) -> str:
+        return "Message(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in _FIELDS) + ")"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
 
     @property
     def delivery_count(self) -> int:
@@ -61,7 +82,7 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, for JSON/YAML output; stable keys."""
-        data = asdict(self)
+        data = {k: copy.deepcopy(getattr(self, k)) for k in _FIELDS}
         data["delivery_count"] = self.delivery_count
         return data
 
