@@ -367,7 +367,7 @@ class Broker:
         return msg
 
     # --------------------------------------------------------------- consume
-    def _ready_names(self, paths: QueuePaths) -> Iterator[str]:
+    def _ready_names(self, paths: QueuePaths, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
         """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old.
 
         Listing a directory of 100 000 entries for every consume would make each
@@ -381,7 +381,8 @@ class Broker:
             if listing is None or not listing.names or time.monotonic() - listing.taken > LISTING_MAX_AGE:
                 if fresh and listing is not None and not listing.names:
                     return
-                listing = _Listing(atomic.listdir(paths.ready))
+                names = atomic.listdir(paths.ready)
+                listing = _Listing([n for n in names if n not in skip] if skip else names)
                 self._listings[paths.dir] = listing
                 fresh = True
                 if not listing.names:
@@ -413,7 +414,11 @@ class Broker:
         paths, settings = self._queue_settings(queue)
         self._maybe_clean(paths, settings)
         claimed: list[Message] = []
-        for name in self._ready_names(paths):
+        # A waiter polls with the same predicate over and over: names it already
+        # rejected are dropped when ready/ is listed, before any parsing, so an
+        # idle poll costs one listing, not a parse per waiting message.
+        rejected = self._rejected.setdefault(match, set()) if match is not None else frozenset()
+        for name in self._ready_names(paths, rejected):
             ready = parse_ready(name)
             if ready is None:
                 self._dead_letter(paths, paths.ready / name, "foreign", "file name is not a ddmq message name")
