@@ -40,6 +40,11 @@ ABANDONED_AFTER = 3600.0
 # A consumer re-lists ready/ at least this often, so a newly published message
 # of higher priority waits at most this long behind an older listing.
 LISTING_MAX_AGE = 1.0
+# ... unless listing it takes longer than this share of that time: a ready/ of
+# 100 000 names takes 0.1-0.2 s to list, and re-listing it every second would
+# cost a consumer more than its claims. Such a listing is kept 20x as long as
+# it took to make.
+LISTING_MAX_SHARE = 0.05
 # Clocks that differ from the file server's by more than this are corrected
 # for lease times; within it (NTP, coarse file timestamps) the local clock is
 # used as it is. The offset is measured at most once per CLOCK_CHECK_EVERY.
@@ -92,10 +97,11 @@ class _Listing:
     pushed in, so its own writes are never hidden behind an older listing.
     """
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], started: float):
         heapq.heapify(names)
         self.names = names
         self.taken = time.monotonic()
+        self.max_age = max(LISTING_MAX_AGE, (self.taken - started) / LISTING_MAX_SHARE)
 
     def pop(self) -> str:
         return heapq.heappop(self.names)
@@ -368,7 +374,7 @@ class Broker:
 
     # --------------------------------------------------------------- consume
     def _ready_names(self, paths: QueuePaths, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
-        """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old.
+        """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old (see LISTING_MAX_SHARE).
 
         Listing a directory of 100 000 entries for every consume would make each
         message cost O(queue); instead the sorted listing is kept and consumed
@@ -378,11 +384,12 @@ class Broker:
         listing = self._listings.get(paths.dir)
         fresh = False
         while True:
-            if listing is None or not listing.names or time.monotonic() - listing.taken > LISTING_MAX_AGE:
+            if listing is None or not listing.names or time.monotonic() - listing.taken > listing.max_age:
                 if fresh and listing is not None and not listing.names:
                     return
+                started = time.monotonic()
                 names = atomic.listdir(paths.ready)
-                listing = _Listing([n for n in names if n not in skip] if skip else names)
+                listing = _Listing([n for n in names if n not in skip] if skip else names, started)
                 self._listings[paths.dir] = listing
                 fresh = True
                 if not listing.names:
