@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
+from typing import Union
 
 from .errors import storage_error
+
+# Paths on the per-message path are plain strings (see layout.QueuePaths);
+# the root and queue creation use pathlib.
+StrPath = Union[str, "os.PathLike[str]"]
 
 # Errors with which the loser of a rename race can come back: ENOENT (the
 # source is gone) everywhere; EEXIST/ENOTEMPTY on some network filesystems;
@@ -32,14 +36,14 @@ def dir_mode(file_mode: int) -> int:
     return mode | 0o2000 if file_mode & 0o020 else mode
 
 
-def make_dir(path: Path, file_mode: int | None) -> None:
+def make_dir(path: StrPath, file_mode: int | None) -> None:
     """mkdir, with permissions derived from ``file_mode`` whatever the umask (None: umask)."""
-    path.mkdir()
+    os.mkdir(path)
     if file_mode is not None:
         os.chmod(path, dir_mode(file_mode))
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: StrPath) -> None:
     """Make a rename into ``path`` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -53,7 +57,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_private(tmp: Path, data: bytes, durable: bool, mode: int | None = None) -> None:
+def write_private(tmp: StrPath, data: bytes, durable: bool, mode: int | None = None) -> None:
     """Create ``tmp`` exclusively and write all of ``data`` to it.
 
     ``mode`` (permission bits) is set exactly, whatever the umask, so files in
@@ -81,7 +85,7 @@ def write_private(tmp: Path, data: bytes, durable: bool, mode: int | None = None
         raise storage_error("write", tmp, exc) from None
 
 
-def publish_file(tmp: Path, final: Path, data: bytes, durable: bool, mode: int | None = None) -> None:
+def publish_file(tmp: StrPath, final: StrPath, data: bytes, durable: bool, mode: int | None = None) -> None:
     """Write ``data`` under the private name ``tmp``, then rename it to ``final``.
 
     ``final`` becomes visible complete or not at all. With ``durable`` the data
@@ -99,10 +103,10 @@ def publish_file(tmp: Path, final: Path, data: bytes, durable: bool, mode: int |
             discard(tmp)
             raise storage_error("publish", final, exc) from None
     if durable:
-        fsync_dir(final.parent)
+        fsync_dir(os.path.dirname(final))
 
 
-def move(src: Path, dst: Path) -> bool:
+def move(src: StrPath, dst: StrPath) -> bool:
     """Rename ``src`` to ``dst``; True if this call moved it, False if another client did first.
 
     Exactly one of several clients renaming the same source wins. A loser is
@@ -119,17 +123,17 @@ def move(src: Path, dst: Path) -> bool:
             raise storage_error("move", src, exc) from None
         if os.path.lexists(dst):
             return True
-        if exc.errno in _AMBIGUOUS_ERRNOS and not _writable(src.parent, dst.parent):
+        if exc.errno in _AMBIGUOUS_ERRNOS and not _writable(os.path.dirname(src), os.path.dirname(dst)):
             raise storage_error("move", src, exc) from None
         return False
 
 
-def renamed(src: Path, dst: Path) -> bool:
+def renamed(src: StrPath, dst: StrPath) -> bool:
     """After a failed rename of a private ``src``: did it happen anyway (reply lost)?"""
     return not os.path.lexists(src) and os.path.lexists(dst)
 
 
-def remove_tree(path: Path) -> None:
+def remove_tree(path: StrPath) -> None:
     """Remove a directory tree, best effort: what is left, ``clean`` removes later.
 
     ``shutil.rmtree(ignore_errors=True)`` still raises on Python < 3.12 when
@@ -143,11 +147,11 @@ def remove_tree(path: Path) -> None:
         pass
 
 
-def _writable(*dirs: Path) -> bool:
+def _writable(*dirs: StrPath) -> bool:
     return all(os.access(d, os.W_OK | os.X_OK) for d in dirs)
 
 
-def remove(path: Path) -> bool:
+def remove(path: StrPath) -> bool:
     """Unlink ``path``; True if this call removed it, False if it was already gone."""
     try:
         os.unlink(path)
@@ -160,7 +164,7 @@ def remove(path: Path) -> bool:
         raise storage_error("remove", path, exc) from None
 
 
-def discard(path: Path) -> None:
+def discard(path: StrPath) -> None:
     """Remove a file of our own that failed half-way; errors are left to ``clean``."""
     try:
         os.unlink(path)
@@ -168,7 +172,7 @@ def discard(path: Path) -> None:
         pass
 
 
-def read_file(path: Path, limit: int) -> bytes | None:
+def read_file(path: StrPath, limit: int) -> bytes | None:
     """Read a message file without following symlinks; None if it vanished.
 
     Raises OSError for anything else (the caller decides whether the file is
@@ -182,18 +186,22 @@ def read_file(path: Path, limit: int) -> bytes | None:
     try:
         chunks = []
         remaining = limit + 1
+        # Start small and grow: os.read allocates its whole buffer before the
+        # system call, and a 1 MiB buffer costs more than the read itself.
+        size = 1 << 16
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
+            chunk = os.read(fd, min(remaining, size))
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-        return b"".join(chunks)
+            size = min(size * 2, 1 << 22)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def listdir(path: Path) -> list[str]:
+def listdir(path: StrPath) -> list[str]:
     """Names in a state directory, hidden names (NFS silly-renames, .fuse_hidden) left out."""
     try:
         return [name for name in os.listdir(path) if not name.startswith(".")]

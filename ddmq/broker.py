@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
 from . import atomic
+from .atomic import StrPath
 from .errors import (
     DdmqError, ForeignFiles, InvalidSetting, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound,
-    UsageError, storage_error,
+    StorageError, UsageError, storage_error,
 )
 from .layout import (
     DEAD, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, WORK, QUEUE_ENTRIES, QueuePaths,
@@ -31,7 +32,7 @@ from .layout import (
     parse_ready, parse_receipt, parse_work,
 )
 from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode
-from .settings import MAX_SECONDS, MESSAGE_KEYS, SettingsCache, dump, validate
+from .settings import MAX_SECONDS, SettingsCache, dump, validate
 
 DEFAULT_ROOT = "~/.ddmq"
 # A temporary file or directory older than this was certainly abandoned by a
@@ -50,6 +51,11 @@ LISTING_MAX_SHARE = 0.05
 # used as it is. The offset is measured at most once per CLOCK_CHECK_EVERY.
 CLOCK_TOLERANCE = 2.0
 CLOCK_CHECK_EVERY = 60.0
+# A client re-reads a queue's settings (a stat of each ddmq.yaml) at most this
+# often: an edit to ddmq.yaml, or a queue deleted by another client, reaches a
+# running client within this time (an operation on a deleted queue fails
+# sooner, with QueueNotFound).
+SETTINGS_MAX_AGE = 1.0
 _HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
 
 Receipt = Union[Message, str]
@@ -132,8 +138,9 @@ class Broker:
     def __init__(self, root: str | os.PathLike | None = None, create: bool | None = None):
         self.root, is_default = resolve_root(root)
         self._settings = SettingsCache()
-        self._clean_due: dict[Path, float] = {}
-        self._listings: dict[Path, _Listing] = {}
+        self._clean_due: dict[str, float] = {}
+        self._checked: dict[str, tuple[float, dict[str, Any]]] = {}  # queue dir -> (when, settings)
+        self._listings: dict[str, _Listing] = {}
         self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
         self._clock_offset = 0
         self._queue_paths: dict[str, QueuePaths] = {}
@@ -172,13 +179,16 @@ class Broker:
 
     def _queue_values(self, paths: QueuePaths) -> dict[str, Any]:
         """Effective settings of a queue whose paths are known (root file, then queue file)."""
+        checked = self._checked.get(paths.dir)
+        if checked is not None and time.monotonic() - checked[0] < SETTINGS_MAX_AGE:
+            return checked[1]
         return self._settings.merged(self._root_marker, paths.settings)
 
     # ---------------------------------------------------------------- queues
     def _paths(self, queue: str) -> QueuePaths:
         paths = self._queue_paths.get(queue) if isinstance(queue, str) else None
         if paths is None:
-            paths = self._queue_paths[queue] = QueuePaths(self.root / check_queue_name(queue))
+            paths = self._queue_paths[queue] = QueuePaths(os.path.join(self.root, check_queue_name(queue)))
         return paths
 
     def _queue(self, queue: str) -> QueuePaths:
@@ -196,13 +206,33 @@ class Broker:
         """Paths and effective settings of an existing queue, or QueueNotFound.
 
         The stat that tells whether the queue's settings changed also tells
-        whether the queue exists: one system call, not two.
+        whether the queue exists, and it is made at most once per
+        SETTINGS_MAX_AGE: a publish or consume otherwise costs no system call
+        beyond its own renames.
         """
         paths = self._paths(queue)
+        now = time.monotonic()
+        checked = self._checked.get(paths.dir)
+        if checked is not None and now - checked[0] < SETTINGS_MAX_AGE:
+            return paths, checked[1]
         try:
-            return paths, self._settings.merged(self._root_marker, paths.settings, required=True)
+            values = self._settings.merged(self._root_marker, paths.settings, required=True)
         except (FileNotFoundError, NotADirectoryError):
             raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
+        self._checked[paths.dir] = (now, values)
+        return paths, values
+
+    def _gone(self, queue: str, paths: QueuePaths, exc: StorageError) -> DdmqError:
+        """What to raise after ENOENT inside a queue: QueueNotFound if the queue itself is gone.
+
+        Within SETTINGS_MAX_AGE a queue deleted by another client is noticed
+        this way, by the operation that fails, not by a stat before each one.
+        """
+        self._checked.pop(paths.dir, None)
+        self._listings.pop(paths.dir, None)
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.lexists(paths.settings):
+            return QueueNotFound(f"no queue {queue!r} in {self.root}")
+        return exc
 
     def settings(self, queue: str | None = None) -> dict[str, Any]:
         """Effective settings of a queue (or of the root when ``queue`` is None)."""
@@ -272,17 +302,18 @@ class Broker:
                     raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
                 raise storage_error("delete queue", paths.dir, exc) from None
         self._listings.pop(paths.dir, None)
+        self._checked.pop(paths.dir, None)
         atomic.remove_tree(doomed)
 
     def _foreign_entries(self, paths: QueuePaths) -> list[str]:
         foreign = [n for n in sorted(atomic.listdir(paths.dir)) if n not in QUEUE_ENTRIES]
         checks = {READY: parse_ready, WORK: parse_work}
         for state in STATE_DIRS:
-            directory = paths.dir / state
+            directory = f"{paths.dir}/{state}"
             for name in atomic.listdir(directory):
                 parse = checks.get(state)
                 ours = parse(name) is not None if parse else True
-                if not ours or not os.path.isfile(directory / name) or os.path.islink(directory / name):
+                if not ours or not os.path.isfile(os.path.join(directory, name)) or os.path.islink(os.path.join(directory, name)):
                     foreign.append(f"{state}/{name}")
         return foreign
 
@@ -342,23 +373,27 @@ class Broker:
         """
         if create:
             self.create_queue(queue, exist_ok=True)
-        paths, settings = self._queue_settings(queue)
+        paths, values = self._queue_settings(queue)
         overrides = {
             "priority": priority, "message_timeout": message_timeout, "requeue": requeue,
             "requeue_prio": requeue_prio, "durable": durable,
         }
-        chosen = validate({k: v for k, v in overrides.items() if v is not None}, "publish", InvalidSetting)
-        if requeue_limit is not None:
-            chosen.update(validate({"requeue_limit": requeue_limit}, "publish", InvalidSetting))
-        values = {**settings, **chosen}
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        if chosen or requeue_limit is not None:
+            chosen = validate(chosen, "publish", InvalidSetting)
+            if requeue_limit is not None:
+                chosen.update(validate({"requeue_limit": requeue_limit}, "publish", InvalidSetting))
+            values = {**values, **chosen}
         if headers is not None and (
             not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers)
         ):
             raise UsageError("headers must be a mapping with string keys")
         msg = Message(
             id=new_message_id(), queue=queue, message=message, published=self._publish_time(),
-            host=_HOST, pid=os.getpid(), headers=dict(headers or {}),
-            **{k: values[k] for k in MESSAGE_KEYS},
+            host=_HOST, pid=os.getpid(), headers=dict(headers) if headers else {},
+            priority=values["priority"], message_timeout=values["message_timeout"], requeue=values["requeue"],
+            requeue_prio=values["requeue_prio"], requeue_limit=values["requeue_limit"],
+            durable=values["durable"],
         )
         try:
             data = encode(msg)
@@ -367,13 +402,17 @@ class Broker:
         if len(data) > MAX_MESSAGE_BYTES:
             raise UsageError(f"message too large: {len(data)} bytes (at most {MAX_MESSAGE_BYTES})")
         name = ReadyName(msg.priority, msg.published, msg.id, 0)
-        atomic.publish_file(paths.tmp / f"{msg.id}.tmp", paths.ready / str(name), data, msg.durable,
-                            values["mode"])
+        try:
+            atomic.publish_file(f"{paths.tmp}/{msg.id}.tmp", f"{paths.ready}/{name}", data, msg.durable,
+                                values["mode"])
+        except StorageError as exc:
+            raise self._gone(queue, paths, exc) from None
         self._readied(paths, name)
         return msg
 
     # --------------------------------------------------------------- consume
-    def _ready_names(self, paths: QueuePaths, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
+    def _ready_names(self, queue: str, paths: QueuePaths,
+                     skip: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
         """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old (see LISTING_MAX_SHARE).
 
         Listing a directory of 100 000 entries for every consume would make each
@@ -388,7 +427,10 @@ class Broker:
                 if fresh and listing is not None and not listing.names:
                     return
                 started = time.monotonic()
-                names = atomic.listdir(paths.ready)
+                try:
+                    names = atomic.listdir(paths.ready)
+                except StorageError as exc:
+                    raise self._gone(queue, paths, exc) from None
                 listing = _Listing([n for n in names if n not in skip] if skip else names, started)
                 self._listings[paths.dir] = listing
                 fresh = True
@@ -425,17 +467,17 @@ class Broker:
         # rejected are dropped when ready/ is listed, before any parsing, so an
         # idle poll costs one listing, not a parse per waiting message.
         rejected = self._rejected.setdefault(match, set()) if match is not None else frozenset()
-        for name in self._ready_names(paths, rejected):
+        for name in self._ready_names(queue, paths, rejected):
             ready = parse_ready(name)
             if ready is None:
-                self._dead_letter(paths, paths.ready / name, "foreign", "file name is not a ddmq message name")
+                self._dead_letter(paths, f"{paths.ready}/{name}", "foreign", "file name is not a ddmq message name")
                 continue
             if match is not None and self._matching(paths.ready, name, match) is None:
                 continue
             seconds = lease if lease is not None else settings["message_timeout"]
             work = ready.claimed(self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token())
-            work_path = paths.work / str(work)
-            if not atomic.move(paths.ready / name, work_path):
+            work_path = f"{paths.work}/{work}"
+            if not atomic.move(f"{paths.ready}/{name}", work_path):
                 continue
             try:
                 msg = self._load(paths, work_path, work.id)
@@ -469,7 +511,7 @@ class Broker:
             msg.lease_expires = name.expires
 
     @staticmethod
-    def _read(path: Path, expected_id: str | None) -> Message | None:
+    def _read(path: str, expected_id: str | None) -> Message | None:
         """Read and check one message file: None if it vanished, CorruptMessage if it is not one."""
         try:
             data = atomic.read_file(path, MAX_MESSAGE_BYTES)
@@ -486,7 +528,7 @@ class Broker:
             raise CorruptMessage(f"payload id {msg.id!r} does not match the file name")
         return msg
 
-    def _load(self, paths: QueuePaths, path: Path, expected_id: str,
+    def _load(self, paths: QueuePaths, path: str, expected_id: str,
               report: CleanReport | None = None) -> Message | None:
         """Read a message we hold; a file that is not a valid message is dead-lettered."""
         try:
@@ -496,17 +538,17 @@ class Broker:
                 report.dead_lettered += 1
             return None
 
-    def _peeked(self, directory: Path, name: str, parsed: ReadyName | WorkName | None) -> Message | None:
+    def _peeked(self, directory: str, name: str, parsed: ReadyName | WorkName | None) -> Message | None:
         """Read a message without holding it; unreadable files are skipped, left for its holder."""
         try:
-            msg = self._read(directory / name, parsed.id if parsed else None)
+            msg = self._read(os.path.join(directory, name), parsed.id if parsed else None)
         except CorruptMessage:
             return None
         if msg is not None and parsed is not None:
             self._fill_state(msg, parsed)
         return msg
 
-    def _matching(self, directory: Path, name: str, match: Match) -> Message | None:
+    def _matching(self, directory: str, name: str, match: Match) -> Message | None:
         """The message in ``directory/name`` if ``match`` accepts it, else None.
 
         Payloads are immutable, so a name once rejected by a predicate is never
@@ -535,7 +577,7 @@ class Broker:
         if state not in (READY, WORK, DEAD):
             raise UsageError(f"state must be one of ready, work, dead; not {state!r}")
         paths = self._queue(queue)
-        directory = paths.dir / state
+        directory = f"{paths.dir}/{state}"
         found: list[Message] = []
         for name in sorted(atomic.listdir(directory)):
             if len(found) >= n:
@@ -559,7 +601,7 @@ class Broker:
             if receipt.lease_expires is not None:
                 guess = WorkName(receipt.priority, receipt.published, msg_id, receipt.requeues,
                                  receipt.lease_expires, token or "")
-                if os.path.lexists(paths.work / str(guess)):
+                if os.path.lexists(f"{paths.work}/{guess}"):
                     return paths, guess
         else:
             if queue is None:
@@ -582,11 +624,11 @@ class Broker:
             _, token = parse_receipt(message.receipt)
             guess = WorkName(message.priority, message.published, message.id, message.requeues,
                              message.lease_expires, token or "")
-            if atomic.remove(self._paths(queue or message.queue).work / str(guess)):
+            if atomic.remove(f"{self._paths(queue or message.queue).work}/{guess}"):
                 message.receipt = None
                 return
         paths, work = self._held(message, queue)
-        if not atomic.remove(paths.work / str(work)):
+        if not atomic.remove(f"{paths.work}/{work}"):
             raise LeaseLost(f"message {work.id} was taken back before it could be acked")
         if isinstance(message, Message):
             message.receipt = None
@@ -597,7 +639,7 @@ class Broker:
         Returns where it went: ``"ready"`` or ``"dead"``.
         """
         paths, work = self._held(message, queue)
-        msg = message if isinstance(message, Message) else self._load(paths, paths.work / str(work), work.id)
+        msg = message if isinstance(message, Message) else self._load(paths, f"{paths.work}/{work}", work.id)
         if msg is None:
             return DEAD
         where = self._retire(paths, work, msg, requeue, "rejected")
@@ -616,7 +658,7 @@ class Broker:
         """
         paths, work = self._held(message, queue)
         ready = ReadyName(work.priority, work.published, work.id, work.requeues)
-        if not atomic.move(paths.work / str(work), paths.ready / str(ready)):
+        if not atomic.move(f"{paths.work}/{work}", f"{paths.ready}/{ready}"):
             raise LeaseLost(f"message {work.id} was taken back before it could be released")
         self._readied(paths, ready)
         if isinstance(message, Message):
@@ -634,7 +676,7 @@ class Broker:
                        else self._queue_values(paths)["message_timeout"])
         _check_seconds(seconds, "seconds")
         renewed = work.extended(self._lease_clock(paths.tmp) + int(seconds * 1e9))
-        if not atomic.move(paths.work / str(work), paths.work / str(renewed)):
+        if not atomic.move(f"{paths.work}/{work}", f"{paths.work}/{renewed}"):
             raise LeaseLost(f"message {work.id} was taken back before its lease could be extended")
         if isinstance(message, Message):
             message.lease_expires = renewed.expires
@@ -648,40 +690,42 @@ class Broker:
         if requeue and msg.requeue:
             if msg.requeue_limit is None or work.requeues < msg.requeue_limit:
                 requeued = work.requeued(msg.requeue_prio)
-                if not atomic.move(paths.work / str(work), paths.ready / str(requeued)):
+                if not atomic.move(f"{paths.work}/{work}", f"{paths.ready}/{requeued}"):
                     return None
                 self._readied(paths, requeued)
                 return READY
             reason = "requeue-limit"
-        moved = self._dead_letter(paths, paths.work / str(work), reason,
+        moved = self._dead_letter(paths, f"{paths.work}/{work}", reason,
                                   f"requeued {work.requeues} times" if reason == "requeue-limit" else "")
         return DEAD if moved else None
 
-    def _dead_letter(self, paths: QueuePaths, path: Path, reason: str, detail: str) -> bool:
+    def _dead_letter(self, paths: QueuePaths, path: str, reason: str, detail: str) -> bool:
         """Move ``path`` to dead/ with the reason in its name, then record details beside it.
 
         The rename is the atomic step; the ``.reason`` file is written after it
         and is best effort (a crash in between leaves the reason code in the name).
         """
-        original = path.name + ("_" if path.name.endswith(REASON_SUFFIX) else "")
-        target = paths.dead / dead_name(reason, original, time.time_ns())
+        directory, name = os.path.split(path)
+        original = name + ("_" if name.endswith(REASON_SUFFIX) else "")
+        dead = dead_name(reason, original, time.time_ns())
+        target = f"{paths.dead}/{dead}"
         if not atomic.move(path, target):
             return False
         record = {
-            "reason": reason, "detail": detail, "from": f"{path.parent.name}/{path.name}",
+            "reason": reason, "detail": detail, "from": f"{os.path.basename(directory)}/{name}",
             "time": time.time(), "host": _HOST, "pid": os.getpid(),
         }
-        tmp = paths.tmp / f"{target.name[:40]}.{new_token()}.tmp"
+        tmp = f"{paths.tmp}/{dead[:40]}.{new_token()}.tmp"
         try:
             mode = self._queue_values(paths)["mode"]
-            atomic.publish_file(tmp, target.with_name(target.name + REASON_SUFFIX),
+            atomic.publish_file(tmp, target + REASON_SUFFIX,
                                 json.dumps(record, sort_keys=True).encode(), durable=False, mode=mode)
         except DdmqError:
             pass
         return True
 
     # ----------------------------------------------------------------- clock
-    def _lease_clock(self, probe_dir: Path) -> int:
+    def _lease_clock(self, probe_dir: StrPath) -> int:
         """Now, in ns, for lease expiries: the local clock unless it is off from the file server's.
 
         Leases are written by one host and judged by others. A node whose
@@ -697,14 +741,14 @@ class Broker:
         return time.time_ns() + self._clock_offset
 
     @staticmethod
-    def _server_offset(probe_dir: Path) -> int:
+    def _server_offset(probe_dir: StrPath) -> int:
         """File server's clock minus ours (ns), from the mtime it gives a new file; 0 if within tolerance.
 
         A file's mtime at creation is stamped by the server on NFS, Lustre,
         GPFS and sshfs. If the probe cannot be made (read-only, full), the
         local clock is used: a lease decision must not fail for want of it.
         """
-        probe = probe_dir / f".clock.{new_token()}"
+        probe = os.path.join(probe_dir, f".clock.{new_token()}")
         before = time.time_ns()
         try:
             fd = os.open(probe, atomic.OPEN_FLAGS, 0o600)
@@ -737,7 +781,7 @@ class Broker:
         directory = paths.dead if dead else paths.ready
         removed = 0
         for name in atomic.listdir(directory):
-            path = directory / name
+            path = os.path.join(directory, name)
             if os.path.isdir(path) and not os.path.islink(path):
                 atomic.remove_tree(path)  # a dead-lettered foreign directory
                 removed += 1
@@ -801,15 +845,15 @@ class Broker:
         # creation, and replacing it needs only write access to the directory,
         # not ownership of the old stamp (which another user may have made).
         mode = self._queue_values(paths)["mode"]
-        atomic.publish_file(paths.tmp / f".stamp.{new_token()}", paths.clean_stamp, b"", durable=False, mode=mode)
+        atomic.publish_file(f"{paths.tmp}/.stamp.{new_token()}", paths.clean_stamp, b"", durable=False, mode=mode)
         now = self._lease_clock(paths.tmp)
         for name in atomic.listdir(paths.work):
             work = parse_work(name)
             if work is None:
-                report.dead_lettered += self._dead_letter(paths, paths.work / name, "foreign",
+                report.dead_lettered += self._dead_letter(paths, f"{paths.work}/{name}", "foreign",
                                                           "file name is not a ddmq lease name")
             elif work.expires <= now:
-                msg = self._load(paths, paths.work / name, work.id, report)
+                msg = self._load(paths, f"{paths.work}/{name}", work.id, report)
                 if msg is None:
                     continue
                 where = self._retire(paths, work, msg, True, "expired")
@@ -817,12 +861,12 @@ class Broker:
                 report.dead_lettered += where == DEAD
         for name in atomic.listdir(paths.ready) if scan_ready else ():
             if parse_ready(name) is None:
-                report.dead_lettered += self._dead_letter(paths, paths.ready / name, "foreign",
+                report.dead_lettered += self._dead_letter(paths, f"{paths.ready}/{name}", "foreign",
                                                           "file name is not a ddmq message name")
         report.temp_removed += self._remove_abandoned(paths.tmp, now, "")
         return report
 
-    def _remove_abandoned(self, directory: Path, now_ns: int, *prefixes: str) -> int:
+    def _remove_abandoned(self, directory: StrPath, now_ns: int, *prefixes: str) -> int:
         """Remove entries starting with one of ``prefixes`` untouched for ABANDONED_AFTER seconds.
 
         ``now_ns`` is on the server's clock (see _lease_clock), so a client
@@ -837,7 +881,7 @@ class Broker:
         for name in names:
             if not name.startswith(prefixes):
                 continue
-            path = directory / name
+            path = os.path.join(directory, name)
             try:
                 st = os.lstat(path)
             except OSError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import NamedTuple
 
 from .errors import InvalidQueueName, UsageError
@@ -160,15 +159,19 @@ def dead_name(reason: str, original: str, now_ns: int) -> str:
 
 
 class QueuePaths:
-    """The directories of one queue, built once: path arithmetic is a hot spot per message."""
+    """The directories of one queue, built once, as plain strings.
+
+    Paths on the per-message path are ``str``, joined with f-strings: pathlib's
+    parsing and joining cost more than the system calls they name.
+    """
 
     __slots__ = ("dir", "settings", "ready", "work", "dead", "tmp", "clean_stamp")
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: str):
         self.dir = directory
-        self.settings = directory / QUEUE_MARKER
-        self.ready = directory / READY
-        self.work = directory / WORK
-        self.dead = directory / DEAD
-        self.tmp = directory / TMP
-        self.clean_stamp = directory / CLEAN_STAMP
+        self.settings = f"{directory}/{QUEUE_MARKER}"
+        self.ready = f"{directory}/{READY}"
+        self.work = f"{directory}/{WORK}"
+        self.dead = f"{directory}/{DEAD}"
+        self.tmp = f"{directory}/{TMP}"
+        self.clean_stamp = f"{directory}/{CLEAN_STAMP}"

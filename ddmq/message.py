@@ -87,10 +87,14 @@ class Message:
         return data
 
 
+# Made once: json.dumps with non-default options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False)
+
+
 def encode(message: Message) -> bytes:
     """Serialise the payload; raises TypeError for bodies JSON cannot hold."""
     try:
-        return json.dumps(message.payload(), ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
+        return _ENCODER.encode(message.payload()).encode()
     except ValueError as exc:
         raise TypeError(f"message is not JSON-serialisable: {exc}") from None
 
@@ -105,17 +109,31 @@ def decode(data: bytes) -> Message:
         raise CorruptMessage("payload is not a JSON object")
     if raw.get("format") != FORMAT_VERSION:
         raise CorruptMessage(f"unknown format {raw.get('format')!r}")
-    for key, kind in _REQUIRED.items():
-        if not isinstance(raw.get(key), kind) or (kind is int and isinstance(raw[key], bool)):
-            raise CorruptMessage(f"field {key!r} missing or of the wrong type")
-    if "message" not in raw:
-        raise CorruptMessage("field 'message' missing")
-    limit = raw.get("requeue_limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
-        raise CorruptMessage("field 'requeue_limit' of the wrong type")
+    get = raw.get
+    # One chained test for the common case (every message read pays for it);
+    # the loop below only runs to name what is wrong. ``type() is`` keeps
+    # booleans out of the int fields, as json.loads gives exact types.
+    timeout_type, limit = type(get("message_timeout")), get("requeue_limit")
+    if not (
+        type(get("id")) is str and type(get("queue")) is str and type(get("published")) is int
+        and type(get("priority")) is int and (timeout_type is int or timeout_type is float)
+        and type(get("requeue")) is bool and type(get("requeue_prio")) is int
+        and type(get("durable")) is bool and type(get("host")) is str and type(get("pid")) is int
+        and type(get("headers")) is dict and (limit is None or type(limit) is int) and "message" in raw
+    ):
+        raise CorruptMessage(_what_is_wrong(raw))
     return Message(
         id=raw["id"], queue=raw["queue"], message=raw["message"], priority=raw["priority"],
         published=raw["published"], message_timeout=raw["message_timeout"],
         requeue=raw["requeue"], requeue_prio=raw["requeue_prio"], requeue_limit=limit,
         durable=raw["durable"], host=raw["host"], pid=raw["pid"], headers=raw["headers"],
     )
+
+
+def _what_is_wrong(raw: dict[str, Any]) -> str:
+    for key, kind in _REQUIRED.items():
+        if not isinstance(raw.get(key), kind) or (kind is int and isinstance(raw[key], bool)):
+            return f"field {key!r} missing or of the wrong type"
+    if "message" not in raw:
+        return "field 'message' missing"
+    return "field 'requeue_limit' of the wrong type"

@@ -9,9 +9,9 @@ job and their start-up time matters.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .atomic import StrPath
 from .errors import SettingsError, storage_error
 from .layout import MAX_PRIORITY
 
@@ -56,8 +56,6 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
              "octal permission bits for the queue's files, like 0660 (or null: the umask decides)"),
 }
 DEFAULTS: dict[str, Any] = {key: spec[0] for key, spec in SCHEMA.items()}
-# The settings a message carries with it (the rest belong to the queue).
-MESSAGE_KEYS = ("message_timeout", "priority", "requeue", "requeue_prio", "requeue_limit", "durable")
 
 
 def _octal(value: Any) -> Any:
@@ -97,10 +95,11 @@ def _has_content(text: str) -> bool:
     return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
 
 
-def load_file(path: Path) -> dict[str, Any]:
+def load_file(path: StrPath) -> dict[str, Any]:
     """Read and validate one settings file; a missing or empty file means no overrides."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         return {}
     except UnicodeDecodeError:
@@ -143,9 +142,9 @@ class SettingsCache:
     """
 
     def __init__(self) -> None:
-        self._files: dict[Path, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
+        self._files: dict[StrPath, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
 
-    def _file(self, path: Path, required: bool = False) -> dict[str, Any]:
+    def _file(self, path: StrPath, required: bool = False) -> dict[str, Any]:
         try:
             st = os.stat(path)
             key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -164,7 +163,7 @@ class SettingsCache:
         self._files[path] = (key, values)
         return values
 
-    def merged(self, *paths: Path, required: bool = False) -> dict[str, Any]:
+    def merged(self, *paths: StrPath, required: bool = False) -> dict[str, Any]:
         """Defaults overridden by each file in turn.
 
         With ``required``, a missing last file raises FileNotFoundError (or

@@ -281,6 +281,38 @@ def test_settings_errors_name_file_and_key(b: Broker, root: Path) -> None:
         b.create_queue("r", durable="yes")
 
 
+def test_a_running_client_sees_settings_edits_within_settings_max_age(b: Broker, root: Path) -> None:
+    from ddmq.broker import SETTINGS_MAX_AGE
+
+    b.create_queue("q")
+    assert b.publish("q", "before").priority == 999
+    (root / "q" / "ddmq.yaml").write_text("priority: 5\n")
+    time.sleep(SETTINGS_MAX_AGE + 0.05)
+    assert b.publish("q", "after").priority == 5
+
+
+def test_a_queue_deleted_by_another_client_is_not_found_at_once(root: Path) -> None:
+    # Both clients have the queue's settings (and the consumer a listing)
+    # cached when it is deleted: the failing operation itself must tell.
+    consumer, publisher = Broker(root, create=True), Broker(root)
+    publisher.publish("q", "one", create=True)
+    publisher.publish("q", "two")
+    assert [m.message for m in consumer.consume("q")] == ["one"]
+    Broker(root).delete_queue("q", force=True)
+    with pytest.raises(QueueNotFound):
+        consumer.consume("q")
+    with pytest.raises(QueueNotFound):
+        publisher.publish("q", "three")
+    assert not (root / "q").exists()
+
+
+def test_large_messages_round_trip(b: Broker) -> None:
+    body = "x" * (3 << 20) + "end"  # read in growing chunks, not one 64 KiB read
+    b.publish("q", body, create=True)
+    [m] = b.consume("q")
+    assert m.message == body
+
+
 def test_two_brokers_share_a_queue(root: Path) -> None:
     a, c = Broker(root, create=True), Broker(root)
     a.publish("q", "from a", create=True)
