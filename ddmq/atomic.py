@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Union
 
 from .errors import storage_error
 
-# Paths on the per-message path are plain strings (see layout.QueuePaths);
-# the root and queue creation use pathlib.
-StrPath = Union[str, "os.PathLike[str]"]
+# Names for type annotations only: importing typing at run time costs a
+# command-line tool several milliseconds of start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Union
+
+    # Paths are plain strings inside ddmq (see layout.QueuePaths); callers may pass PathLike.
+    StrPath = Union[str, "os.PathLike[str]"]
 
 # Errors with which the loser of a rename race can come back: ENOENT (the
 # source is gone) everywhere; EEXIST/ENOTEMPTY on some network filesystems;

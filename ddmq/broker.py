@@ -17,11 +17,8 @@ import stat
 import time
 import warnings
 import weakref
-from pathlib import Path
-from typing import Any, Callable, Iterator, Union
 
 from . import atomic
-from .atomic import StrPath
 from .errors import (
     DdmqError, ForeignFiles, InvalidSetting, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound,
     StorageError, UsageError, storage_error,
@@ -58,18 +55,27 @@ CLOCK_CHECK_EVERY = 60.0
 SETTINGS_MAX_AGE = 1.0
 _HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
 
-Receipt = Union[Message, str]
-Match = Callable[[Message], bool]
+# Names for type annotations only: importing typing at run time costs a
+# command-line tool several milliseconds of start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, Callable, Iterator, Union
+
+    from .atomic import StrPath
+
+    Receipt = Union[Message, str]
+    Match = Callable[[Message], bool]
 
 
-def resolve_root(root: str | os.PathLike | None) -> tuple[Path, bool]:
+def resolve_root(root: str | os.PathLike | None) -> tuple[str, bool]:
     """The root to use and whether it is the default (created on first use)."""
     if root is not None and os.fspath(root) != "":
-        return Path(root).expanduser(), False
+        return os.path.expanduser(os.fspath(root)), False
     env = os.environ.get("DDMQ_ROOT")
     if env:
-        return Path(env).expanduser(), False
-    return Path(DEFAULT_ROOT).expanduser(), True
+        return os.path.expanduser(env), False
+    return os.path.expanduser(DEFAULT_ROOT), True
 
 
 class CleanReport:
@@ -136,7 +142,7 @@ class Broker:
     """
 
     def __init__(self, root: str | os.PathLike | None = None, create: bool | None = None):
-        self.root, is_default = resolve_root(root)
+        self._root, is_default = resolve_root(root)
         self._settings = SettingsCache()
         self._clean_due: dict[str, float] = {}
         self._checked: dict[str, tuple[float, dict[str, Any]]] = {}  # queue dir -> (when, settings)
@@ -144,38 +150,43 @@ class Broker:
         self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
         self._clock_offset = 0
         self._queue_paths: dict[str, QueuePaths] = {}
-        self._root_marker = self.root / ROOT_MARKER
+        self._root_marker = os.path.join(self._root, ROOT_MARKER)
         self._clock_checked: float | None = None
         self._open_root(is_default if create is None else create)
 
     def __repr__(self) -> str:
-        return f"Broker({str(self.root)!r})"
+        return f"Broker({self._root!r})"
+
+    @property
+    def root(self) -> Path:
+        """The root directory. Held as a string inside: importing pathlib costs
+        a command-line tool more start-up time than its whole publish."""
+        from pathlib import Path
+
+        return Path(self._root)
 
     # ------------------------------------------------------------------ root
     def _open_root(self, create: bool) -> None:
-        marker = self.root / ROOT_MARKER
+        marker = self._root_marker
         try:
             if stat.S_ISREG(os.stat(marker).st_mode):
                 return
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:  # e.g. not in the group that shares the root
-            raise storage_error("open root", self.root, exc) from None
+            raise storage_error("open root", self._root, exc) from None
         if not create:
-            if not self.root.exists():
-                raise RootNotFound(f"ddmq root {self.root} does not exist (create it with `ddmq create`)")
-            raise NotARoot(f"{self.root} is not a ddmq root (no {ROOT_MARKER}); refusing to use it")
-        if self.root.exists() and not self.root.is_dir():
-            raise NotARoot(f"{self.root} exists and is not a directory")
+            if not os.path.exists(self._root):
+                raise RootNotFound(f"ddmq root {self._root} does not exist (create it with `ddmq create`)")
+            raise NotARoot(f"{self._root} is not a ddmq root (no {ROOT_MARKER}); refusing to use it")
+        if os.path.exists(self._root) and not os.path.isdir(self._root):
+            raise NotARoot(f"{self._root} exists and is not a directory")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            os.makedirs(self._root, exist_ok=True)
         except OSError as exc:
-            raise storage_error("create root", self.root, exc) from None
-        tmp = self.root / f".{ROOT_MARKER}.{new_token()}"
+            raise storage_error("create root", self._root, exc) from None
+        tmp = os.path.join(self._root, f".{ROOT_MARKER}.{new_token()}")
         atomic.publish_file(tmp, marker, dump({}).encode(), durable=True)
-
-    def _root_settings(self) -> Path:
-        return self._root_marker
 
     def _queue_values(self, paths: QueuePaths) -> dict[str, Any]:
         """Effective settings of a queue whose paths are known (root file, then queue file)."""
@@ -188,7 +199,7 @@ class Broker:
     def _paths(self, queue: str) -> QueuePaths:
         paths = self._queue_paths.get(queue) if isinstance(queue, str) else None
         if paths is None:
-            paths = self._queue_paths[queue] = QueuePaths(os.path.join(self.root, check_queue_name(queue)))
+            paths = self._queue_paths[queue] = QueuePaths(os.path.join(self._root, check_queue_name(queue)))
         return paths
 
     def _queue(self, queue: str) -> QueuePaths:
@@ -197,7 +208,7 @@ class Broker:
         try:
             os.stat(paths.settings)
         except (FileNotFoundError, NotADirectoryError):
-            raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
+            raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
         except OSError as exc:
             raise storage_error("open queue", paths.dir, exc) from None
         return paths
@@ -218,7 +229,7 @@ class Broker:
         try:
             values = self._settings.merged(self._root_marker, paths.settings, required=True)
         except (FileNotFoundError, NotADirectoryError):
-            raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
+            raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
         self._checked[paths.dir] = (now, values)
         return paths, values
 
@@ -231,14 +242,14 @@ class Broker:
         self._checked.pop(paths.dir, None)
         self._listings.pop(paths.dir, None)
         if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.lexists(paths.settings):
-            return QueueNotFound(f"no queue {queue!r} in {self.root}")
+            return QueueNotFound(f"no queue {queue!r} in {self._root}")
         return exc
 
     def settings(self, queue: str | None = None) -> dict[str, Any]:
         """Effective settings of a queue (or of the root when ``queue`` is None)."""
         if queue is None:
-            return self._settings.merged(self._root_settings())
-        return self._settings.merged(self._root_settings(), self._queue(queue).settings)
+            return self._settings.merged(self._root_marker)
+        return self._settings.merged(self._root_marker, self._queue(queue).settings)
 
     def create_queue(self, queue: str, exist_ok: bool = False, **settings: Any) -> None:
         """Create a queue, with optional settings written to its ``ddmq.yaml``.
@@ -251,29 +262,29 @@ class Broker:
         if os.path.isdir(paths.dir):
             if exist_ok and os.path.isfile(paths.settings):
                 return
-            raise QueueExists(f"queue {queue!r} already exists in {self.root}")
-        staging = self.root / f".create.{new_token()}.{queue}"
+            raise QueueExists(f"queue {queue!r} already exists in {self._root}")
+        staging = os.path.join(self._root, f".create.{new_token()}.{queue}")
         mode = {**self.settings(), **values}["mode"]
         try:
             atomic.make_dir(staging, mode)
             for state in STATE_DIRS:
-                atomic.make_dir(staging / state, mode)
-            atomic.write_private(staging / ROOT_MARKER, dump(values).encode(), durable=True, mode=mode)
+                atomic.make_dir(os.path.join(staging, state), mode)
+            atomic.write_private(os.path.join(staging, ROOT_MARKER), dump(values).encode(), durable=True, mode=mode)
             os.rename(staging, paths.dir)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(staging, paths.settings):
-                atomic.fsync_dir(self.root)  # our rename happened; only its reply was lost
+                atomic.fsync_dir(self._root)  # our rename happened; only its reply was lost
                 return
             atomic.remove_tree(staging)
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 if exist_ok:
                     return
-                raise QueueExists(f"queue {queue!r} already exists in {self.root}") from None
+                raise QueueExists(f"queue {queue!r} already exists in {self._root}") from None
             raise storage_error("create queue", paths.dir, exc) from None
         except DdmqError:
             atomic.remove_tree(staging)
             raise
-        atomic.fsync_dir(self.root)
+        atomic.fsync_dir(self._root)
 
     def delete_queue(self, queue: str, force: bool = False) -> None:
         """Delete a queue and all its messages.
@@ -292,14 +303,14 @@ class Broker:
                     f"queue {queue!r} holds files ddmq did not write ({shown}); "
                     "move them away or delete with force"
                 )
-        doomed = self.root / f".delete.{new_token()}.{queue}"
+        doomed = os.path.join(self._root, f".delete.{new_token()}.{queue}")
         try:
             os.rename(paths.dir, doomed)
         except OSError as exc:
             lost_reply = exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(paths.dir, doomed)
             if not lost_reply:
                 if exc.errno == errno.ENOENT:
-                    raise QueueNotFound(f"no queue {queue!r} in {self.root}") from None
+                    raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
                 raise storage_error("delete queue", paths.dir, exc) from None
         self._listings.pop(paths.dir, None)
         self._checked.pop(paths.dir, None)
@@ -320,12 +331,12 @@ class Broker:
     def list_queues(self) -> list[str]:
         """Names of the queues in this root, sorted."""
         try:
-            names = os.listdir(self.root)
+            names = os.listdir(self._root)
         except OSError as exc:
-            raise storage_error("list", self.root, exc) from None
+            raise storage_error("list", self._root, exc) from None
         return sorted(
             n for n in names
-            if not n.startswith(".") and n != ROOT_MARKER and os.path.isfile(self.root / n / ROOT_MARKER)
+            if not n.startswith(".") and n != ROOT_MARKER and os.path.isfile(os.path.join(self._root, n, ROOT_MARKER))
         )
 
     def counts(self, queue: str) -> dict[str, int]:
@@ -825,7 +836,7 @@ class Broker:
         """
         report = CleanReport()
         if queue is None:
-            self._remove_abandoned(self.root, self._lease_clock(self.root), ".create.", ".delete.",
+            self._remove_abandoned(self._root, self._lease_clock(self._root), ".create.", ".delete.",
                                    ".clock.", f".{ROOT_MARKER}.")
             for name in self.list_queues():
                 report.add(self._clean_queue(self._paths(name), scan_ready=True))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import NamedTuple
 
 from .errors import InvalidQueueName, UsageError
 
@@ -71,15 +70,35 @@ def new_token() -> str:
     return os.urandom(6).hex()
 
 
-# NamedTuple rather than a frozen dataclass: importing dataclasses imports
-# inspect (and ast, dis, tokenize), a quarter of the command-line start-up.
-class ReadyName(NamedTuple):
+class _Name:
+    """Fields of a file name; plain slots classes, neither a dataclass (importing
+    dataclasses imports inspect, ast, dis and tokenize) nor a NamedTuple
+    (typing): both cost a command-line run more than its work."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{self.__class__.__name__}({fields})"
+
+
+class ReadyName(_Name):
     """A message waiting in ``ready/``."""
 
-    priority: int
-    published: int  # nanoseconds since the epoch, publisher's clock
-    id: str
-    requeues: int
+    __slots__ = ("priority", "published", "id", "requeues")
+
+    def __init__(self, priority: int, published: int, id: str, requeues: int):
+        self.priority = priority
+        self.published = published  # nanoseconds since the epoch, publisher's clock
+        self.id = id
+        self.requeues = requeues
 
     def __str__(self) -> str:
         return (
@@ -87,19 +106,22 @@ class ReadyName(NamedTuple):
             f".{self.id}.{self.requeues}.msg"
         )
 
-    def claimed(self, expires: int, token: str) -> "WorkName":
+    def claimed(self, expires: int, token: str) -> WorkName:
         return WorkName(self.priority, self.published, self.id, self.requeues, expires, token)
 
 
-class WorkName(NamedTuple):
+class WorkName(_Name):
     """A message leased to one consumer in ``work/`` until ``expires``."""
 
-    priority: int
-    published: int
-    id: str
-    requeues: int
-    expires: int  # nanoseconds since the epoch, claimer's clock
-    token: str
+    __slots__ = ("priority", "published", "id", "requeues", "expires", "token")
+
+    def __init__(self, priority: int, published: int, id: str, requeues: int, expires: int, token: str):
+        self.priority = priority
+        self.published = published
+        self.id = id
+        self.requeues = requeues
+        self.expires = expires  # nanoseconds since the epoch, claimer's clock
+        self.token = token
 
     def __str__(self) -> str:
         return (
@@ -112,7 +134,7 @@ class WorkName(NamedTuple):
         """What a consumer needs to ack, nack or extend: stable across extensions."""
         return f"{self.id}.{self.token}"
 
-    def extended(self, expires: int) -> "WorkName":
+    def extended(self, expires: int) -> WorkName:
         return WorkName(self.priority, self.published, self.id, self.requeues, expires, self.token)
 
     def requeued(self, priority: int) -> ReadyName:

@@ -6,9 +6,13 @@ name and is filled into the :class:`Message` when it is read.
 """
 from __future__ import annotations
 
-import copy
 import json
-from typing import Any
+
+# Names for type annotations only: importing typing at run time costs a
+# command-line tool several milliseconds of start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT_VERSION = 1
 # Larger payloads are refused at publish and dead-lettered when found in a queue.
@@ -82,6 +86,8 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, for JSON/YAML output; stable keys."""
+        import copy  # deferred: only output needs it, and it imports weakref
+
         data = {k: copy.deepcopy(getattr(self, k)) for k in _FIELDS}
         data["delivery_count"] = self.delivery_count
         return data

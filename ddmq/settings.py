@@ -9,11 +9,17 @@ job and their start-up time matters.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
 
-from .atomic import StrPath
 from .errors import SettingsError, storage_error
 from .layout import MAX_PRIORITY
+
+# Names for type annotations only: importing typing at run time costs a
+# command-line tool several milliseconds of start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
+
+    from .atomic import StrPath
 
 
 # Longest lease or interval: lease expiries must fit the fixed-width time field

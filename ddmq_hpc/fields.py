@@ -6,7 +6,9 @@ field ``status=0`` matches the JSON number 0 and the string "0" alike.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping
 
 from ddmq.errors import UsageError
 

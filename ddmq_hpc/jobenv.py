@@ -9,7 +9,9 @@ from __future__ import annotations
 import getpass
 import os
 import time
-from typing import Any, Mapping
+TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
 

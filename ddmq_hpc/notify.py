@@ -13,7 +13,9 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 from ddmq import Broker, DdmqError, Message
 from ddmq.errors import UsageError

@@ -137,7 +137,7 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
         notify = find_notify() or ""
     values = {
         "notify": shlex.quote(notify),
-        "root": shlex.quote(str(resolve_root(root)[0].absolute())),
+        "root": shlex.quote(os.path.abspath(resolve_root(root)[0])),
         "queue": shlex.quote(queue),
         "time_limit": "" if limit is None else str(limit),
     }

@@ -381,6 +381,21 @@ def test_import_is_lean():
     assert _heavy(modules) == []
 
 
+def test_import_leaves_out_slow_standard_modules():
+    """ddmq-notify runs at the end of every job: typing, pathlib, random,
+    dataclasses and copy each cost milliseconds of start-up and are not needed.
+    Run without site, so an editable install's import hook does not count."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c",
+                           f"import sys; sys.path.insert(0, {repo!r}); import ddmq_hpc.notify"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    modules = _imported_modules(proc.stderr)
+    assert "ddmq_hpc.notify" in modules, proc.stderr[-2000:]
+    slow = {"typing", "pathlib", "random", "dataclasses", "inspect", "copy", "shutil", "socket"}
+    assert sorted(slow & modules) == []
+
+
 def test_publishing_to_an_existing_queue_needs_no_yaml(notify_script, tmp_path):
     """Settings files holding only comments are not parsed: no YAML, no click at run time either."""
     root = tmp_path / "root"
