@@ -95,6 +95,7 @@ class Message:
 
 # Made once: json.dumps with non-default options builds a new encoder per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False)
+_DECODER = json.JSONDecoder()
 
 
 def encode(message: Message) -> bytes:
@@ -108,35 +109,37 @@ def encode(message: Message) -> bytes:
 def decode(data: bytes) -> Message:
     """Parse a payload file, checking it is a complete ddmq message."""
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptMessage(f"not a JSON message: {exc}") from None
     if not isinstance(raw, dict):
         raise CorruptMessage("payload is not a JSON object")
-    if raw.get("format") != FORMAT_VERSION:
-        raise CorruptMessage(f"unknown format {raw.get('format')!r}")
-    get = raw.get
     # One chained test for the common case (every message read pays for it);
-    # the loop below only runs to name what is wrong. ``type() is`` keeps
-    # booleans out of the int fields, as json.loads gives exact types.
-    timeout_type, limit = type(get("message_timeout")), get("requeue_limit")
-    if not (
-        type(get("id")) is str and type(get("queue")) is str and type(get("published")) is int
-        and type(get("priority")) is int and (timeout_type is int or timeout_type is float)
-        and type(get("requeue")) is bool and type(get("requeue_prio")) is int
-        and type(get("durable")) is bool and type(get("host")) is str and type(get("pid")) is int
-        and type(get("headers")) is dict and (limit is None or type(limit) is int) and "message" in raw
-    ):
+    # _what_is_wrong only runs to name the problem. ``type() is`` keeps
+    # booleans out of the int fields, as json gives exact types.
+    limit = raw.get("requeue_limit")
+    try:
+        timeout_type = type(raw["message_timeout"])
+        valid = (
+            raw["format"] == FORMAT_VERSION and type(raw["id"]) is str and type(raw["queue"]) is str
+            and type(raw["published"]) is int and type(raw["priority"]) is int
+            and (timeout_type is int or timeout_type is float) and type(raw["requeue"]) is bool
+            and type(raw["requeue_prio"]) is int and type(raw["durable"]) is bool
+            and type(raw["host"]) is str and type(raw["pid"]) is int and type(raw["headers"]) is dict
+            and (limit is None or type(limit) is int) and "message" in raw
+        )
+    except KeyError:
+        valid = False
+    if not valid:
         raise CorruptMessage(_what_is_wrong(raw))
-    return Message(
-        id=raw["id"], queue=raw["queue"], message=raw["message"], priority=raw["priority"],
-        published=raw["published"], message_timeout=raw["message_timeout"],
-        requeue=raw["requeue"], requeue_prio=raw["requeue_prio"], requeue_limit=limit,
-        durable=raw["durable"], host=raw["host"], pid=raw["pid"], headers=raw["headers"],
-    )
+    return Message(raw["id"], raw["queue"], raw["message"], raw["priority"], raw["published"],
+                   raw["message_timeout"], raw["requeue"], raw["requeue_prio"], limit, raw["durable"],
+                   raw["host"], raw["pid"], raw["headers"])
 
 
 def _what_is_wrong(raw: dict[str, Any]) -> str:
+    if raw.get("format") != FORMAT_VERSION:
+        return f"unknown format {raw.get('format')!r}"
     for key, kind in _REQUIRED.items():
         if not isinstance(raw.get(key), kind) or (kind is int and isinstance(raw[key], bool)):
             return f"field {key!r} missing or of the wrong type"
