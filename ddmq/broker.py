@@ -487,7 +487,8 @@ class Broker:
                 continue
             seconds = lease if lease is not None else settings["message_timeout"]
             work = ready.claimed(self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token())
-            work_path = f"{paths.work}/{work}"
+            work_name = str(work)
+            work_path = f"{paths.work}/{work_name}"
             if not atomic.move(f"{paths.ready}/{name}", work_path):
                 continue
             try:
@@ -496,6 +497,7 @@ class Broker:
                     continue
                 self._fill_state(msg, work)
                 msg.receipt = work.receipt
+                msg._lease_name = work_name
                 if lease is None and msg.message_timeout != seconds:
                     self.extend(msg, msg.message_timeout)
                 if ack:
@@ -630,19 +632,16 @@ class Broker:
 
     def ack(self, message: Receipt, queue: str | None = None) -> None:
         """Done with the message: remove it. LeaseLost if the lease is no longer ours."""
-        if isinstance(message, Message) and message.receipt and message.lease_expires is not None:
+        if isinstance(message, Message) and message.receipt and message._lease_name:
             # Fast path, one unlink: the lease is where this consumer last put it.
-            _, token = parse_receipt(message.receipt)
-            guess = WorkName(message.priority, message.published, message.id, message.requeues,
-                             message.lease_expires, token or "")
-            if atomic.remove(f"{self._paths(queue or message.queue).work}/{guess}"):
-                message.receipt = None
+            if atomic.remove(f"{self._paths(queue or message.queue).work}/{message._lease_name}"):
+                message.receipt = message._lease_name = None
                 return
         paths, work = self._held(message, queue)
         if not atomic.remove(f"{paths.work}/{work}"):
             raise LeaseLost(f"message {work.id} was taken back before it could be acked")
         if isinstance(message, Message):
-            message.receipt = None
+            message.receipt = message._lease_name = None
 
     def nack(self, message: Receipt, queue: str | None = None, requeue: bool = True) -> str:
         """Give the message back: requeue it (until its requeue limit) or dead-letter it.
@@ -657,7 +656,7 @@ class Broker:
         if where is None:
             raise LeaseLost(f"message {work.id} was taken back before it could be nacked")
         if isinstance(message, Message):
-            message.receipt = None
+            message.receipt = message._lease_name = None
         return where
 
     def release(self, message: Receipt, queue: str | None = None) -> None:
@@ -673,7 +672,7 @@ class Broker:
             raise LeaseLost(f"message {work.id} was taken back before it could be released")
         self._readied(paths, ready)
         if isinstance(message, Message):
-            message.receipt = None
+            message.receipt = message._lease_name = None
             message.lease_expires = None
 
     def extend(self, message: Receipt, seconds: float | None = None, queue: str | None = None) -> int:
@@ -691,6 +690,7 @@ class Broker:
             raise LeaseLost(f"message {work.id} was taken back before its lease could be extended")
         if isinstance(message, Message):
             message.lease_expires = renewed.expires
+            message._lease_name = str(renewed)
         return renewed.expires
 
     def _retire(self, paths: QueuePaths, work: WorkName, msg: Message, requeue: bool, reason: str) -> str | None:

@@ -59,6 +59,9 @@ class Message:
         self.requeues = requeues
         self.receipt = receipt  # set while this consumer holds the lease
         self.lease_expires = lease_expires  # nanoseconds since the epoch
+        # The file name this consumer holds it under in work/, so ack is one
+        # unlink with no name to rebuild (not a field: not compared or shown).
+        self._lease_name: str | None = None
 
     def __repr__(self) -> str:
         return "Message(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in _FIELDS) + ")"
