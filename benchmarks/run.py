@@ -29,6 +29,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -59,6 +60,7 @@ PROFILES = {
         w2_sizes=(20000, 100000), w2_reps=2, w2_peer_sizes=(20000,), old_w2_n=20000, old_w2_cap=60.0,
         w3_n=5000, w3_reps=3,
         w4_reps=15, w5_samples=8, sys_n=1000, w5_intervals=(0.05, 0.2), w5_strace_s=20.0, w5_backlog=1000,
+        ops_n=2000, ops_rounds=3,
     ),
     "quick": dict(
         w1_n=1000, w1_reps=2, disk_durable_n=200,
@@ -66,6 +68,7 @@ PROFILES = {
         w2_sizes=(5000,), w2_reps=1, w2_peer_sizes=(), old_w2_n=0, old_w2_cap=0.0,
         w3_n=1000, w3_reps=2,
         w4_reps=5, w5_samples=3, sys_n=200, w5_intervals=(0.05,), w5_strace_s=5.0, w5_backlog=1000,
+        ops_n=500, ops_rounds=3,
     ),
 }
 
@@ -302,6 +305,7 @@ class Suite:
         self.tools = tools
         self.rabbit: Rabbit | None = None
         self.runs: list[dict] = []
+        self.opcosts: dict[str, dict] = {}
         self.notes: list[str] = []
         self.seq = 0
 
@@ -309,6 +313,7 @@ class Suite:
     def cases_w1(self, fs: str) -> list[tuple]:
         cases = [
             ("floor", "ddmq", "floor", False),
+            ("floor + read", "ddmq", "floor-read", False),  # no durable variant
             ("floor durable", "ddmq", "floor", True),
             ("ddmq durable:false", "ddmq", "ddmq", False),
             ("ddmq durable:true", "ddmq", "ddmq", True),
@@ -358,6 +363,29 @@ class Suite:
         self.runs.append(result)
         return result
 
+    # Filesystem operation costs ---------------------------------------------
+    def op_costs(self, fs: str) -> None:
+        """Cost of each system call of the floor, alone, in this process, in two fresh directories."""
+        n, rounds = self.p.get("ops_n", 2000), self.p.get("ops_rounds", 3)
+        base = self.dirs[fs]
+        base.mkdir(parents=True, exist_ok=True)
+        out = {"n": n, "rounds": rounds, "body_bytes": OPCOST_BODY, "dirs": []}
+        try:
+            for k in (1, 2):
+                d = Path(tempfile.mkdtemp(prefix=f"opcosts{k}-", dir=base))
+                try:
+                    res = measure_opcosts(d, n, rounds)
+                finally:
+                    shutil.rmtree(d, ignore_errors=True)
+                out["dirs"].append(res)
+                log(f"  opcosts {fs:5s} dir {k}: " + ", ".join(f"{op} {res['us'][op]:.1f}" for op, _ in OPCOST_OPS)
+                    + f" us; create CPU {res['create_cpu_us']:.1f} us (system {res['create_sys_us']:.1f})")
+        except OSError as exc:
+            self.notes.append(f"filesystem operation costs on {fs} failed: {exc}")
+            log(f"  opcosts {fs}: {exc}")
+        out["loadavg"] = os.getloadavg()[0]
+        self.opcosts[fs] = out
+
     # W1 + W2 ---------------------------------------------------------------
     def w1(self, fs: str) -> None:
         p = self.p
@@ -406,7 +434,8 @@ class Suite:
             self.notes.append("strace missing: W1 system-call counts skipped")
             return
         n = self.p["sys_n"]
-        cases = [("floor", "ddmq", "floor", False), ("floor durable", "ddmq", "floor", True),
+        cases = [("floor", "ddmq", "floor", False), ("floor + read", "ddmq", "floor-read", False),
+                 ("floor durable", "ddmq", "floor", True),
                  ("ddmq durable:false", "ddmq", "ddmq", False), ("ddmq durable:true", "ddmq", "ddmq", True),
                  ("dirq", "dirq", "dirq", False), ("ddmq 0.9.14", "old", "ddmq014", False)]
         for label, venv, impl, durable in cases:
@@ -602,6 +631,95 @@ class Suite:
             shutil.rmtree(root, ignore_errors=True)
 
 
+OPCOST_BODY = 280
+OPCOST_OPS = (  # key, as shown in the table
+    ("create", "`open(O_CREAT|O_EXCL|O_WRONLY)` of a new file"),
+    ("write", f"`write` of {OPCOST_BODY} bytes"),
+    ("close", "`close` (of the file just written)"),
+    ("rename", "`rename` to a new name in another directory"),
+    ("read", f"`open(O_RDONLY)` + `read(65536)` + `read` + `close` of a {OPCOST_BODY}-byte file"),
+    ("rewrite", f"`open(O_WRONLY|O_TRUNC)` of an existing file + `write` {OPCOST_BODY} B + `close`"),
+    ("stat", "`stat`"),
+    ("unlink", "`unlink`"),
+)
+
+
+def _opcost_round(d: Path, n: int, tag: str) -> dict:
+    """One pass over n files in d: each operation of OPCOST_OPS as a loop over the files, timed as a whole."""
+    pc, body = time.perf_counter, b"x" * OPCOST_BODY
+    other = d / "other"
+    other.mkdir(exist_ok=True)
+    src = [f"{d}/{tag}.{i:06d}.tmp" for i in range(n)]
+    dst = [f"{other}/{tag}.{i:06d}.msg" for i in range(n)]
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    batch = n if soft == resource.RLIM_INFINITY else max(64, min(n, soft - 256))  # creates held open
+    t = {k: 0.0 for k, _ in OPCOST_OPS}
+    sys_s = cpu_s = 0.0
+    cflags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    os.sync()  # nothing of the previous round left to write back
+    for start in range(0, n, batch):
+        part, fds = src[start:start + batch], []
+        s0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime, time.process_time(), pc()
+        for path in part:
+            fds.append(os.open(path, cflags, 0o644))
+        t1 = pc()
+        c1, s1 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        for fd in fds:
+            os.write(fd, body)
+        t2 = pc()
+        for fd in fds:
+            os.close(fd)
+        t3 = pc()
+        t["create"] += t1 - t0
+        t["write"] += t2 - t1
+        t["close"] += t3 - t2
+        sys_s += s1 - s0
+        cpu_s += c1 - c0
+    t0 = pc()
+    for a, b in zip(src, dst):
+        os.rename(a, b)
+    t["rename"] = pc() - t0
+    sizes = set()
+    t0 = pc()
+    for path in dst:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        sizes.add(len(os.read(fd, 65536)) + len(os.read(fd, 65536)))
+        os.close(fd)
+    t["read"] = pc() - t0
+    if sizes != {OPCOST_BODY}:
+        raise OSError(f"read back sizes {sorted(sizes)[:5]}, expected {OPCOST_BODY}")
+    t0 = pc()
+    for path in dst:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        os.write(fd, body)
+        os.close(fd)
+    t["rewrite"] = pc() - t0
+    t0 = pc()
+    for path in dst:
+        os.stat(path)
+    t["stat"] = pc() - t0
+    t0 = pc()
+    for path in dst:
+        os.unlink(path)
+    t["unlink"] = pc() - t0
+    return {"us": {k: v / n * 1e6 for k, v in t.items()},
+            "create_sys_us": sys_s / n * 1e6, "create_cpu_us": cpu_s / n * 1e6}
+
+
+def measure_opcosts(d: Path, n: int, rounds: int) -> dict:
+    """Median over rounds of _opcost_round in directory d (the same directory every round)."""
+    rs = [_opcost_round(d, n, f"r{i}") for i in range(rounds)]
+    return {
+        "path": str(d),
+        "us": {k: statistics.median(r["us"][k] for r in rs) for k, _ in OPCOST_OPS},
+        "rounds_us": {k: [round(r["us"][k], 2) for r in rs] for k, _ in OPCOST_OPS},
+        "create_sys_us": statistics.median(r["create_sys_us"] for r in rs),
+        "create_cpu_us": statistics.median(r["create_cpu_us"] for r in rs),
+        "create_sys_rounds_us": [round(r["create_sys_us"], 2) for r in rs],
+        "create_cpu_rounds_us": [round(r["create_cpu_us"], 2) for r in rs],
+    }
+
+
 FS_SYSCALLS = {
     "open", "openat", "openat2", "creat", "close", "read", "pread64", "write", "pwrite64", "lseek",
     "stat", "lstat", "fstat", "newfstatat", "statx", "access", "faccessat", "faccessat2", "getdents",
@@ -712,6 +830,10 @@ def targets(data: dict) -> list[dict]:
         r, rs = paired_ratio(runs, "w1", fs, "ddmq durable:false", "floor", n=n)
         if r is not None:
             add("W1 durable:false within 2× of the floor", fs, r, 2, r <= 2)
+        r, rs = paired_ratio(runs, "w1", fs, "ddmq durable:false", "floor + read", n=n)
+        if r is not None:
+            add("W1 durable:false within 2× of the floor + read (the payload read every consumer does)",
+                fs, r, 2, r <= 2)
         dn = n_for_fs(p, fs, "ddmq durable:true")
         r, rs = paired_ratio(runs, "w1", fs, "RabbitMQ persistent+confirms", "ddmq durable:true", n=dn)
         if r is not None:
@@ -847,6 +969,7 @@ def render(data: dict) -> str:
             top = ", ".join(f"{k} {v:g}" for k, v in sorted(r["per_msg"].items(), key=lambda kv: -kv[1])[:8])
             L.append(f"| {r['label']} | {r['total_per_msg']:g} | {r['fs_per_msg']:g} | {top} |")
         L.append("")
+    L.extend(render_opcosts(data.get("opcosts") or {}))
     capped = [r for r in data["runs"] if r.get("capped")]
     if capped:
         L.append("Runs of ddmq 0.9.14 stopped at their time cap (its consume lists the whole queue for every "
@@ -953,6 +1076,43 @@ def render(data: dict) -> str:
     return "\n".join(L)
 
 
+def render_opcosts(oc: dict) -> list[str]:
+    """The "Filesystem operation costs" table (results files from before it have no "opcosts")."""
+    cols = [(fs, i, d) for fs in ("disk", "tmpfs") if fs in oc for i, d in enumerate(oc[fs].get("dirs", []), 1)]
+    if not cols:
+        return []
+    first = oc[cols[0][0]]
+    L = ["### Filesystem operation costs\n",
+         "Time per call of each system call the floors make, alone, to show which system call dominates "
+         "each filesystem's floor. Measured by `run.py` in its own process before that filesystem's "
+         f"workloads: {first['n']:,} files, each operation timed as one loop over all of them, median of "
+         f"{first['rounds']} rounds (`os.sync()` before each), in two freshly made directories per filesystem "
+         "because on ext4 the cost of a create has been seen to depend on the directory (block group) it is "
+         "made in. The CPU rows are for the create loop: a create well above its CPU time is waiting "
+         "(journal, disk, locks), not computing.\n",
+         "| µs per call | " + " | ".join(f"{fs} dir {i}" for fs, i, _ in cols) + " |",
+         "|---|" + "---:|" * len(cols)]
+
+    def row(name, f):
+        vals = []
+        for _fs, _i, d in cols:
+            try:
+                v = f(d)
+            except (KeyError, TypeError):
+                v = None
+            vals.append("–" if v is None else f"{v:,.1f}")
+        L.append(f"| {name.replace('|', chr(92) + '|')} | " + " | ".join(vals) + " |")
+    for key, name in OPCOST_OPS:
+        row(name, lambda d, key=key: d["us"][key])
+    row("create: CPU time (user + system, `time.process_time`)", lambda d: d["create_cpu_us"])
+    row("create: system CPU time (`getrusage`)", lambda d: d["create_sys_us"])
+    floor = lambda d: sum(d["us"][k] for k in ("create", "write", "close", "unlink")) + 2 * d["us"]["rename"]
+    row("sum of the floor's calls: create + write + close + 2 × rename + unlink", floor)
+    row("sum of floor + read's calls: the above + read", lambda d: floor(d) + d["us"]["read"])
+    L.append("")
+    return L
+
+
 METHOD = """## Method
 
 One command, `python3 benchmarks/run.py` (`--quick` for a smaller run), installs
@@ -994,7 +1154,13 @@ everything and runs every workload; nothing here is part of the test suite.
   for reference. *Floor*: a Python loop doing only the system calls of one
   publish (`open(O_CREAT|O_EXCL)`, `write`, `close`, `rename`), one claim
   (`rename`) and one ack (`unlink`) per message; *floor durable* adds the
-  two fsyncs ddmq durable:true does (file, then directory).
+  two fsyncs ddmq durable:true does (file, then directory). *Floor + read*
+  is the floor plus reading the claimed message before the ack: `open`
+  (`O_RDONLY`), `read(65536)` until it returns nothing, `close`, and the
+  bytes compared with the body. Every consumer reads the message it claimed
+  (ddmq, dirq and RabbitMQ all deliver the body), so this is the floor a
+  real queue is compared against; the plain floor is kept as first defined.
+  Floor + read runs with durable off only (it has no durable variant).
 - **W2** repeats W1 for ddmq (durable:false) at {w1_n} and {w2_sizes}
   messages, and the floor at the smallest and largest size, in one round,
   so the flatness ratio is side by side; dirq and RabbitMQ transient run at
@@ -1072,6 +1238,8 @@ def main() -> None:
         suite.w4_old_cli()
         for fs in fss:
             log(f"== {fs}: {dirs[fs]}")
+            if only & {"w1", "w2"}:
+                suite.op_costs(fs)  # before RabbitMQ starts: nothing else of the suite running
             if use_rabbit and only & {"w1", "w2", "w3"}:
                 suite.rabbit = Rabbit(dirs[fs] / "rabbitmq")
                 log("starting RabbitMQ")
@@ -1112,7 +1280,7 @@ def main() -> None:
         "elapsed_s": time.time() - started, "profile": prof, "machine": machine, "versions": versions,
         "loadavg_end": Path("/proc/loadavg").read_text().split()[:3], "only": sorted(only), "fs": fss,
         "results_file": f"{mode}-{stamp}.json", "notes": suite.notes, "runs": suite.runs,
-        "interrupted": interrupted,
+        "opcosts": suite.opcosts, "interrupted": interrupted,
     }
     data["summary"] = summarise(suite.runs, prof)
     data["targets"] = targets(data)

@@ -23,6 +23,10 @@ Implementations (``--impl``):
   floor      only the system calls of one publish + claim + ack:
              open(O_CREAT|O_EXCL)/write/close/rename, rename, unlink
              (``--durable`` adds fsync of the file and of the directory)
+  floor-read the floor plus reading the claimed message before the ack:
+             open(O_RDONLY), read(65536) until it returns b"", close, and the
+             bytes checked against the body (every consumer reads what it
+             claimed); measured with durable off only
 """
 from __future__ import annotations
 
@@ -239,9 +243,36 @@ class Floor(Adapter):
             yield body
 
 
+class FloorRead(Floor):
+    """The floor plus reading the message claimed: the floor a real queue is compared against.
+
+    Every consumer reads the message it claimed (ddmq, dirq and RabbitMQ all
+    deliver the body); the plain Floor stays as first defined.
+    """
+
+    def take(self):
+        while self.names:
+            name, body = self.names.popleft()
+            work = f"{self.work}/{name}.x.msg"
+            os.rename(f"{self.ready}/{name}.msg", work)
+            fd = os.open(work, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            os.close(fd)
+            data = b"".join(chunks)
+            if data != body.encode():
+                raise RuntimeError(f"{work}: read {data[:60]!r}, expected {body[:60]!r}")
+            os.unlink(work)
+            yield data.decode()
+
+
 ADAPTERS = {
     "ddmq": Ddmq, "ddmq014": Ddmq014, "ddmq014nc": Ddmq014NoClean, "dirq": Dirq,
-    "rabbit": Rabbit, "rabbit-transient": RabbitTransient, "floor": Floor,
+    "rabbit": Rabbit, "rabbit-transient": RabbitTransient, "floor": Floor, "floor-read": FloorRead,
 }
 
 
