@@ -53,6 +53,11 @@ CLOCK_CHECK_EVERY = 60.0
 # running client within this time (an operation on a deleted queue fails
 # sooner, with QueueNotFound).
 SETTINGS_MAX_AGE = 1.0
+# A directory's mtime is trusted to show that nothing entered or left it only
+# once it is this much older than the listing taken after it: a change in the
+# same timestamp tick (1 s on sshfs) as an earlier one leaves the mtime as it
+# was, and the clock it is compared with may be off by CLOCK_TOLERANCE.
+SETTLED_AFTER = CLOCK_TOLERANCE + 1.0
 _HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
 
 # Names for type annotations only: importing typing at run time costs a
@@ -107,19 +112,34 @@ class _Listing:
 
     Names this process itself moves into ready/ (publish, nack, requeue) are
     pushed in, so its own writes are never hidden behind an older listing.
+    ``stamp`` is ready/'s stat taken just before the listing, when it can
+    prove later that nothing entered or left since (see Broker._ready_names);
+    ``skip`` is the set of names filtered out of it.
     """
 
-    def __init__(self, names: list[str], started: float):
+    def __init__(self, names: list[str], started: float, stamp: tuple[int, ...] | None,
+                 skip: set[str] | frozenset[str]):
         heapq.heapify(names)
         self.names = names
         self.taken = time.monotonic()
         self.max_age = max(LISTING_MAX_AGE, (self.taken - started) / LISTING_MAX_SHARE)
+        self.stamp = stamp
+        self.skip = skip
 
     def pop(self) -> str:
         return heapq.heappop(self.names)
 
     def push(self, name: str) -> None:
         heapq.heappush(self.names, name)
+
+
+def _dir_stamp(path: str) -> tuple[int, ...] | None:
+    """What changes when an entry is added to, removed from or renamed within a directory."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the listing that follows reports the error
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
 
 
 def _check_count(n: object) -> None:
@@ -438,11 +458,20 @@ class Broker:
                 if fresh and listing is not None and not listing.names:
                     return
                 started = time.monotonic()
+                stamp = _dir_stamp(paths.ready)
+                if (listing is not None and not listing.names and listing.stamp is not None
+                        and listing.stamp == stamp and listing.skip is skip):
+                    # Nothing entered or left ready/ since it was last listed:
+                    # an idle waiter's poll is this one stat, not a listing
+                    # whose cost grows with the queue.
+                    return
+                if stamp is not None and self._lease_clock(paths.tmp) - stamp[0] < SETTLED_AFTER * 1e9:
+                    stamp = None
                 try:
                     names = atomic.listdir(paths.ready)
                 except StorageError as exc:
                     raise self._gone(queue, paths, exc) from None
-                listing = _Listing([n for n in names if n not in skip] if skip else names, started)
+                listing = _Listing([n for n in names if n not in skip] if skip else names, started, stamp, skip)
                 self._listings[paths.dir] = listing
                 fresh = True
                 if not listing.names:

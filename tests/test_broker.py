@@ -333,6 +333,50 @@ def test_consumer_sees_new_higher_priority_within_listing_age(b: Broker) -> None
     assert b.consume("q")[0].message == "urgent"
 
 
+def _settle(directory: Path) -> None:
+    """Make a directory look untouched for a minute (as an idle queue's ready/ is)."""
+    old = time.time() - 60
+    os.utime(directory, (old, old))
+
+
+def test_idle_waiter_stats_ready_instead_of_listing_it(b: Broker, root: Path, mocker) -> None:
+    b.create_queue("q")
+    for i in range(50):
+        b.publish("q", {"job": i})
+    never = lambda m: False  # noqa: E731
+    waiter = Broker(root)
+    _settle(root / "q" / "ready")
+    assert waiter.consume("q", match=never) == []  # lists once, reads each payload once
+    listings = mocker.spy(atomic, "listdir")
+    for _ in range(3):
+        assert waiter.consume("q", match=never) == []
+    assert [c.args[0] for c in listings.call_args_list if c.args[0].endswith("ready")] == []
+    # Anything entering ready/ changes its mtime: the next poll lists again and finds it.
+    b.publish("q", {"job": "wanted"})
+    assert [m.message for m in waiter.consume("q", match=lambda m: m.message["job"] == "wanted")] == [
+        {"job": "wanted"}]
+
+
+def test_recently_changed_ready_is_listed_on_every_poll(b: Broker, root: Path, mocker) -> None:
+    # A change in the same timestamp tick as the one before leaves the mtime as
+    # it was, so a directory changed within SETTLED_AFTER proves nothing.
+    b.create_queue("q")
+    b.publish("q", "x")
+    never = lambda m: False  # noqa: E731
+    assert b.consume("q", match=never) == []
+    listings = mocker.spy(atomic, "listdir")
+    assert b.consume("q", match=never) == [] and b.consume("q", match=never) == []
+    assert len([c for c in listings.call_args_list if c.args[0].endswith("ready")]) == 2
+
+
+def test_a_listing_filtered_for_one_predicate_is_not_trusted_for_another(b: Broker, root: Path) -> None:
+    b.create_queue("q")
+    b.publish("q", "x")
+    _settle(root / "q" / "ready")
+    assert b.consume("q", match=lambda m: False) == []
+    assert [m.message for m in b.consume("q")] == ["x"]
+
+
 def test_consume_with_match_leaves_others_undisturbed(b: Broker, root: Path, mocker) -> None:
     b.create_queue("q")
     for i in range(5):
