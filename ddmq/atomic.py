@@ -199,7 +199,8 @@ def read_file(path: StrPath, limit: int) -> bytes | None:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-            size = min(size * 2, 1 << 22)
+            if len(chunk) == size:  # a big file: fewer, larger reads
+                size = min(size * 2, 1 << 22)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
