@@ -25,7 +25,7 @@ from .errors import (
 )
 from .layout import (
     DEAD, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, WORK, QUEUE_ENTRIES, QueuePaths,
-    ReadyName, WorkName, check_queue_name, dead_name, new_message_id, new_token,
+    ReadyName, WorkName, check_queue_name, dead_name, new_message_id, new_token, ready_name,
     parse_ready, parse_receipt, parse_work,
 )
 from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode
@@ -432,7 +432,7 @@ class Broker:
             raise UsageError(str(exc)) from None
         if len(data) > MAX_MESSAGE_BYTES:
             raise UsageError(f"message too large: {len(data)} bytes (at most {MAX_MESSAGE_BYTES})")
-        name = ReadyName(msg.priority, msg.published, msg.id, 0)
+        name = ready_name(msg.priority, msg.published, msg.id)
         try:
             atomic.publish_file(f"{paths.tmp}/{msg.id}.tmp", f"{paths.ready}/{name}", data, msg.durable,
                                 values["mode"])
@@ -478,7 +478,7 @@ class Broker:
                     return
             yield listing.pop()
 
-    def _readied(self, paths: QueuePaths, name: ReadyName) -> None:
+    def _readied(self, paths: QueuePaths, name: ReadyName | str) -> None:
         """Tell this process's listing about a message it just put into ready/."""
         listing = self._listings.get(paths.dir)
         if listing is not None:
