@@ -113,7 +113,7 @@ def main() -> None:
         subprocess.run([py, "-c", W1, str(work / "w1a"), str(args.n), "pyinstrument"])
         section(f"2b. cProfile: W1, {args.n} messages, durable:false (tottime; cProfile inflates call-heavy code)")
         subprocess.run([py, "-c", W1, str(work / "w1b"), str(args.n), "cprofile"])
-        for target in ("ddmq_hpc.notify", "ddmq.cli"):
+        for target in ("ddmq_hpc.notify", "ddmq.entry", "ddmq.cli"):
             section(f"3. python -X importtime -c 'import {target}' (median of 5, µs)")
             runs = []
             for _ in range(5):

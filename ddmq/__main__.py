@@ -1,4 +1,4 @@
 """``python -m ddmq`` runs the ddmq command."""
-from .cli import main
+from .entry import main
 
 main()

@@ -1,16 +1,18 @@
-"""The ``ddmq`` command: every queue operation from the shell.
+"""The ``ddmq`` command's click interface: every queue operation from the shell.
 
-Each subcommand is a thin wrapper around one operation function (``op_*``)
-that takes plain arguments and returns plain data; the ``json`` subcommand
-calls the same functions with arguments from a JSON object, so both routes
-behave identically. Foreseeable failures end with one line on stderr and an
-exit code a script can test, never a traceback.
+Each subcommand is a thin wrapper around one operation function (``op_*`` in
+:mod:`ddmq.ops`) that takes plain arguments and returns plain data; the
+``json`` subcommand calls the same functions with arguments from a JSON
+object, so both routes behave identically. Foreseeable failures end with one
+line on stderr and an exit code a script can test, never a traceback. A plain
+``ddmq publish`` does not come here at all: :mod:`ddmq.entry` runs it without
+importing click.
 """
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import click
 
@@ -18,8 +20,10 @@ from . import __version__
 from .broker import Broker
 from .errors import DdmqError, UsageError
 from .layout import check_queue_name
+from .ops import (
+    FORMATS, OPERATIONS, Empty, failed, plain_bodies, plain_table, publish_command, render, split,
+)
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY, EXIT_NOT_FOUND, EXIT_LEASE_LOST = 0, 1, 2, 3, 4, 5
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
@@ -29,153 +33,17 @@ Exit codes:
   4  root, queue or message not found
   5  lease lost: the message was requeued or acked by someone else
 """
-FORMATS = ("plain", "json", "yaml")
-
-
-class Empty(DdmqError):
-    """Nothing to consume: not a failure, but scripts need to tell it apart."""
-
-    exit_code = EXIT_EMPTY
-
-
-def _split(names: str | Iterable[str], what: str = "queue name") -> list[str]:
-    """Lists may be comma-separated (``create q1,q2``) or repeated arguments.
-
-    An empty list is an error: a script whose ``$QUEUE`` or ``$RECEIPT`` came
-    out empty must not be told that nothing went wrong.
-    """
-    if isinstance(names, str):
-        names = [names]
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise UsageError(f"expected a {what} or a list of them, not {names!r}")
-    parts = [part for name in names for part in name.split(",") if part]
-    if not parts:
-        raise UsageError(f"no {what} given")
-    return parts
-
-
-# ------------------------------------------------------------------ operations
-def op_view(b: Broker, queues: str | list[str] | None = None) -> list[dict[str, Any]]:
-    names = _split(queues) if queues else b.list_queues()
-    return [{"queue": q, **b.counts(q)} for q in names]
-
-
-def op_create(b: Broker, queues: str | list[str], exist_ok: bool = False, **settings: Any) -> list[dict[str, Any]]:
-    names = _split(queues)
-    if not names:
-        raise UsageError("name at least one queue to create")
-    for q in names:
-        b.create_queue(q, exist_ok=exist_ok, **settings)
-    return [{"queue": q, "created": True} for q in names]
-
-
-def op_delete(b: Broker, queues: str | list[str], force: bool = False) -> list[dict[str, Any]]:
-    names = _split(queues)
-    for q in names:
-        b.delete_queue(q, force=force)
-    return [{"queue": q, "deleted": True} for q in names]
-
-
-def op_publish(b: Broker, queue: str, message: Any, create: bool = False, headers: dict | None = None,
-               priority: int | None = None, message_timeout: float | None = None, requeue: bool | None = None,
-               requeue_prio: int | None = None, requeue_limit: int | None = None,
-               durable: bool | None = None) -> dict[str, Any]:
-    msg = b.publish(queue, message, create=create, headers=headers, priority=priority,
-                    message_timeout=message_timeout, requeue=requeue, requeue_prio=requeue_prio,
-                    requeue_limit=requeue_limit, durable=durable)
-    return {"queue": queue, "id": msg.id, "priority": msg.priority}
-
-
-def op_consume(b: Broker, queue: str, n: int = 1, lease: float | None = None, ack: bool = True) -> list[dict[str, Any]]:
-    return [m.to_dict() for m in b.consume(queue, n=n, lease=lease, ack=ack)]
-
-
-def op_peek(b: Broker, queue: str, n: int = 1, state: str = "ready") -> list[dict[str, Any]]:
-    return [m.to_dict() for m in b.peek(queue, n=n, state=state)]
-
-
-def op_ack(b: Broker, queue: str, receipts: str | list[str]) -> list[dict[str, Any]]:
-    result = []
-    for receipt in _split(receipts, "receipt"):
-        b.ack(receipt, queue=queue)
-        result.append({"receipt": receipt, "acked": True})
-    return result
-
-
-def op_nack(b: Broker, queue: str, receipts: str | list[str], requeue: bool = True) -> list[dict[str, Any]]:
-    return [{"receipt": r, "moved_to": b.nack(r, queue=queue, requeue=requeue)} for r in _split(receipts, "receipt")]
-
-
-def op_extend(b: Broker, queue: str, receipt: str, seconds: float | None = None) -> dict[str, Any]:
-    return {"receipt": receipt, "lease_expires": b.extend(receipt, seconds=seconds, queue=queue)}
-
-
-def op_purge(b: Broker, queues: str | list[str], dead: bool = False) -> list[dict[str, Any]]:
-    return [{"queue": q, "removed": b.purge(q, dead=dead)} for q in _split(queues)]
-
-
-def op_clean(b: Broker, queues: str | list[str] | None = None) -> list[dict[str, Any]]:
-    names = _split(queues) if queues else [None]
-    result = []
-    for q in names:
-        report = b.clean(q)
-        result.append({"queue": q or "*", "requeued": report.requeued,
-                       "dead_lettered": report.dead_lettered, "temp_removed": report.temp_removed})
-    return result
-
-
-OPERATIONS: dict[str, Callable[..., Any]] = {
-    "view": op_view, "create": op_create, "delete": op_delete, "publish": op_publish,
-    "consume": op_consume, "peek": op_peek, "ack": op_ack, "nack": op_nack, "extend": op_extend,
-    "purge": op_purge, "clean": op_clean,
-}
-
-
-# --------------------------------------------------------------------- output
-def _body_text(body: Any) -> str:
-    return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, sort_keys=True)
-
-
-def _render(data: Any, fmt: str, plain: Callable[[Any], str]) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(data, ensure_ascii=False, sort_keys=True))
-    elif fmt == "yaml":
-        import yaml
-
-        click.echo(yaml.safe_dump(data, allow_unicode=True, sort_keys=True, default_flow_style=False), nl=False)
-    else:
-        text = plain(data)
-        if text:
-            click.echo(text)
-
-
-def _plain_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    if not rows:
-        return ""
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _plain_bodies(rows: list[dict[str, Any]]) -> str:
-    return "\n".join(_body_text(r["message"]) for r in rows)
 
 
 # ------------------------------------------------------------------- click glue
 class _Group(click.Group):
-    """Turns DdmqError into one line on stderr and its exit code."""
+    """Turns DdmqError (or Ctrl-C) into one line on stderr and its exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DdmqError as exc:
-            if str(exc):
-                click.echo(f"ddmq: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("ddmq: interrupted", err=True)
-            ctx.exit(130)
+        except (DdmqError, KeyboardInterrupt) as exc:
+            ctx.exit(failed(exc))
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -198,7 +66,7 @@ def _check_names(arguments: dict[str, Any]) -> None:
     if "queue" in arguments:
         check_queue_name(arguments["queue"])
     if "queues" in arguments and arguments["queues"] is not None:
-        for name in _split(arguments["queues"]):
+        for name in split(arguments["queues"]):
             check_queue_name(name)
 
 
@@ -207,7 +75,7 @@ def _run(name: str, root: str | None, fmt: str | None, plain: Callable[[Any], st
     _check_names(kwargs)
     b = Broker(root, create=True if name == "create" or kwargs.get("create") else None)
     data = OPERATIONS[name](b, **kwargs)
-    _render(data, fmt, plain)
+    render(data, fmt, plain)
     return data
 
 
@@ -249,7 +117,7 @@ def cli(root: str | None, fmt: str | None) -> None:
 @click.argument("queues", nargs=-1)
 def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Show queues with their ready, in-work and dead message counts."""
-    _run("view", root, fmt, lambda rows: _plain_table(rows, ["queue", "ready", "work", "dead"]),
+    _run("view", root, fmt, lambda rows: plain_table(rows, ["queue", "ready", "work", "dead"]),
          queues=list(queues) or None)
 
 
@@ -279,22 +147,6 @@ def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bo
     _run("delete", root, fmt, lambda rows: "", queues=list(queues), force=force)
 
 
-def _stdin_message() -> str:
-    """A message from stdin, less one trailing newline (as ``$(...)`` in the shell strips it)."""
-    text = sys.stdin.read()
-    return text[:-1] if text.endswith("\n") else text
-
-
-def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str] | None:
-    headers = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"invalid header {pair!r}: use KEY=VALUE")
-        headers[key] = value
-    return headers or None
-
-
 @cli.command(epilog=EXIT_CODES_HELP)
 @_common
 @click.argument("queue")
@@ -309,19 +161,8 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
 
     Prints the id of each message published.
     """
-    bodies = list(messages) or ["-"]
-    bodies = [_stdin_message() if body == "-" else body for body in bodies]
-    if as_json:
-        try:
-            bodies = [json.loads(body) for body in bodies]
-        except ValueError as exc:
-            raise UsageError(f"--json: not valid JSON: {exc}") from None
-    parsed_headers = _parse_headers(headers)
     root, fmt = _context(root, fmt)
-    check_queue_name(queue)
-    b = Broker(root, create=True if create else None)
-    rows = [op_publish(b, queue, body, create=create, headers=parsed_headers, **settings) for body in bodies]
-    _render(rows, fmt, lambda rows: "\n".join(row["id"] for row in rows))
+    publish_command(root, fmt, queue, messages, as_json, headers, create, **settings)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -337,7 +178,7 @@ def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: fl
     Plain output prints each body on a line; json/yaml print whole messages,
     including the receipt needed by ack/nack/extend. Exit 3 if the queue is empty.
     """
-    rows = _run("consume", root, fmt, _plain_bodies, queue=queue, n=count, lease=lease, ack=not no_ack)
+    rows = _run("consume", root, fmt, plain_bodies, queue=queue, n=count, lease=lease, ack=not no_ack)
     if not rows:
         raise Empty("")
 
@@ -350,7 +191,7 @@ def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: fl
               help="Which messages to look at.")
 def peek(root: str | None, fmt: str | None, queue: str, count: int, state: str) -> None:
     """Print up to N messages from QUEUE without claiming them. Exit 3 if none."""
-    rows = _run("peek", root, fmt, _plain_bodies, queue=queue, n=count, state=state)
+    rows = _run("peek", root, fmt, plain_bodies, queue=queue, n=count, state=state)
     if not rows:
         raise Empty("")
 
@@ -406,7 +247,7 @@ def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     cron if a queue may sit with no consumer.
     """
     _run("clean", root, fmt,
-         lambda rows: _plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
+         lambda rows: plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
          queues=list(queues) or None)
 
 
@@ -445,4 +286,6 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
 
 
 def main() -> None:
+    """The ``ddmq`` command, all of it through click: :func:`ddmq.entry.main` hands over all
+    but a plain publish, with ``sys.argv`` untouched."""
     cli(prog_name="ddmq")

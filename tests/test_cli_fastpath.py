@@ -1,0 +1,289 @@
+"""The click-free ``ddmq publish`` (:mod:`ddmq.entry`) must be indistinguishable from click's.
+
+Each command line runs twice in a fresh directory: once through the
+installed ``ddmq`` script (fast path where it applies) and once through the
+click group alone (:func:`ddmq.cli.main`). Exit code, stdout, stderr (message
+ids aside) and what ended up in the queues must be the same; ``-X importtime``
+shows which route the script took, so a case meant for the fast path cannot
+silently fall back to click, nor the reverse.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ddmq import Broker
+
+REPO = Path(__file__).resolve().parent.parent
+DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
+CLICK_ONLY = "from ddmq.cli import main; main()"
+HEX32 = re.compile(r"[0-9a-f]{32}")
+VARYING = {"id", "published", "pid"}  # message fields that differ between two publishes
+SLOW = {"click", "yaml", "_yaml", "typing", "pathlib", "random", "dataclasses"}
+
+
+def case(*argv: str, code: int = 0, fast: bool = True, setup: str = "queue", input: str | None = None,
+         env: dict[str, str] | None = None, id: str):
+    """``{root}`` in ``argv`` and ``env`` is the root's path; ``setup`` says what is there before."""
+    return pytest.param(list(argv), code, fast, setup, input, env or {}, id=id)
+
+
+R = "{root}"
+CASES = [
+    # the fast path
+    case("--root", R, "publish", "q", "hello", id="root-before"),
+    case("publish", "--root", R, "q", "hello", id="root-after"),
+    case("-r", R, "-f", "json", "publish", "q", "hello", id="short-options-json"),
+    case("publish", "q", "hello", "-r", R, "--format", "json", id="options-after-arguments"),
+    case(f"--root={R}", "publish", "--format=json", "q", "a", "b", "c", id="equals-several-messages"),
+    case("-f", "json", "-r", R + "-other", "publish", "-f", "plain", "--root", R, "q", "x",
+         id="options-after-subcommand-win"),
+    case("-r", R, "publish", "--json", "q", '{"a": [1, 2.5], "b": null}', '"text"', "3", "[]", id="json-bodies"),
+    case("-r", R, "publish", "--json", "q", "{bad", code=2, id="bad-json"),
+    case("-r", R, "publish", "q", "x", "-H", "a=1", "--header", "b=", "--header=c=d=e", id="headers"),
+    case("-r", R, "publish", "q", "x", "-H", "novalue", code=2, id="bad-header"),
+    case("-r", R, "publish", "q", "x", "-p", "5", "--message-timeout", "60", "--no-requeue", "--requeue-prio", "3",
+         "--requeue-limit", "2", "--no-durable", id="settings"),
+    case("-r", R, "publish", "q", "x", "--priority=7", "--message-timeout=1.5", "--requeue", "--durable",
+         "--requeue-prio=1", "--requeue-limit=0", id="settings-equals"),
+    case("-r", R, "publish", "q", "x", "-p", "-5", code=2, id="priority-out-of-range"),
+    case("-r", R, "publish", "q", "x", "--message-timeout", "nan", code=2, id="timeout-nan"),
+    case("-r", R, "publish", "q", "x", setup="settings", id="queue-settings-apply"),
+    case("-r", R, "publish", "-c", "new", "x", id="create-queue"),
+    case("-r", R, "publish", "--create", "new", "x", setup="none", id="create-root-and-queue"),
+    case("-r", R, "publish", "missing", "x", code=4, id="missing-queue"),
+    case("-r", R, "publish", "-c", "a/b", "x", code=2, setup="none", id="bad-name-creates-nothing"),
+    case("-r", R + "/sub", "publish", "q", "x", code=4, setup="none", id="missing-root"),
+    case("-r", R, "publish", "q", "héllo wörld ✓ 日本", id="unicode"),
+    case("-r", R, "-f", "json", "publish", "--json", "q", '"日本"', id="unicode-json"),
+    case("-r", R, "publish", "q", input="from stdin\n", id="stdin"),
+    case("-r", R, "publish", "q", "-", "x", "-", input="piped\n\n", id="stdin-dashes"),
+    case("-r", R, "-f", "yaml", "publish", "q", "x", id="yaml"),
+    case("publish", "q", "x", env={"DDMQ_ROOT": R}, id="root-from-environment"),
+    case("publish", "-c", "q", "x", setup="none", id="default-root"),
+    case("-r", "", "publish", "-c", "q", "x", setup="none", id="empty-root-is-default"),
+    case("-r", R + "/\x1b[31mred", "publish", "q", "x", code=4, setup="none", id="escape-sequence-in-error"),
+    case("-r", R, "publish", "é", "x", code=2, env={"PYTHONIOENCODING": "ascii"}, id="non-ascii-on-ascii-stderr"),
+    case("-r", R + "/dé", "publish", "q", "x", code=4, setup="none", env={"PYTHONIOENCODING": "ascii"},
+         id="non-ascii-root-on-ascii-stderr"),
+    # left to click
+    case("--help", fast=False, id="help"),
+    case("-r", R, "publish", "--help", fast=False, id="publish-help"),
+    case("--version", fast=False, id="version"),
+    case("-r", R, "view", fast=False, id="other-subcommand"),
+    case("-r", R, "publish", "q", "x", "--bogus", code=2, fast=False, id="unknown-option"),
+    case("-r", R, "publish", "q", "x", "-p", "abc", code=2, fast=False, id="bad-int"),
+    case("-r", R, "publish", "q", "x", "--message-timeout", "soon", code=2, fast=False, id="bad-float"),
+    case("-r", R, "publish", "q", "x", "-p", code=2, fast=False, id="missing-value"),
+    case("-r", R, "publish", code=2, fast=False, id="missing-queue-argument"),
+    case("-r", R, "-f", "xml", "publish", "q", "x", code=2, fast=False, id="bad-format"),
+    case("-r", R, "publish", "q", "x", "--json=1", code=2, fast=False, id="flag-with-value"),
+    case("-r", R, "publish", "q", "x", "-cp", "5", fast=False, id="bundled-short-options"),
+    case("-r", R, "publish", "q", "x", "-p5", fast=False, id="attached-short-value"),
+    case("-r", R, "publish", "q", "x", "-p", "1", "-p", "2", fast=False, id="repeated-option"),
+    case("-r", R, "publish", "--", "q", "-x", fast=False, id="double-dash"),
+    case("-r", R, "publish", "q", "x", code=2, fast=False, setup="file", id="root-is-a-file"),
+    case("publish", "q", "x", fast=False, env={"_DDMQ_COMPLETE": "bash_source"}, id="shell-completion"),
+]
+
+
+def prepare(work: Path, setup: str) -> Path:
+    """A fresh ``work`` directory holding the root (and the home) the case starts from."""
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "home").mkdir(parents=True)
+    root = work / "root"
+    if setup == "queue":
+        Broker(root, create=True).create_queue("q")
+    elif setup == "settings":
+        Broker(root, create=True).create_queue("q", priority=5, requeue=False, durable=False, requeue_limit=3)
+    elif setup == "file":
+        root.write_text("not a directory")
+    return root
+
+
+def queues(root: Path) -> object:
+    """The messages in each queue of ``root``, less the fields that differ between two publishes."""
+    if not root.is_dir():
+        return root.read_text() if root.exists() else None
+    b = Broker(root, create=False)
+    return {q: [{k: v for k, v in m.to_dict().items() if k not in VARYING} for m in b.peek(q, n=100)]
+            for q in b.list_queues()}
+
+
+def run(work: Path, command: list[str], argv: list[str], input: str | None, env: dict[str, str]):
+    root = str(work / "root")
+    full_env = {**os.environ, "HOME": str(work / "home")}
+    full_env.update({k: v.replace(R, root) for k, v in env.items()})
+    proc = subprocess.run([*command, *(a.replace(R, root) for a in argv)], input=input, env=full_env,
+                          capture_output=True, text=True, errors="surrogateescape", cwd=work, timeout=60)
+    imported = _imported_modules(proc.stderr)
+    stderr = "".join(line for line in proc.stderr.splitlines(keepends=True) if not line.startswith("import time:"))
+    outcome = {
+        "code": proc.returncode, "stdout": HEX32.sub("<id>", proc.stdout), "stderr": HEX32.sub("<id>", stderr),
+        "files": sorted(os.listdir(work)), "root": queues(work / "root"),
+        "default root": queues(work / "home" / ".ddmq"),
+    }
+    return outcome, imported
+
+
+def _imported_modules(importtime_stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in importtime_stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+@pytest.fixture
+def script() -> Path:
+    assert DDMQ_SCRIPT.is_file(), f"the ddmq command is not installed at {DDMQ_SCRIPT}: run `pip install -e .`"
+    return DDMQ_SCRIPT
+
+
+@pytest.mark.parametrize("argv, code, fast, setup, input, env", CASES)
+def test_same_as_click(script, tmp_path, argv, code, fast, setup, input, env):
+    work = tmp_path / "work"
+    prepare(work, setup)
+    got, imported = run(work, [sys.executable, "-X", "importtime", str(script)], argv, input, env)
+    assert "ddmq.entry" in imported
+    assert ("click" not in imported) == fast, "fast path taken" if not fast else "fell back to click"
+    prepare(work, setup)
+    expected, _ = run(work, [sys.executable, "-c", CLICK_ONLY], argv, input, env)
+    assert got == expected
+    assert got["code"] == code, got
+    assert "Traceback" not in got["stderr"]
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_reader_gone_ends_as_with_click(script, tmp_path, closed):
+    """``ddmq publish ... | true``: exit 1, nothing on stderr, as click's main does on EPIPE."""
+    outcomes = []
+    for command in ([str(script)], [sys.executable, "-c", CLICK_ONLY]):
+        root = prepare(tmp_path / "work", "queue")
+        queue = "q" if closed == "stdout" else "missing"  # a missing queue is an error on stderr
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            streams = {closed: write, "stdout" if closed == "stderr" else "stderr": subprocess.PIPE}
+            proc = subprocess.run([*command, "--root", str(root), "publish", queue, "x"], **streams, timeout=60)
+        finally:
+            os.close(write)
+        outcomes.append((proc.returncode, proc.stdout, proc.stderr, queues(root)))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == 1
+
+
+def _wait_reading_stdin(proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
+        except OSError:
+            pytest.skip("no /proc/PID/wchan to see the process block on stdin")
+        if "pipe" in wchan:  # pipe_read, or pipe_wait on older kernels
+            return
+        time.sleep(0.01)
+    raise AssertionError("the command never blocked reading stdin")
+
+
+def test_ctrl_c_ends_as_with_click(script, tmp_path):
+    """Interrupted while reading the message from stdin: one line, exit 130, nothing published."""
+    outcomes = []
+    for command in ([str(script)], [sys.executable, "-c", CLICK_ONLY]):
+        root = prepare(tmp_path / "work", "queue")
+        proc = subprocess.Popen([*command, "--root", str(root), "publish", "q"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _wait_reading_stdin(proc)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        outcomes.append((proc.returncode, stdout, stderr, queues(root)))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == (130, b"", b"ddmq: interrupted\n", {"q": []})
+
+
+ECHO = """
+import json, os, sys
+which, err = sys.argv[1], sys.argv[2] == "stderr"
+if which == "click":
+    from functools import partial
+
+    import click
+
+    echo = partial(click.echo, color=True)  # ops.echo never strips escape sequences
+else:
+    from ddmq.ops import echo
+for text in json.loads(sys.argv[3]):
+    for nl in (True, False):
+        try:
+            echo(text, err=err, nl=nl)
+        except Exception as exc:
+            os.write(2 if err else 1, f"<{type(exc).__name__}>".encode())
+"""
+TEXTS = ["plain", "héllo ✓ 日本", "\x1b[31mred\x1b[0m \x1b[1;2mbold\x1b]0;title\x07", "lone \udcff", ""]
+
+
+def _echo_bytes(which: str, stream: str, env: dict[str, str], **streams) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", ECHO, which, stream, json.dumps(TEXTS)], env={**os.environ, **env},
+                          timeout=30, **streams)
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+@pytest.mark.parametrize("env", [{}, {"PYTHONIOENCODING": "ascii"}, {"PYTHONIOENCODING": "latin-1"},
+                                 {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}],
+                         ids=["default", "ascii", "latin-1", "C-locale"])
+def test_echo_writes_the_bytes_click_echo_does(env, stream):
+    """ops.echo replaces click.echo for every command: UTF-8 on an ASCII stream and unencodable
+    characters handled the same, escape sequences kept (as click.echo(color=True) does)."""
+    click_run, ops_run = (_echo_bytes(which, stream, env, capture_output=True) for which in ("click", "ops"))
+    assert (ops_run.returncode, ops_run.stdout, ops_run.stderr) == (click_run.returncode, click_run.stdout,
+                                                                    click_run.stderr)
+    assert click_run.returncode == 0 and b"Traceback" not in click_run.stderr
+
+
+def test_consumed_bodies_keep_escape_sequences_through_a_pipe(tmp_path):
+    """click.echo strips them from output that is not a terminal; a body is data and must not change."""
+    body = "\x1b[31mred\x1b[0m and \x1b]0;title\x07"
+    root = tmp_path / "root"
+    Broker(root, create=True).publish("q", body, create=True)
+    proc = subprocess.run([str(DDMQ_SCRIPT), "--root", str(root), "consume", "q"], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (body + "\n").encode()
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_fast_path_imports_neither_click_nor_yaml_nor_slow_standard_modules(tmp_path, fmt):
+    """Run without site, so an editable install's import hook does not count."""
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q")
+    argv = ["ddmq", "--root", str(root), "-f", fmt, "publish", "q", "lean"]
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.argv = {argv!r}; from ddmq.entry import main; main()"
+    proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    modules = _imported_modules(proc.stderr)
+    assert {"ddmq.entry", "ddmq.ops"} <= modules, proc.stderr[-2000:]
+    assert sorted(m for m in modules if m.split(".")[0] in SLOW) == []
+    assert [m.message for m in Broker(root).peek("q")] == ["lean"]
+
+
+def test_python_m_ddmq_takes_the_fast_path_and_falls_back(tmp_path):
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q")
+    proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "ddmq", "--root", str(root), "-f", "json",
+                           "publish", "q", "via -m"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [row["queue"] for row in json.loads(proc.stdout)] == ["q"]
+    assert sorted(m for m in _imported_modules(proc.stderr) if m.split(".")[0] in SLOW) == []
+    proc = subprocess.run([sys.executable, "-m", "ddmq", "publish", "--help"], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: ddmq publish [OPTIONS] QUEUE"), proc.stdout
