@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Where one message's time goes between its system calls.
+
+    python3 benchmarks/steps.py [--n 5000] [--dir /dev/shm]
+
+Profilers hook every Python call and inflate exactly the small steps this is
+about, and ``timeit`` runs a step with warm caches, which it never has in
+use: between two system calls the kernel has evicted much of the CPU's
+cache. So this runs W1 (publish n, then consume and ack them all) on the
+working tree, one step at a time in the order ddmq does them, and reads the
+clock between the steps. The steps call ddmq's internals; keep them in step
+with ``Broker.publish`` and ``Broker.consume``. Nothing is written to the
+repository.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ddmq import Broker, atomic  # noqa: E402
+from ddmq.broker import _HOST  # noqa: E402
+from ddmq.layout import new_message_id, new_token, parse_ready, ready_name  # noqa: E402
+from ddmq.message import Message, decode, encode  # noqa: E402
+
+
+def publish_steps(b: Broker, n: int) -> dict[str, float]:
+    clock = time.perf_counter_ns
+    spent = dict.fromkeys(["settings", "message object", "encode (JSON)", "name", "create+write+close",
+                           "rename into ready/", "listing push"], 0)
+    for i in range(n):
+        t = [clock()]
+        paths, values = b._queue_settings("q")
+        t.append(clock())
+        msg = Message(new_message_id(), "q", f"message {i:07d}", values["priority"], b._publish_time(),
+                      values["message_timeout"], values["requeue"], values["requeue_prio"],
+                      values["requeue_limit"], values["durable"], _HOST, os.getpid(), {})
+        t.append(clock())
+        data = encode(msg)
+        t.append(clock())
+        name = ready_name(msg.priority, msg.published, msg.id)
+        tmp, final = f"{paths.tmp}/{msg.id}.tmp", f"{paths.ready}/{name}"
+        t.append(clock())
+        atomic.write_private(tmp, data, False, values["mode"])
+        t.append(clock())
+        os.rename(tmp, final)
+        t.append(clock())
+        b._readied(paths, name)
+        t.append(clock())
+        for key, start, end in zip(spent, t, t[1:]):
+            spent[key] += end - start
+    return spent
+
+
+def consume_steps(b: Broker, n: int) -> dict[str, float]:
+    clock = time.perf_counter_ns
+    spent = dict.fromkeys(["settings + clean check", "next name", "parse name", "lease name + token",
+                           "rename into work/", "open", "read", "close", "decode (JSON)", "fill state",
+                           "ack (unlink)"], 0)
+    for _ in range(n):
+        t = [clock()]
+        paths, settings = b._queue_settings("q")
+        b._maybe_clean(paths, settings)
+        t.append(clock())
+        name = next(b._ready_names("q", paths))
+        t.append(clock())
+        ready = parse_ready(name)
+        t.append(clock())
+        work = ready.claimed(b._lease_clock(paths.tmp) + int(settings["message_timeout"] * 1e9), new_token())
+        work_name = str(work)
+        work_path = f"{paths.work}/{work_name}"
+        t.append(clock())
+        atomic.move(f"{paths.ready}/{name}", work_path)
+        t.append(clock())
+        fd = os.open(work_path, atomic.READ_FLAGS)
+        t.append(clock())
+        data = os.read(fd, 1 << 16)
+        os.read(fd, 1 << 16)
+        t.append(clock())
+        os.close(fd)
+        t.append(clock())
+        msg = decode(data)
+        t.append(clock())
+        b._fill_state(msg, work)
+        msg.receipt, msg._lease_name = work.receipt, work_name
+        t.append(clock())
+        b.ack(msg)
+        t.append(clock())
+        for key, start, end in zip(spent, t, t[1:]):
+            spent[key] += end - start
+    return spent
+
+
+def whole(b: Broker, n: int) -> tuple[float, float]:
+    start = time.perf_counter_ns()
+    for i in range(n):
+        b.publish("q", f"message {i:07d}")
+    middle = time.perf_counter_ns()
+    for _ in range(n):
+        b.ack(b.consume("q")[0])
+    return (middle - start) / n / 1000, (time.perf_counter_ns() - middle) / n / 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--dir", default="/dev/shm", help="where to make the queue (default /dev/shm)")
+    args = ap.parse_args()
+    base = tempfile.mkdtemp(prefix="ddmq-steps-", dir=args.dir)
+    try:
+        b = Broker(base, create=True)
+        b.create_queue("q", durable=False)
+        published = publish_steps(b, args.n)
+        consumed = consume_steps(b, args.n)
+        pub, con = whole(b, args.n)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    for title, spent, total in (("publish", published, pub), ("consume + ack", consumed, con)):
+        print(f"\n{title}: {sum(spent.values()) / args.n / 1000:.1f} µs per message in steps, "
+              f"{total:.1f} µs through the API")
+        for key, ns in spent.items():
+            print(f"  {key:24s} {ns / args.n / 1000:6.1f} µs")
+
+
+if __name__ == "__main__":
+    main()
