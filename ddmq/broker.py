@@ -16,7 +16,6 @@ import os
 import stat
 import time
 import warnings
-import weakref
 
 from . import atomic
 from .errors import (
@@ -66,6 +65,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, Callable, Iterator, Union
+    from weakref import WeakKeyDictionary
 
     from .atomic import StrPath
 
@@ -167,7 +167,7 @@ class Broker:
         self._clean_due: dict[str, float] = {}
         self._checked: dict[str, tuple[float, dict[str, Any]]] = {}  # queue dir -> (when, settings)
         self._listings: dict[str, _Listing] = {}
-        self._rejected: weakref.WeakKeyDictionary[Match, set[str]] = weakref.WeakKeyDictionary()
+        self._rejected: WeakKeyDictionary[Match, set[str]] | None = None  # made when first needed
         self._clock_offset = 0
         self._queue_paths: dict[str, QueuePaths] = {}
         self._root_marker = os.path.join(self._root, ROOT_MARKER)
@@ -506,7 +506,7 @@ class Broker:
         # A waiter polls with the same predicate over and over: names it already
         # rejected are dropped when ready/ is listed, before any parsing, so an
         # idle poll costs one listing, not a parse per waiting message.
-        rejected = self._rejected.setdefault(match, set()) if match is not None else frozenset()
+        rejected = self._rejected_by(match) if match is not None else frozenset()
         for name in self._ready_names(queue, paths, rejected):
             ready = parse_ready(name)
             if ready is None:
@@ -590,6 +590,14 @@ class Broker:
             self._fill_state(msg, parsed)
         return msg
 
+    def _rejected_by(self, match: Match) -> set[str]:
+        """Names ``match`` rejected, kept as long as the predicate object lives."""
+        if self._rejected is None:
+            from weakref import WeakKeyDictionary  # deferred: only waiters need it
+
+            self._rejected = WeakKeyDictionary()
+        return self._rejected.setdefault(match, set())
+
     def _matching(self, directory: str, name: str, match: Match) -> Message | None:
         """The message in ``directory/name`` if ``match`` accepts it, else None.
 
@@ -599,7 +607,7 @@ class Broker:
         cache lives as long as the predicate object, so pass the same one on
         every call.
         """
-        rejected = self._rejected.setdefault(match, set())
+        rejected = self._rejected_by(match)
         if name in rejected:
             return None
         msg = self._peeked(directory, name, parse_ready(name) or parse_work(name))

@@ -6,7 +6,6 @@ workflow need not care which scheduler ran the job.
 """
 from __future__ import annotations
 
-import getpass
 import os
 import time
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
@@ -46,10 +45,17 @@ def scheduler(env: Mapping[str, str]) -> str | None:
 
 
 def _user(env: Mapping[str, str]) -> str:
+    """The login name as getpass.getuser() finds it (variables, then the password
+    database), without importing getpass: it imports termios and more, for every job."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if env.get(name):
+            return env[name]
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return env.get("USER", "") or str(os.getuid())
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
 
 
 def completion_event(

@@ -63,9 +63,27 @@ def build_message(args: argparse.Namespace) -> Any:
     return body
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized as shutil.get_terminal_size() would, without
+    importing shutil: argparse makes one for every add_argument, and shutil
+    (which imports zlib, bz2 and lzma) costs every job's epilogue milliseconds."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            except (AttributeError, ValueError, OSError):
+                columns = 80
+        super().__init__(prog, width=columns - 2)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ddmq-notify",
+        prog="ddmq-notify", formatter_class=_HelpFormatter,
         description="Publish MESSAGE to QUEUE. With no MESSAGE, publish a JSON completion event for the "
                     "current SLURM or PBS job (job id, array ids, name, user, host, submit dir, time, and "
                     "--status/--state).",

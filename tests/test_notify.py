@@ -383,16 +383,18 @@ def test_import_is_lean():
 
 def test_import_leaves_out_slow_standard_modules():
     """ddmq-notify runs at the end of every job: typing, pathlib, random,
-    dataclasses and copy each cost milliseconds of start-up and are not needed.
+    dataclasses, copy, shutil (argparse's help width) and getpass each cost
+    milliseconds of start-up and are not needed.
     Run without site, so an editable install's import hook does not count."""
     repo = str(Path(__file__).resolve().parent.parent)
     proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c",
-                           f"import sys; sys.path.insert(0, {repo!r}); import ddmq_hpc.notify"],
+                           f"import sys; sys.path.insert(0, {repo!r}); import ddmq_hpc.notify; ddmq_hpc.notify.parser()"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     modules = _imported_modules(proc.stderr)
     assert "ddmq_hpc.notify" in modules, proc.stderr[-2000:]
-    slow = {"typing", "pathlib", "random", "dataclasses", "inspect", "copy", "shutil", "socket"}
+    slow = {"typing", "pathlib", "random", "dataclasses", "inspect", "copy", "shutil", "socket", "getpass",
+            "weakref"}
     assert sorted(slow & modules) == []
 
 
