@@ -10,11 +10,14 @@ cache. So this runs W1 (publish n, then consume and ack them all) on the
 working tree, one step at a time in the order ddmq does them, and reads the
 clock between the steps. The steps call ddmq's internals; keep them in step
 with ``Broker.publish`` and ``Broker.consume``. Nothing is written to the
-repository.
+repository. Last, a bare loop (see ``bare``) shows what the same work costs
+with nothing but the system calls, JSON and file names.
 """
 from __future__ import annotations
 
 import argparse
+import heapq
+import json
 import os
 import shutil
 import sys
@@ -97,6 +100,43 @@ def consume_steps(b: Broker, n: int) -> dict[str, float]:
     return spent
 
 
+def bare(base: str, n: int) -> tuple[float, float]:
+    """A bare loop doing what a file queue with JSON payloads cannot skip: the
+    system calls of publish, claim, read and ack, JSON in and out, names made
+    and split; no checks, no settings, no leases on a clock, no listing cache.
+    What Python itself costs for a queue of this design."""
+    for d in ("tmp", "ready", "work"):
+        os.makedirs(f"{base}/{d}")
+    encoder, decoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True), json.JSONDecoder()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    start = time.perf_counter_ns()
+    for i in range(n):
+        mid, now = os.urandom(16).hex(), time.time_ns()
+        data = encoder.encode({"format": 1, "id": mid, "queue": "q", "message": f"message {i:07d}",
+                               "priority": 999, "published": now, "message_timeout": 600, "requeue": True,
+                               "requeue_prio": 0, "requeue_limit": None, "durable": False, "host": "h",
+                               "pid": 1, "headers": {}}).encode()
+        fd = os.open(f"{base}/tmp/{mid}.tmp", flags, 0o666)
+        os.write(fd, data)
+        os.close(fd)
+        os.rename(f"{base}/tmp/{mid}.tmp", f"{base}/ready/{999:06d}.{now:020d}.{mid}.0.msg")
+    middle = time.perf_counter_ns()
+    names = os.listdir(f"{base}/ready")
+    heapq.heapify(names)
+    while names:
+        name = heapq.heappop(names)
+        priority, published, mid, requeues, _ = name.split(".")
+        work = f"{base}/work/{name[:-4]}.{time.time_ns() + 600 * 10**9:020d}.{os.urandom(6).hex()}.msg"
+        os.rename(f"{base}/ready/{name}", work)
+        fd = os.open(work, os.O_RDONLY)
+        data = os.read(fd, 1 << 16)
+        os.read(fd, 1 << 16)
+        os.close(fd)
+        decoder.decode(data.decode())
+        os.unlink(work)
+    return (middle - start) / n / 1000, (time.perf_counter_ns() - middle) / n / 1000
+
+
 def whole(b: Broker, n: int) -> tuple[float, float]:
     start = time.perf_counter_ns()
     for i in range(n):
@@ -119,6 +159,7 @@ def main() -> None:
         published = publish_steps(b, args.n)
         consumed = consume_steps(b, args.n)
         pub, con = whole(b, args.n)
+        bare_pub, bare_con = bare(f"{base}/bare", args.n)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     for title, spent, total in (("publish", published, pub), ("consume + ack", consumed, con)):
@@ -126,6 +167,9 @@ def main() -> None:
               f"{total:.1f} µs through the API")
         for key, ns in spent.items():
             print(f"  {key:24s} {ns / args.n / 1000:6.1f} µs")
+    print(f"\nbare loop (see bare()): publish {bare_pub:.1f} µs, consume + ack {bare_con:.1f} µs, "
+          f"total {bare_pub + bare_con:.1f} µs; ddmq through the API: {pub + con:.1f} µs "
+          f"({(pub + con) / (bare_pub + bare_con):.2f}×)")
 
 
 if __name__ == "__main__":
