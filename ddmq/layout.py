@@ -55,7 +55,9 @@ DEAD_REASONS = ("requeue-limit", "expired", "rejected", "corrupt", "foreign")
 
 @functools.lru_cache(maxsize=None)
 def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+    # ASCII: in a str pattern \d also matches other scripts' digits, which int()
+    # accepts but no name ddmq writes contains.
+    return re.compile(pattern, re.ASCII)
 
 
 def check_queue_name(name: object) -> str:

@@ -277,6 +277,12 @@ def _plant(kind: str, directory: Path, b: Broker, outside: Path, state: str) -> 
         name = "link-to-outside"
         os.symlink(outside / "target.txt", directory / name)
         return name, "foreign"
+    elif kind == "foreign_unicode_digits":
+        # a message name but for its digits (Arabic-Indic): \d alone would accept them
+        ours = ready_name() if state == "ready" else expired_work_name()
+        name = "".join(chr(0x660 + int(c)) for c in ours[:6]) + ours[6:]
+        (directory / name).write_bytes(valid_payload(b))
+        return name, "foreign"
     elif kind == "foreign_msg_like":
         name = "000005.123.deadbeef.0.msg"  # almost a message name
         (directory / name).write_bytes(valid_payload(b))
@@ -287,7 +293,8 @@ def _plant(kind: str, directory: Path, b: Broker, outside: Path, state: str) -> 
 
 
 JUNK = ["garbage", "empty", "truncated", "non_utf8", "json_list", "wrong_id", "directory", "fifo", "symlink_out",
-        "symlink_dir_out", "dangling_symlink", "foreign_file", "foreign_dir", "foreign_symlink", "foreign_msg_like"]
+        "symlink_dir_out", "dangling_symlink", "foreign_file", "foreign_dir", "foreign_symlink", "foreign_msg_like",
+        "foreign_unicode_digits"]
 
 
 @pytest.mark.parametrize("state", ["ready", "work"])
