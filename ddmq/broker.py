@@ -157,8 +157,9 @@ class Broker:
 
     ``Broker(root, create=True)`` initialises the root if needed. Without a root
     the ``DDMQ_ROOT`` environment variable is used, else ``~/.ddmq``, which is
-    created on first use unless ``create=False`` says never to create a root. A Broker holds no locks and no open files; any number
-    of them, in any number of processes on any number of hosts, may share a root.
+    created on first use unless ``create=False`` says never to create a root.
+    A Broker holds no locks and no open files; any number of them, in any
+    number of processes on any number of hosts, may share a root.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, create: bool | None = None):
@@ -344,7 +345,8 @@ class Broker:
             for name in atomic.listdir(directory):
                 parse = checks.get(state)
                 ours = parse(name) is not None if parse else True
-                if not ours or not os.path.isfile(os.path.join(directory, name)) or os.path.islink(os.path.join(directory, name)):
+                path = os.path.join(directory, name)
+                if not ours or not os.path.isfile(path) or os.path.islink(path):
                     foreign.append(f"{state}/{name}")
         return foreign
 
