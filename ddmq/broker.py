@@ -132,6 +132,11 @@ class _Listing:
     def push(self, name: str) -> None:
         heapq.heappush(self.names, name)
 
+    def drop(self, count: int) -> None:
+        """Leave out the next ``count`` names (seen again at the next listing)."""
+        for _ in range(min(count, len(self.names))):
+            heapq.heappop(self.names)
+
 
 def _dir_stamp(path: str) -> tuple[int, ...] | None:
     """What changes when an entry is added to, removed from or renamed within a directory."""
@@ -480,6 +485,21 @@ class Broker:
                     return
             yield listing.pop()
 
+    def _lost_race(self, paths: QueuePaths) -> None:
+        """After another consumer claimed the name we tried: skip 0-3 of the next ones.
+
+        Consumers that listed ready/ at the same time pop the same names in
+        the same order, and in lockstep each name costs all but one of them a
+        failed rename (about two per message with four consumers). Skipping a
+        few at random spreads them over the queue; what one skips, the others
+        take, and it sees any left at its next listing. A lone consumer never
+        loses a race, so its order is untouched. The low bits of the clock
+        are random enough to break a lockstep.
+        """
+        listing = self._listings.get(paths.dir)
+        if listing is not None:
+            listing.drop(time.perf_counter_ns() & 3)
+
     def _readied(self, paths: QueuePaths, name: ReadyName | str) -> None:
         """Tell this process's listing about a message it just put into ready/."""
         listing = self._listings.get(paths.dir)
@@ -521,6 +541,7 @@ class Broker:
             work_name = str(work)
             work_path = f"{paths.work}/{work_name}"
             if not atomic.move(f"{paths.ready}/{name}", work_path):
+                self._lost_race(paths)
                 continue
             try:
                 msg = self._load(paths, work_path, work.id)
