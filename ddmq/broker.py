@@ -214,12 +214,19 @@ class Broker:
         tmp = os.path.join(self._root, f".{ROOT_MARKER}.{new_token()}")
         atomic.publish_file(tmp, marker, dump({}).encode(), durable=True)
 
-    def _queue_values(self, paths: QueuePaths) -> dict[str, Any]:
-        """Effective settings of a queue whose paths are known (root file, then queue file)."""
+    def _checked_values(self, paths: QueuePaths) -> dict[str, Any] | None:
+        """The queue's settings if they were read less than SETTINGS_MAX_AGE ago."""
         checked = self._checked.get(paths.dir)
         if checked is not None and time.monotonic() - checked[0] < SETTINGS_MAX_AGE:
             return checked[1]
-        return self._settings.merged(self._root_marker, paths.settings)
+        return None
+
+    def _queue_values(self, paths: QueuePaths) -> dict[str, Any]:
+        """Effective settings of a queue whose paths are known (root file, then queue file)."""
+        values = self._checked_values(paths)
+        if values is None:
+            values = self._settings.merged(self._root_marker, paths.settings)
+        return values
 
     # ---------------------------------------------------------------- queues
     def _paths(self, queue: str) -> QueuePaths:
@@ -248,15 +255,13 @@ class Broker:
         beyond its own renames.
         """
         paths = self._paths(queue)
-        now = time.monotonic()
-        checked = self._checked.get(paths.dir)
-        if checked is not None and now - checked[0] < SETTINGS_MAX_AGE:
-            return paths, checked[1]
-        try:
-            values = self._settings.merged(self._root_marker, paths.settings, required=True)
-        except (FileNotFoundError, NotADirectoryError):
-            raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
-        self._checked[paths.dir] = (now, values)
+        values = self._checked_values(paths)
+        if values is None:
+            try:
+                values = self._settings.merged(self._root_marker, paths.settings, required=True)
+            except (FileNotFoundError, NotADirectoryError):
+                raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
+            self._checked[paths.dir] = (time.monotonic(), values)
         return paths, values
 
     def _gone(self, queue: str, paths: QueuePaths, exc: StorageError) -> DdmqError:
