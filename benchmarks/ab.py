@@ -37,11 +37,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cli-reps", type=int, default=15)
     ap.add_argument("--fs", default="tmpfs")
-    ap.add_argument("--cache", default=os.environ.get("DDMQ_BENCH_CACHE", "~/.cache/ddmq-bench"))
+    bench.add_cache_option(ap)
     args = ap.parse_args()
-    cache = Path(args.cache).expanduser().resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    os.chdir(cache)
+    cache = bench.enter_cache(args.cache)
     venvs, described = {}, {}
     for side, tree in (("A", args.a), ("B", args.b)):
         venv = bench.ensure_venv(cache, f"ab-{side.lower()}")

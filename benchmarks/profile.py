@@ -17,7 +17,6 @@ Nothing is written to the repository.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
@@ -80,11 +79,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--dir", default="/dev/shm")
-    ap.add_argument("--cache", default=os.environ.get("DDMQ_BENCH_CACHE", "~/.cache/ddmq-bench"))
+    bench.add_cache_option(ap)
     args = ap.parse_args()
-    cache = Path(args.cache).expanduser().resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    os.chdir(cache)
+    cache = bench.enter_cache(args.cache)
     venv = bench.ensure_venv(cache, "prof")
     version = bench.install_working_tree(cache, venv)
     py = str(venv / "bin" / "python")

@@ -1187,11 +1187,24 @@ everything and runs every workload; nothing here is part of the test suite.
 
 
 # ---------------------------------------------------------------- main
+def add_cache_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--cache", default=os.environ.get("DDMQ_BENCH_CACHE", "~/.cache/ddmq-bench"),
+                    help="venvs, the working-tree copy and the local-disk queues (default ~/.cache/ddmq-bench)")
+
+
+def enter_cache(path: str) -> Path:
+    """Make the cache directory and work from it: `python -c` puts the current
+    directory first on sys.path, and it must never be the checkout."""
+    cache = Path(path).expanduser().resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.chdir(cache)
+    return cache
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (~2-3 min)")
-    ap.add_argument("--cache", default=os.environ.get("DDMQ_BENCH_CACHE", "~/.cache/ddmq-bench"),
-                    help="venvs, the working-tree copy and the local-disk queues (default ~/.cache/ddmq-bench)")
+    add_cache_option(ap)
     ap.add_argument("--tmpfs", default="/dev/shm", help="tmpfs directory (default /dev/shm)")
     ap.add_argument("--only", default="", help="comma-separated subset: w1,w2,w3,w4,w5 (default: all)")
     ap.add_argument("--fs", default="disk,tmpfs", help="comma-separated: disk,tmpfs")
@@ -1208,9 +1221,7 @@ def main() -> None:
     prof = dict(PROFILES[mode])
     only = set(filter(None, args.only.split(","))) or {"w1", "w2", "w3", "w4", "w5"}
     fss = [f for f in args.fs.split(",") if f]
-    cache = Path(args.cache).expanduser().resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    os.chdir(cache)  # `python -c` puts the current directory first on sys.path: never the checkout
+    cache = enter_cache(args.cache)
     tmpfs = Path(args.tmpfs) / f"ddmq-bench-{os.getpid()}"
     dirs = {"disk": cache / f"queues-{os.getpid()}", "tmpfs": tmpfs}
     started = time.time()
