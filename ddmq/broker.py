@@ -676,11 +676,10 @@ class Broker:
                 raise UsageError(f"message {receipt.id} is not held by this consumer")
             paths = self._queue(queue or receipt.queue)
             msg_id, token = parse_receipt(receipt.receipt)
-            if receipt.lease_expires is not None:
-                guess = WorkName(receipt.priority, receipt.published, msg_id, receipt.requeues,
-                                 receipt.lease_expires, token or "")
-                if os.path.lexists(f"{paths.work}/{guess}"):
-                    return paths, guess
+            # Where this consumer last put the lease (recorded by consume and extend).
+            held = parse_work(receipt._lease_name) if receipt._lease_name else None
+            if held is not None and os.path.lexists(f"{paths.work}/{receipt._lease_name}"):
+                return paths, held
         else:
             if queue is None:
                 raise UsageError("a queue is needed to find a message by its receipt")

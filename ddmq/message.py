@@ -59,8 +59,9 @@ class Message:
         self.requeues = requeues
         self.receipt = receipt  # set while this consumer holds the lease
         self.lease_expires = lease_expires  # nanoseconds since the epoch
-        # The file name this consumer holds it under in work/, so ack is one
-        # unlink with no name to rebuild (not a field: not compared or shown).
+        # The file name this consumer holds it under in work/ (set by consume
+        # and extend): ack, nack, extend and release find the lease by it
+        # without rebuilding the name (not a field: not compared or shown).
         self._lease_name: str | None = None
 
     def __repr__(self) -> str:
