@@ -83,16 +83,25 @@ def session(sid: int) -> list[int]:
     return pids
 
 
-def terminate_job(proc: subprocess.Popen[str]) -> None:
-    """TERM to every process of the job, as SLURM (by process tree) and PBS (by session) send it."""
-    for pid in session(proc.pid):
+def terminate_job(proc: subprocess.Popen[str], script_after: float = 0) -> None:
+    """TERM to every process of the job, as SLURM (by process tree) and PBS (by session) send it.
+
+    Schedulers signal the processes one by one; with ``script_after`` the
+    script's own TERM comes that many seconds after its children's, long
+    enough for the script to have seen its command end.
+    """
+    children = [pid for pid in session(proc.pid) if pid != proc.pid]
+    for pid in children + ([] if script_after else [proc.pid]):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+    if script_after:
+        time.sleep(script_after)
+        proc.send_signal(signal.SIGTERM)
 
 
-def terminate(proc: subprocess.Popen[str], whole_job: bool = True,
+def terminate(proc: subprocess.Popen[str], whole_job: bool = True, script_after: float = 0,
               timeout: float = 30) -> tuple[subprocess.CompletedProcess[str], float]:
     """Send TERM to every process of the job (as schedulers do) or to the script alone.
 
@@ -100,7 +109,7 @@ def terminate(proc: subprocess.Popen[str], whole_job: bool = True,
     """
     sent = time.monotonic()
     if whole_job:
-        terminate_job(proc)
+        terminate_job(proc, script_after)
     else:
         proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=timeout)

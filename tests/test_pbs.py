@@ -104,14 +104,19 @@ def test_exit_3_publishes_failed_and_the_job_still_exits_3(job) -> None:
     assert (event["state"], event["status"]) == ("FAILED", 3)
 
 
-@pytest.mark.parametrize("whole_job", [True, False], ids=["qdel", "term-to-script-only"])
-def test_qdel_publishes_cancelled_at_once(job, whole_job: bool) -> None:
-    """qdel TERMs every process of the job; a TERM to the script alone is passed on to the command."""
+@pytest.mark.parametrize("whole_job, script_after", [(True, 0), (False, 0), (True, 0.3)],
+                         ids=["qdel", "term-to-script-only", "script-termed-last"])
+def test_qdel_publishes_cancelled_at_once(job, whole_job: bool, script_after: float) -> None:
+    """qdel TERMs every process of the job; a TERM to the script alone is passed on to the command.
+
+    The script's own TERM may come after its command has died of its TERM and
+    the script has begun to exit (seen under SLURM): still CANCELLED.
+    """
     job.qstat_walltime("01:00:00")
     write_script(job.script, "pbs", ["sh", "-c", "touch started && exec sleep 60"], job.root)
     proc = start(job.script, job.env(), cwd=job.home)
     wait_for_file(job.workdir / "started")
-    done, took = terminate(proc, whole_job=whole_job)
+    done, took = terminate(proc, whole_job=whole_job, script_after=script_after)
     assert done.returncode == 143 and done.stderr == ""
     assert took < TERM_BUDGET  # well before PBS's KILL
     [event] = events(job.root)

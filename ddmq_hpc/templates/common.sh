@@ -64,8 +64,22 @@ ddmq_on_term() {
     if [ -z "$ddmq_child" ]; then exit 143; fi
 }
 
+# The command ended by TERM, but this shell has had none: the scheduler TERMs
+# the processes of a job one by one, and when the command (and the sleep in
+# ddmq_run) get theirs first, this shell can reach its EXIT trap before its
+# own TERM arrives. Wait up to a second for it, with ddmq_on_term still the
+# trap, so that a cancelled job is not reported as a FAILED command.
+ddmq_await_own_term() {
+    local polls
+    for polls in 1 2 3 4 5 6 7 8 9 10; do
+        { sleep 0.1 & wait $!; } 2>/dev/null  # a trapped TERM ends `wait` at once
+        if [ -n "$ddmq_term_at" ]; then return; fi
+    done
+}
+
 ddmq_on_exit() {
     local status=$? bound=$((ddmq_notify_timeout + 2)) out rc
+    if [ "$status" -eq 143 ] && [ -z "$ddmq_term_at" ]; then ddmq_await_own_term; fi
     trap '' TERM
     if [ -n "$ddmq_term_at" ]; then  # only what is left before the KILL
         bound=$((ddmq_term_budget - (SECONDS - ddmq_term_at)))
