@@ -97,25 +97,51 @@ class Message:
         return data
 
 
-# Made once: json.dumps with non-default options builds a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, allow_nan=False)
+def _unserialisable(value: Any) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+# Made once: json.dumps with non-default options builds a new encoder per call,
+# and JSONEncoder.encode builds a new C encoder (and a closure) per call too.
+# This is the C encoder JSONEncoder(ensure_ascii=False, sort_keys=True,
+# allow_nan=False, check_circular=False) makes; a circular body ends in a
+# RecursionError, as one nested too deeply always did.
+_C_ENCODER = json.encoder.c_make_encoder(
+    None, _unserialisable, json.encoder.c_encode_basestring, None, ": ", ", ", True, False, False)
 _DECODER = json.JSONDecoder()
+_SCAN = _DECODER.scan_once
 
 
 def encode(message: Message) -> bytes:
     """Serialise the payload; raises TypeError for bodies JSON cannot hold."""
     try:
-        return _ENCODER.encode(message.payload()).encode()
+        return "".join(_C_ENCODER(message.payload(), 0)).encode()
     except ValueError as exc:
         raise TypeError(f"message is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise TypeError("message is not JSON-serialisable: nested too deeply, or circular") from None
+
+
+def _parse(text: str) -> Any:
+    """JSON text to a value: the C scanner straight away for what ddmq writes
+    (no whitespace around the object), the full decoder for anything else."""
+    try:
+        value, end = _SCAN(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError):
+        pass
+    return _DECODER.decode(text)
 
 
 def decode(data: bytes) -> Message:
     """Parse a payload file, checking it is a complete ddmq message."""
     try:
-        raw = _DECODER.decode(data.decode("utf-8"))
+        raw = _parse(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptMessage(f"not a JSON message: {exc}") from None
+    except RecursionError:
+        raise CorruptMessage("not a JSON message: nested too deeply") from None
     if not isinstance(raw, dict):
         raise CorruptMessage("payload is not a JSON object")
     # One chained test for the common case (every message read pays for it);

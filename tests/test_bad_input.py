@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -248,6 +249,12 @@ def _plant(kind: str, directory: Path, b: Broker, outside: Path, state: str) -> 
         path.write_bytes(data[: len(data) // 2])
     elif kind == "non_utf8":
         path.write_bytes(b'{"format": 1, "message": "\xff\xfe\xfd"}')
+    elif kind == "nested_too_deeply":
+        path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    elif kind == "trailing_garbage":  # a complete message of this name's id, then more
+        data = valid_payload(b)
+        message_id = path.name.split(".")[2]
+        path.write_bytes(re.sub(rb'"id": "[0-9a-f]{32}"', b'"id": "%s"' % message_id.encode(), data) + b" {}")
     elif kind == "json_list":
         path.write_bytes(b"[1, 2, 3]")
     elif kind == "wrong_id":
@@ -292,7 +299,7 @@ def _plant(kind: str, directory: Path, b: Broker, outside: Path, state: str) -> 
     return name, "corrupt"
 
 
-JUNK = ["garbage", "empty", "truncated", "non_utf8", "json_list", "wrong_id", "directory", "fifo", "symlink_out",
+JUNK = ["garbage", "empty", "truncated", "non_utf8", "nested_too_deeply", "trailing_garbage", "json_list", "wrong_id", "directory", "fifo", "symlink_out",
         "symlink_dir_out", "dangling_symlink", "foreign_file", "foreign_dir", "foreign_symlink", "foreign_msg_like",
         "foreign_unicode_digits"]
 

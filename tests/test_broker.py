@@ -64,7 +64,25 @@ def test_unserialisable_body_is_refused_and_leaves_nothing(b: Broker, root: Path
         b.publish("q", {1, 2})
     with pytest.raises(UsageError):
         b.publish("q", float("nan"))
+    circular: dict = {}
+    circular["self"] = circular
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for body in (circular, deep):
+        with pytest.raises(UsageError, match="nested too deeply, or circular"):
+            b.publish("q", body)
     assert os.listdir(root / "q" / "ready") == [] and os.listdir(root / "q" / "tmp") == []
+
+
+def test_payload_files_with_whitespace_around_are_still_messages(b: Broker, root: Path) -> None:
+    """ddmq writes none, but a payload is JSON: a tool that re-indents one must not corrupt it."""
+    b.publish("q", {"keep": [1, 2]}, create=True)
+    [name] = os.listdir(root / "q" / "ready")
+    path = root / "q" / "ready" / name
+    path.write_text("\n  " + json.dumps(json.loads(path.read_text()), indent=2) + "\n")
+    [got] = b.consume("q", ack=True)
+    assert got.message == {"keep": [1, 2]}
 
 
 def test_message_carries_metadata(b: Broker) -> None:
