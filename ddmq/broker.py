@@ -107,6 +107,11 @@ class CleanReport:
         self.temp_removed += other.temp_removed
 
 
+# publish's overrides when a call makes none: (priority, message_timeout, requeue,
+# requeue_prio, durable, requeue_limit)
+_NO_OVERRIDES = (None,) * 6
+
+
 class _Listing:
     """A consumer's snapshot of ready/ as a heap, so the best name pops first.
 
@@ -395,6 +400,15 @@ class Broker:
         Broker._last_published = now
         return now
 
+    @staticmethod
+    def _overridden(values: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+        """A queue's settings with a publish call's overrides (those not None), validated."""
+        chosen = {k: v for k, v in overrides.items() if v is not None and k != "requeue_limit"}
+        chosen = validate(chosen, "publish", InvalidSetting)
+        if overrides["requeue_limit"] is not None:
+            chosen.update(validate({"requeue_limit": overrides["requeue_limit"]}, "publish", InvalidSetting))
+        return {**values, **chosen}
+
     def publish(
         self,
         queue: str,
@@ -417,26 +431,18 @@ class Broker:
         if create:
             self.create_queue(queue, exist_ok=True)
         paths, values = self._queue_settings(queue)
-        overrides = {
-            "priority": priority, "message_timeout": message_timeout, "requeue": requeue,
-            "requeue_prio": requeue_prio, "durable": durable,
-        }
-        chosen = {k: v for k, v in overrides.items() if v is not None}
-        if chosen or requeue_limit is not None:
-            chosen = validate(chosen, "publish", InvalidSetting)
-            if requeue_limit is not None:
-                chosen.update(validate({"requeue_limit": requeue_limit}, "publish", InvalidSetting))
-            values = {**values, **chosen}
+        if (priority, message_timeout, requeue, requeue_prio, durable, requeue_limit) != _NO_OVERRIDES:
+            values = self._overridden(values, priority=priority, message_timeout=message_timeout,
+                                      requeue=requeue, requeue_prio=requeue_prio, durable=durable,
+                                      requeue_limit=requeue_limit)
         if headers is not None and (
             not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers)
         ):
             raise UsageError("headers must be a mapping with string keys")
-        msg = Message(
-            id=new_message_id(), queue=queue, message=message, published=self._publish_time(),
-            host=_HOST, pid=os.getpid(), headers=dict(headers) if headers else {},
-            priority=values["priority"], message_timeout=values["message_timeout"], requeue=values["requeue"],
-            requeue_prio=values["requeue_prio"], requeue_limit=values["requeue_limit"],
-            durable=values["durable"],
+        msg = Message(  # positionally: once per message, and keywords cost more
+            new_message_id(), queue, message, values["priority"], self._publish_time(),
+            values["message_timeout"], values["requeue"], values["requeue_prio"], values["requeue_limit"],
+            values["durable"], _HOST, os.getpid(), dict(headers) if headers else {},
         )
         try:
             data = encode(msg)

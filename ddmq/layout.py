@@ -74,13 +74,41 @@ def check_queue_name(name: object) -> str:
     return name
 
 
+# Ids and tokens are random hex cut from one getrandom(2) of _POOL_BYTES: one
+# system call per id and another per claim token were two of the thirteen a
+# message cost. list.pop is atomic, so no two threads get the same one; a
+# forked child empties the pools it inherited (os.register_at_fork), or it and
+# its parent would hand out the same ids.
+_POOL_BYTES = 4096
+_ids: list[str] = []
+_tokens: list[str] = []
+
+
+def _random_hex(pool: list[str], width: int) -> str:
+    try:
+        return pool.pop()
+    except IndexError:
+        text = os.urandom(_POOL_BYTES).hex()
+        pool.extend([text[i:i + width] for i in range(0, len(text) - width + 1, width)])
+        return pool.pop()
+
+
+def _forget_inherited_randomness() -> None:
+    _ids.clear()
+    _tokens.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_randomness)
+
+
 def new_message_id() -> str:
-    return os.urandom(16).hex()
+    """128 random bits as 32 hex digits."""
+    return _random_hex(_ids, 32)
 
 
 def new_token() -> str:
-    """A claim token: makes each lease's file name unique to one claim."""
-    return os.urandom(6).hex()
+    """A claim token (48 random bits): makes each lease's file name unique to one claim."""
+    return _random_hex(_tokens, 12)
 
 
 class _Name:

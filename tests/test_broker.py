@@ -419,3 +419,36 @@ def test_release_restores_the_message_unchanged(b: Broker) -> None:
         b.ack(m.id, queue="q")
     [again] = b.consume("q")
     assert again.message == "a" and again.priority == 7 and again.delivery_count == 1
+
+
+def test_ids_and_tokens_never_repeat_across_threads_or_a_fork() -> None:
+    """They are cut from a pool of random bytes: a forked child must not reuse its parent's."""
+    import threading
+
+    from ddmq.layout import new_message_id, new_token
+
+    new_message_id(), new_token()  # the parent's pools are filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, (new_message_id() + new_token()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 44).decode()
+    os.close(read), os.close(write)
+    assert len(child) == 44 and child[:32] != new_message_id() and child[32:] != new_token()
+
+    got: list[list[str]] = [[] for _ in range(8)]
+
+    def take(into: list[str]) -> None:
+        for _ in range(3000):
+            into.append(new_message_id())
+            into.append(new_token())
+
+    threads = [threading.Thread(target=take, args=(into,)) for into in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [x for into in got for x in into]
+    assert len(set(every)) == len(every) == 8 * 6000
