@@ -77,9 +77,9 @@ def write_private(tmp: StrPath, data: bytes, durable: bool, mode: int | None = N
         try:
             if mode is not None:
                 os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            written = os.write(fd, data)  # all of it, but for a signal or a full disk
+            while written < len(data):
+                written += os.write(fd, memoryview(data)[written:])
             if durable:
                 os.fsync(fd)
         finally:

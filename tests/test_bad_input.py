@@ -560,6 +560,16 @@ def test_disk_full_during_publish(b, q, root, mocker):
     assert [m.message for m in b.consume(q, n=5)] == ["after"]
 
 
+def test_short_writes_still_write_the_whole_message(b, q, mocker):
+    """write(2) may write less than asked (a signal, a network filesystem): the rest follows."""
+    real_write = os.write
+    mocker.patch.object(os, "write", side_effect=lambda fd, data: real_write(fd, bytes(data[:100])))
+    body = "".join(chr(0x41 + i % 26) for i in range(10_000))
+    b.publish(q, body)
+    mocker.stopall()
+    assert b.consume(q)[0].message == body
+
+
 def test_disk_full_after_a_partial_write(b, q, root, mocker):
     real_write = os.write
     calls = []
