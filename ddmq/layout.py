@@ -74,41 +74,54 @@ def check_queue_name(name: object) -> str:
     return name
 
 
-# Ids and tokens are random hex cut from one getrandom(2) of _POOL_BYTES: one
-# system call per id and another per claim token were two of the thirteen a
-# message cost. list.pop is atomic, so no two threads get the same one; a
-# forked child empties the pools it inherited (os.register_at_fork), or it and
-# its parent would hand out the same ids.
-_POOL_BYTES = 4096
-_ids: list[str] = []
-_tokens: list[str] = []
+class _RandomHex:
+    """Random hex strings of one width, cut from one getrandom(2) for many.
+
+    A system call per message id and another per claim token were two of the
+    thirteen a message cost. Each refill takes twice as many as the last (up
+    to 256), so a command that needs one id pays for one. list.pop is atomic,
+    so no two threads get the same string; a forked child empties what it
+    inherited (os.register_at_fork), or it and its parent would hand out the
+    same ids.
+    """
+
+    def __init__(self, width: int):
+        self.width = width
+        self.batch = 1
+        self.ready: list[str] = []
+
+    def refill(self) -> str:
+        """Cut the next batch, and return one of it."""
+        width = self.width
+        text = os.urandom(width // 2 * self.batch).hex()
+        self.batch = min(self.batch * 2, 256)
+        self.ready.extend([text[i:i + width] for i in range(0, len(text), width)])
+        return self.ready.pop()
+
+    def forget(self) -> None:
+        self.ready.clear()
+        self.batch = 1
 
 
-def _random_hex(pool: list[str], width: int) -> str:
-    try:
-        return pool.pop()
-    except IndexError:
-        text = os.urandom(_POOL_BYTES).hex()
-        pool.extend([text[i:i + width] for i in range(0, len(text) - width + 1, width)])
-        return pool.pop()
-
-
-def _forget_inherited_randomness() -> None:
-    _ids.clear()
-    _tokens.clear()
-
-
-os.register_at_fork(after_in_child=_forget_inherited_randomness)
+_message_ids = _RandomHex(32)
+_tokens = _RandomHex(12)
+os.register_at_fork(after_in_child=lambda: (_message_ids.forget(), _tokens.forget()))
 
 
 def new_message_id() -> str:
     """128 random bits as 32 hex digits."""
-    return _random_hex(_ids, 32)
+    try:
+        return _message_ids.ready.pop()
+    except IndexError:
+        return _message_ids.refill()
 
 
 def new_token() -> str:
     """A claim token (48 random bits): makes each lease's file name unique to one claim."""
-    return _random_hex(_tokens, 12)
+    try:
+        return _tokens.ready.pop()
+    except IndexError:
+        return _tokens.refill()
 
 
 class _Name:

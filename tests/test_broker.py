@@ -427,7 +427,8 @@ def test_ids_and_tokens_never_repeat_across_threads_or_a_fork() -> None:
 
     from ddmq.layout import new_message_id, new_token
 
-    new_message_id(), new_token()  # the parent's pools are filled
+    for _ in range(20):  # the parent has some left over from its last batch
+        new_message_id(), new_token()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
