@@ -81,6 +81,7 @@ VENVS = {
     "prof": ["pyinstrument", "py-spy", "pyyaml>=5.1", "click>=8.0"],  # for benchmarks/profile.py
     "ab-a": ["pyyaml>=5.1", "click>=8.0"],  # benchmarks/ab.py: two ddmq trees side by side
     "ab-b": ["pyyaml>=5.1", "click>=8.0"],
+    "instr": ["pyyaml>=5.1", "click>=8.0"],  # benchmarks/instructions.py: one ddmq tree after another
 }
 
 

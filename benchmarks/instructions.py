@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""User-space instructions per message: a measure that does not drift with the machine's load.
+
+    python3 benchmarks/instructions.py [--tree DIR ...] [--fs-dir /dev/shm]
+
+Wall times on a shared VM move by 10-30 % from one minute to the next, which
+hides a 5 % change. The number of instructions a process executes does not:
+this runs W1 (``worker.py``: publish n, then consume and ack them all,
+durable:false) under valgrind's cachegrind at two sizes and prints
+(instructions at n2 - instructions at n1) / (n2 - n1), for ddmq trees (the
+working tree by default; ``--tree`` for others, e.g. a ``git worktree`` of an
+older commit), dirq and the floor + read, from the venvs ``run.py`` set up.
+
+It counts only what runs in the process, not in the kernel: a system call
+saved does not show, and dirq makes 22 file-system calls a message where ddmq
+and the floor + read make 10. Use it to compare Python-level changes; wall
+time (``run.py``, ``ab.py``) stays the measure of the targets. Nothing is
+written to the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench  # noqa: E402  (the set-up helpers of the suite)
+
+
+def instructions(python: Path, impl: str, n: int, fs_dir: str, env: dict[str, str]) -> int:
+    """Instructions cachegrind counts for one W1 run of ``n`` messages."""
+    root = tempfile.mkdtemp(prefix="ddmq-instr-", dir=fs_dir)
+    shutil.rmtree(root)  # the worker makes it
+    try:
+        done = bench.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                          str(python), str(bench.WORKER), "w1", "--impl", impl, "--root", root, "--n", str(n)],
+                         env=env, cwd=tempfile.gettempdir(), capture_output=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if not found:
+        raise SystemExit(f"no instruction count from cachegrind:\n{done.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_message(python: Path, impl: str, n1: int, n2: int, fs_dir: str, env: dict[str, str]) -> float:
+    return (instructions(python, impl, n2, fs_dir, env) - instructions(python, impl, n1, fs_dir, env)) / (n2 - n1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tree", action="append", default=[], help="a ddmq source tree (repeatable; default: this one)")
+    ap.add_argument("--n1", type=int, default=500)
+    ap.add_argument("--n2", type=int, default=2500)
+    ap.add_argument("--fs-dir", default="/dev/shm", help="where the queues go (default /dev/shm)")
+    bench.add_cache_option(ap)
+    args = ap.parse_args()
+    if not shutil.which("valgrind"):
+        bench.ensure_apt({"/usr/bin/valgrind": "valgrind"})
+    cache = bench.enter_cache(args.cache)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    rows = []
+    for tree in args.tree or [str(bench.REPO)]:
+        venv = bench.ensure_venv(cache, "instr")
+        described = bench.install_working_tree(cache, venv, Path(tree).resolve())["describe"] or tree
+        rows.append((f"ddmq {described}", per_message(venv / "bin" / "python", "ddmq", args.n1, args.n2,
+                                                      args.fs_dir, env)))
+    dirq = bench.ensure_venv(cache, "dirq")
+    rows.append(("dirq", per_message(dirq / "bin" / "python", "dirq", args.n1, args.n2, args.fs_dir, env)))
+    rows.append(("floor + read", per_message(Path(sys.executable), "floor-read", args.n1, args.n2, args.fs_dir,
+                                             env)))
+    print("\n| W1, durable:false | user-space instructions per message |\n|---|---:|")
+    for label, count in rows:
+        print(f"| {label} | {count / 1000:,.1f} k |")
+
+
+if __name__ == "__main__":
+    main()
