@@ -77,9 +77,9 @@ def write_private(tmp: StrPath, data: bytes, durable: bool, mode: int | None = N
         try:
             if mode is not None:
                 os.fchmod(fd, mode)
-            written = os.write(fd, data)  # all of it, but for a signal or a full disk
-            while written < len(data):
-                written += os.write(fd, memoryview(data)[written:])
+            written = 0
+            while written < len(data):  # once, but after a short write (a signal, a network filesystem)
+                written += os.write(fd, memoryview(data)[written:] if written else data)
             if durable:
                 os.fsync(fd)
         finally:
