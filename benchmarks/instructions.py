@@ -62,7 +62,7 @@ def main() -> None:
     if not shutil.which("valgrind"):
         bench.ensure_apt({"/usr/bin/valgrind": "valgrind"})
     cache = bench.enter_cache(args.cache)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONHASHSEED": "0"}
     rows = []
     for tree in args.tree or [str(bench.REPO)]:
         venv = bench.ensure_venv(cache, "instr")
