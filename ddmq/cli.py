@@ -21,7 +21,8 @@ from .broker import Broker
 from .errors import DdmqError, UsageError
 from .layout import check_queue_name
 from .ops import (
-    FORMATS, OPERATIONS, Empty, failed, plain_bodies, plain_table, publish_command, render, split,
+    FORMATS, OPERATIONS, Empty, consume_command, failed, plain_bodies, plain_table, publish_command, render,
+    split,
 )
 
 EXIT_CODES_HELP = """\b
@@ -178,9 +179,8 @@ def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: fl
     Plain output prints each body on a line; json/yaml print whole messages,
     including the receipt needed by ack/nack/extend. Exit 3 if the queue is empty.
     """
-    rows = _run("consume", root, fmt, plain_bodies, queue=queue, n=count, lease=lease, ack=not no_ack)
-    if not rows:
-        raise Empty("")
+    root, fmt = _context(root, fmt)
+    consume_command(root, fmt, queue, count, lease, no_ack)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

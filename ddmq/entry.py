@@ -1,9 +1,10 @@
-"""The ``ddmq`` command's entry point: a plain ``ddmq publish`` without click.
+"""The ``ddmq`` command's entry point: a plain ``ddmq publish`` or ``ddmq consume`` without click.
 
-``ddmq publish`` ends many batch jobs, and importing click takes longer than
-the publish itself. So a command line made only of what ``ddmq publish``
-accepts is parsed here and run by the function the click command calls,
-:func:`ddmq.ops.publish_command`, with the same output and exit codes.
+``ddmq publish`` ends many batch jobs, ``ddmq consume`` runs in shell loops,
+and importing click takes longer than either. So a command line made only of
+what one of them accepts is parsed here and run by the function the click
+command calls (:func:`ddmq.ops.publish_command`,
+:func:`ddmq.ops.consume_command`), with the same output and exit codes.
 Anything else -- help, version, another subcommand, an option or value this
 parser does not handle -- goes untouched to click (:mod:`ddmq.cli`), which
 also words the usage errors. Nothing is guessed: when in doubt, click decides.
@@ -16,11 +17,11 @@ import stat
 import sys
 
 from .errors import DdmqError
-from .ops import EXIT_ERROR, FORMATS, failed, publish_command
+from .ops import EXIT_ERROR, FORMATS, consume_command, failed, publish_command
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 # Options that take a value, and flags (with the value they set): name on the
 # command line -> parameter of publish_command.
@@ -34,7 +35,36 @@ _PUBLISH_FLAGS = {
     "--requeue": ("requeue", True), "--no-requeue": ("requeue", False),
     "--durable": ("durable", True), "--no-durable": ("durable", False),
 }
-_NUMBERS = {"priority": int, "message_timeout": float, "requeue_prio": int, "requeue_limit": int}
+_PUBLISH_NUMBERS = {"priority": int, "message_timeout": float, "requeue_prio": int, "requeue_limit": int}
+_CONSUME_OPTIONS = {**_GROUP_OPTIONS, "-n": "count", "--lease": "lease"}
+_CONSUME_FLAGS = {"--no-ack": ("no_ack", True)}
+_CONSUME_NUMBERS = {"count": int, "lease": float}
+
+
+class _Command:
+    """What one subcommand accepts, and the function that runs it."""
+
+    def __init__(self, run: Callable[..., None], options: dict[str, str], flags: dict[str, tuple[str, bool]],
+                 numbers: dict[str, Callable[[str], Any]], arguments: Callable[[list[str]], dict[str, Any] | None]):
+        self.run = run
+        self.options = options
+        self.flags = flags
+        self.numbers = numbers
+        self.arguments = arguments  # the positional arguments as parameters; None if click must word an error
+
+
+def _publish_arguments(positional: list[str]) -> dict[str, Any] | None:
+    return {"queue": positional[0], "messages": positional[1:]} if positional else None
+
+
+def _consume_arguments(positional: list[str]) -> dict[str, Any] | None:
+    return {"queue": positional[0]} if len(positional) == 1 else None
+
+
+_COMMANDS = {
+    "publish": _Command(publish_command, _PUBLISH_OPTIONS, _PUBLISH_FLAGS, _PUBLISH_NUMBERS, _publish_arguments),
+    "consume": _Command(consume_command, _CONSUME_OPTIONS, _CONSUME_FLAGS, _CONSUME_NUMBERS, _consume_arguments),
+}
 
 
 def _options(args: list[str], options: dict[str, str], flags: dict[str, tuple[str, bool]],
@@ -92,37 +122,43 @@ def _click_accepts_root(path: str | None) -> bool:
     return not stat.S_ISREG(mode) and os.access(path, os.R_OK)
 
 
-def _parse_publish(argv: list[str]) -> dict[str, Any] | None:
-    """The arguments of :func:`publish_command` if ``argv`` is a publish this module can run
-    exactly as click would; else None."""
+def _parse(argv: list[str]) -> tuple[_Command, dict[str, Any]] | None:
+    """The command and its function's arguments if ``argv`` is a publish or a consume this
+    module can run exactly as click would; else None."""
     parsed = _options(argv, _GROUP_OPTIONS, {}, interspersed=False)
-    if parsed is None or parsed[1][:1] != ["publish"]:
+    if parsed is None or not parsed[1] or parsed[1][0] not in _COMMANDS:
         return None
-    group = parsed[0]
-    parsed = _options(parsed[1][1:], _PUBLISH_OPTIONS, _PUBLISH_FLAGS, interspersed=True)
-    if parsed is None or not parsed[1]:  # no QUEUE: click says what is missing
+    group, (name, *rest) = parsed
+    command = _COMMANDS[name]
+    parsed = _options(rest, command.options, command.flags, interspersed=True)
+    if parsed is None:
         return None
     options, positional = parsed
+    arguments = command.arguments(positional)
+    if arguments is None:  # a missing QUEUE, or one argument too many: click says which
+        return None
     for given in (group, options):
         if given.get("fmt", "plain") not in FORMATS or not _click_accepts_root(given.get("root")):
             return None
     try:
-        numbers = {name: convert(options.pop(name)) for name, convert in _NUMBERS.items() if name in options}
+        numbers = {name: convert(options.pop(name)) for name, convert in command.numbers.items() if name in options}
     except ValueError:  # click's int and float types convert with int() and float() too
         return None
-    return {
+    if numbers.get("count", 1) < 1:  # consume's -n is click.IntRange(min=1)
+        return None
+    return command, {
         # as cli._context: --root and --format after the subcommand win over those before it
         "root": options.pop("root", None) or group.get("root"),
         "fmt": options.pop("fmt", None) or group.get("fmt") or "plain",
-        "queue": positional[0], "messages": positional[1:], **options, **numbers,
+        **arguments, **options, **numbers,
     }
 
 
-def _publish(args: dict[str, Any]) -> None:
-    """Run the publish; end as the click command would (``_Group.invoke`` and click's ``main``)."""
+def _run(command: _Command, args: dict[str, Any]) -> None:
+    """Run the command; end as the click command would (``_Group.invoke`` and click's ``main``)."""
     try:
         try:
-            publish_command(**args)
+            command.run(**args)
         except (DdmqError, KeyboardInterrupt) as exc:
             sys.exit(failed(exc))
     except OSError as exc:
@@ -137,12 +173,12 @@ def _publish(args: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """The ``ddmq`` command: a plain publish here, anything else through click."""
+    """The ``ddmq`` command: a plain publish or consume here, anything else through click."""
     # click answers shell completion (the _DDMQ_COMPLETE variable) before it parses anything
-    args = None if os.environ.get("_DDMQ_COMPLETE") else _parse_publish(sys.argv[1:])
-    if args is None:
+    parsed = None if os.environ.get("_DDMQ_COMPLETE") else _parse(sys.argv[1:])
+    if parsed is None:
         from .cli import main as click_main
 
         click_main()
     else:
-        _publish(args)
+        _run(*parsed)

@@ -160,6 +160,19 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
     render(rows, fmt, lambda rows: "\n".join(row["id"] for row in rows))
 
 
+def consume_command(root: str | None, fmt: str, queue: str, count: int = 1, lease: float | None = None,
+                    no_ack: bool = False) -> None:
+    """``ddmq consume`` once its command line is parsed, by click or by :mod:`ddmq.entry`.
+
+    Prints the messages claimed (acked unless ``no_ack``); Empty if there were none.
+    """
+    check_queue_name(queue)
+    rows = op_consume(Broker(root), queue, n=count, lease=lease, ack=not no_ack)
+    render(rows, fmt, plain_bodies)
+    if not rows:
+        raise Empty("")
+
+
 # --------------------------------------------------------------------- output
 def _is_ascii(encoding: str) -> bool:
     try:

@@ -1,4 +1,4 @@
-"""The click-free ``ddmq publish`` (:mod:`ddmq.entry`) must be indistinguishable from click's.
+"""The click-free ``ddmq publish`` and ``ddmq consume`` (:mod:`ddmq.entry`) must be indistinguishable from click's.
 
 Each command line runs twice in a fresh directory: once through the
 installed ``ddmq`` script (fast path where it applies) and once through the
@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
 CLICK_ONLY = "from ddmq.cli import main; main()"
 HEX32 = re.compile(r"[0-9a-f]{32}")
+# What differs between two runs of the same consume: receipt tokens and times in ns
+VARYING_OUTPUT = re.compile(r"(?<=<id>\.)[0-9a-f]{12}|\b\d{19}\b")
 VARYING = {"id", "published", "pid"}  # message fields that differ between two publishes
 SLOW = {"click", "yaml", "_yaml", "typing", "pathlib", "random", "dataclasses"}
 
@@ -75,7 +77,25 @@ CASES = [
     case("-r", R, "publish", "é", "x", code=2, env={"PYTHONIOENCODING": "ascii"}, id="non-ascii-on-ascii-stderr"),
     case("-r", R + "/dé", "publish", "q", "x", code=4, setup="none", env={"PYTHONIOENCODING": "ascii"},
          id="non-ascii-root-on-ascii-stderr"),
+    # consume, the fast path
+    case("-r", R, "consume", "q", setup="messages", id="consume"),
+    case("consume", "q", "-n", "5", "--root", R, setup="messages", id="consume-n-after"),
+    case("-r", R, "-f", "json", "consume", "-n", "2", "q", setup="messages", id="consume-json"),
+    case("-r", R, "consume", "--format=yaml", "q", "--lease", "30", setup="messages", id="consume-yaml-lease"),
+    case("-r", R, "consume", "q", "--no-ack", "-f", "json", setup="messages", id="consume-no-ack"),
+    case("-r", R, "consume", "q", "--lease", "nan", code=2, setup="messages", id="consume-lease-nan"),
+    case("-r", R, "consume", "q", code=3, id="consume-empty"),
+    case("-r", R, "-f", "json", "consume", "q", code=3, id="consume-empty-json"),
+    case("-r", R, "consume", "missing", code=4, id="consume-missing-queue"),
+    case("-r", R, "consume", "../q", code=2, id="consume-bad-name"),
+    case("consume", "q", env={"DDMQ_ROOT": R}, setup="messages", id="consume-root-from-environment"),
     # left to click
+    case("-r", R, "consume", "q", "-n", "0", code=2, fast=False, setup="messages", id="consume-n-0"),
+    case("-r", R, "consume", "q", "-n", "two", code=2, fast=False, setup="messages", id="consume-n-not-int"),
+    case("-r", R, "consume", "q", "extra", code=2, fast=False, setup="messages", id="consume-extra-argument"),
+    case("-r", R, "consume", code=2, fast=False, id="consume-missing-queue-argument"),
+    case("-r", R, "consume", "q", "--no-ack=1", code=2, fast=False, id="consume-flag-with-value"),
+    case("-r", R, "consume", "--help", fast=False, id="consume-help"),
     case("--help", fast=False, id="help"),
     case("-r", R, "publish", "--help", fast=False, id="publish-help"),
     case("--version", fast=False, id="version"),
@@ -105,6 +125,10 @@ def prepare(work: Path, setup: str) -> Path:
         Broker(root, create=True).create_queue("q")
     elif setup == "settings":
         Broker(root, create=True).create_queue("q", priority=5, requeue=False, durable=False, requeue_limit=3)
+    elif setup == "messages":
+        b = Broker(root, create=True)
+        for body, priority in (("first", 1), ({"b": [1, None], "a": "é"}, 1), ("日本 ✓", 5), ("\x1b[1mlast", 9)):
+            b.publish("q", body, priority=priority, create=True, headers={"k": "v"})
     elif setup == "file":
         root.write_text("not a directory")
     return root
@@ -128,7 +152,8 @@ def run(work: Path, command: list[str], argv: list[str], input: str | None, env:
     imported = _imported_modules(proc.stderr)
     stderr = "".join(line for line in proc.stderr.splitlines(keepends=True) if not line.startswith("import time:"))
     outcome = {
-        "code": proc.returncode, "stdout": HEX32.sub("<id>", proc.stdout), "stderr": HEX32.sub("<id>", stderr),
+        "code": proc.returncode, "stdout": VARYING_OUTPUT.sub("<varies>", HEX32.sub("<id>", proc.stdout)),
+        "stderr": HEX32.sub("<id>", stderr),
         "files": sorted(os.listdir(work)), "root": queues(work / "root"),
         "default root": queues(work / "home" / ".ddmq"),
     }
@@ -260,12 +285,13 @@ def test_consumed_bodies_keep_escape_sequences_through_a_pipe(tmp_path):
     assert proc.stdout == (body + "\n").encode()
 
 
+@pytest.mark.parametrize("command", ["publish", "consume"])
 @pytest.mark.parametrize("fmt", ["plain", "json"])
-def test_fast_path_imports_neither_click_nor_yaml_nor_slow_standard_modules(tmp_path, fmt):
+def test_fast_path_imports_neither_click_nor_yaml_nor_slow_standard_modules(tmp_path, fmt, command):
     """Run without site, so an editable install's import hook does not count."""
     root = tmp_path / "root"
-    Broker(root, create=True).create_queue("q")
-    argv = ["ddmq", "--root", str(root), "-f", fmt, "publish", "q", "lean"]
+    Broker(root, create=True).publish("q", "waiting", create=True)
+    argv = ["ddmq", "--root", str(root), "-f", fmt, command, "q", *(["lean"] if command == "publish" else [])]
     code = f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.argv = {argv!r}; from ddmq.entry import main; main()"
     proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
                           capture_output=True, text=True, timeout=30)
@@ -273,7 +299,8 @@ def test_fast_path_imports_neither_click_nor_yaml_nor_slow_standard_modules(tmp_
     modules = _imported_modules(proc.stderr)
     assert {"ddmq.entry", "ddmq.ops"} <= modules, proc.stderr[-2000:]
     assert sorted(m for m in modules if m.split(".")[0] in SLOW) == []
-    assert [m.message for m in Broker(root).peek("q")] == ["lean"]
+    left = ["waiting", "lean"] if command == "publish" else []
+    assert [m.message for m in Broker(root).peek("q", n=5)] == left
 
 
 def test_python_m_ddmq_takes_the_fast_path_and_falls_back(tmp_path):
