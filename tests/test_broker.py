@@ -453,3 +453,16 @@ def test_ids_and_tokens_never_repeat_across_threads_or_a_fork() -> None:
         t.join()
     every = [x for into in got for x in into]
     assert len(set(every)) == len(every) == 8 * 6000
+
+
+def test_a_forked_child_publishes_under_its_own_pid(b: Broker) -> None:
+    b.publish("q", "parent", create=True)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            Broker(b.root).publish("q", "child")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    got = {m.message: m.pid for m in b.consume("q", n=2, ack=True)}
+    assert got == {"parent": os.getpid(), "child": pid}
