@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""User-space instructions per message: a measure that does not drift with the machine's load.
+"""User-space instructions per message and per command: a measure that does not drift with the load.
 
     python3 benchmarks/instructions.py [--tree DIR ...] [--fs-dir /dev/shm]
 
@@ -9,7 +9,9 @@ this runs W1 (``worker.py``: publish n, then consume and ack them all,
 durable:false) under valgrind's cachegrind at two sizes and prints
 (instructions at n2 - instructions at n1) / (n2 - n1), for ddmq trees (the
 working tree by default; ``--tree`` for others, e.g. a ``git worktree`` of an
-older commit), dirq and the floor + read, from the venvs ``run.py`` set up.
+older commit), dirq and the floor + read, from the venvs ``run.py`` set up;
+then the instructions of one run of each W4 command (``ddmq-notify``, ``ddmq
+publish``, ``ddmq consume``) against ``python -c pass``, for each tree.
 
 It counts only what runs in the process, not in the kernel: a system call
 saved does not show, and dirq makes 22 file-system calls a message where ddmq
@@ -31,20 +33,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (the set-up helpers of the suite)
 
 
-def instructions(python: Path, impl: str, n: int, fs_dir: str, env: dict[str, str]) -> int:
-    """Instructions cachegrind counts for one W1 run of ``n`` messages."""
-    root = tempfile.mkdtemp(prefix="ddmq-instr-", dir=fs_dir)
-    shutil.rmtree(root)  # the worker makes it
-    try:
-        done = bench.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-                          str(python), str(bench.WORKER), "w1", "--impl", impl, "--root", root, "--n", str(n)],
-                         env=env, cwd=tempfile.gettempdir(), capture_output=True)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def counted(command: list[str], env: dict[str, str]) -> int:
+    """Instructions cachegrind counts for one run of ``command``."""
+    done = bench.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                      *command], env=env, cwd=tempfile.gettempdir(), capture_output=True)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
     if not found:
         raise SystemExit(f"no instruction count from cachegrind:\n{done.stderr[-2000:]}")
     return int(found.group(1).replace(",", ""))
+
+
+def instructions(python: Path, impl: str, n: int, fs_dir: str, env: dict[str, str]) -> int:
+    """Instructions for one W1 run of ``n`` messages."""
+    root = tempfile.mkdtemp(prefix="ddmq-instr-", dir=fs_dir)
+    shutil.rmtree(root)  # the worker makes it
+    try:
+        return counted([str(python), str(bench.WORKER), "w1", "--impl", impl, "--root", root, "--n", str(n)], env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def command_line(venv: Path, fs_dir: str, env: dict[str, str]) -> dict[str, int]:
+    """Instructions of one run of each W4 command, and of ``python -c pass``, in ``venv``."""
+    python, bin_dir = str(venv / "bin" / "python"), venv / "bin"
+    root = tempfile.mkdtemp(prefix="ddmq-instr-cli-", dir=fs_dir)
+    try:
+        bench.run([python, "-c", "import sys; from ddmq import Broker; b = Broker(sys.argv[1], create=True)\n"
+                   "for i in range(3): b.publish('cli', 'm', create=True)", root], env=env)
+        return {
+            "python -c pass": counted([python, "-c", "pass"], env),
+            "ddmq-notify": counted([python, str(bin_dir / "ddmq-notify"), "--root", root, "cli", "hi"], env),
+            "ddmq publish": counted([python, str(bin_dir / "ddmq"), "--root", root, "publish", "cli", "hi"], env),
+            "ddmq consume": counted([python, str(bin_dir / "ddmq"), "--root", root, "consume", "cli"], env),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def per_message(python: Path, impl: str, n1: int, n2: int, fs_dir: str, env: dict[str, str]) -> float:
@@ -63,12 +86,13 @@ def main() -> None:
         bench.ensure_apt({"/usr/bin/valgrind": "valgrind"})
     cache = bench.enter_cache(args.cache)
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONHASHSEED": "0"}
-    rows = []
+    rows, commands = [], []
     for tree in args.tree or [str(bench.REPO)]:
         venv = bench.ensure_venv(cache, "instr")
-        described = bench.install_working_tree(cache, venv, Path(tree).resolve())["describe"] or tree
+        described = (bench.install_working_tree(cache, venv, Path(tree).resolve())["describe"] or tree)[:60]
         rows.append((f"ddmq {described}", per_message(venv / "bin" / "python", "ddmq", args.n1, args.n2,
                                                       args.fs_dir, env)))
+        commands.append((f"ddmq {described}", command_line(venv, args.fs_dir, env)))
     dirq = bench.ensure_venv(cache, "dirq")
     rows.append(("dirq", per_message(dirq / "bin" / "python", "dirq", args.n1, args.n2, args.fs_dir, env)))
     rows.append(("floor + read", per_message(Path(sys.executable), "floor-read", args.n1, args.n2, args.fs_dir,
@@ -76,6 +100,10 @@ def main() -> None:
     print("\n| W1, durable:false | user-space instructions per message |\n|---|---:|")
     for label, count in rows:
         print(f"| {label} | {count / 1000:,.1f} k |")
+    print("\n| W4, one run | " + " | ".join(commands[0][1]) + " |\n|---|" + "---:|" * len(commands[0][1]))
+    for label, counts in commands:
+        base = counts["python -c pass"]
+        print(f"| {label} | " + " | ".join(f"{c / 1e6:,.1f} M ({c / base:.2f}×)" for c in counts.values()) + " |")
 
 
 if __name__ == "__main__":
