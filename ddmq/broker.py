@@ -570,7 +570,7 @@ class Broker:
                 msg = self._load(paths, work_path, work.id)
                 if msg is None:
                     continue
-                msg.priority, msg.requeues, msg.lease_expires = work.priority, work.requeues, work.expires
+                self._fill_state(msg, work)
                 msg.receipt, msg._lease_name = work.receipt, work_name
                 if lease is None and msg.message_timeout != seconds:
                     self.extend(msg, msg.message_timeout)

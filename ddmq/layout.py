@@ -34,8 +34,7 @@ MAX_QUEUE_NAME = 128
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,%d}\Z" % (MAX_QUEUE_NAME - 1))
 _ID = r"[0-9a-f]{32}"
 _TOKEN = r"[0-9a-f]{12}"
-# Name patterns are compiled on first use: a publish never parses a name, and
-# compiling them all costs a command-line run about a millisecond.
+# Name patterns are compiled on first use (see compiled): a publish never parses a name.
 _READY_NAME = (
     rf"(?P<priority>\d{{{_PRIO_WIDTH}}})\.(?P<published>\d{{{_TIME_WIDTH}}})"
     rf"\.(?P<id>{_ID})\.(?P<requeues>\d{{1,9}})\.msg\Z"
@@ -54,9 +53,14 @@ DEAD_REASONS = ("requeue-limit", "expired", "rejected", "corrupt", "foreign")
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    # ASCII: in a str pattern \d also matches other scripts' digits, which int()
-    # accepts but no name ddmq writes contains.
+def compiled(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled on first use (here and for the payload envelope in
+    :mod:`ddmq.message`): compiling them all at import costs a command-line
+    run about a millisecond, and most runs use one or none.
+
+    ASCII: in a str pattern \\d also matches other scripts' digits, which int()
+    accepts but no name ddmq writes contains.
+    """
     return re.compile(pattern, re.ASCII)
 
 
@@ -195,7 +199,7 @@ def ready_name(priority: int, published: int, message_id: str, requeues: int = 0
 
 
 def parse_ready(name: str) -> ReadyName | None:
-    m = _compiled(_READY_NAME).match(name)
+    m = compiled(_READY_NAME).match(name)
     if not m:
         return None
     priority, published, message_id, requeues = m.groups()  # one call, not four lookups by name
@@ -203,7 +207,7 @@ def parse_ready(name: str) -> ReadyName | None:
 
 
 def parse_work(name: str) -> WorkName | None:
-    m = _compiled(_WORK_NAME).match(name)
+    m = compiled(_WORK_NAME).match(name)
     if not m:
         return None
     return WorkName(
@@ -219,10 +223,10 @@ def parse_receipt(receipt: object) -> tuple[str, str | None]:
     path outside the queue.
     """
     if isinstance(receipt, str):
-        m = _compiled(_RECEIPT).match(receipt)
+        m = compiled(_RECEIPT).match(receipt)
         if m:
             return m["id"], m["token"]
-        if _compiled(_MESSAGE_ID).match(receipt):
+        if compiled(_MESSAGE_ID).match(receipt):
             return receipt, None
     raise UsageError(f"invalid receipt {receipt!r}: expected ID.TOKEN as printed by consume")
 

@@ -6,9 +6,9 @@ name and is filled into the :class:`Message` when it is read.
 """
 from __future__ import annotations
 
-import functools
 import json
-import re
+
+from .layout import compiled
 
 # Names for type annotations only: importing typing at run time costs a
 # command-line tool several milliseconds of start-up.
@@ -125,12 +125,6 @@ _ENVELOPE = (
 )
 
 
-@functools.lru_cache(maxsize=None)
-def _envelope() -> re.Pattern[str]:
-    """_ENVELOPE, compiled on first use: ddmq-notify never reads a message."""
-    return re.compile(_ENVELOPE)
-
-
 def _json(value: Any) -> str:
     return _QUOTE(value) if type(value) is str else "".join(_C_ENCODER(value, 0))
 
@@ -184,7 +178,7 @@ def _decode_envelope(text: str) -> Message | None:
     no escapes in the plain strings), body and headers by the JSON scanner
     itself, and the body must end the object.
     """
-    m = _envelope().match(text)
+    m = compiled(_ENVELOPE).match(text)  # on first use: ddmq-notify never reads a message
     if m is None:
         return None
     at = m.end()
