@@ -5,8 +5,8 @@ Each subcommand is a thin wrapper around one operation function (``op_*`` in
 ``json`` subcommand calls the same functions with arguments from a JSON
 object, so both routes behave identically. Foreseeable failures end with one
 line on stderr and an exit code a script can test, never a traceback. A plain
-``ddmq publish`` does not come here at all: :mod:`ddmq.entry` runs it without
-importing click.
+``ddmq publish`` or ``ddmq consume`` does not come here at all: :mod:`ddmq.entry`
+runs it without importing click.
 """
 from __future__ import annotations
 
@@ -287,5 +287,5 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
 
 def main() -> None:
     """The ``ddmq`` command, all of it through click: :func:`ddmq.entry.main` hands over all
-    but a plain publish, with ``sys.argv`` untouched."""
+    but a plain publish or consume, with ``sys.argv`` untouched."""
     cli(prog_name="ddmq")

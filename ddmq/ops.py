@@ -3,9 +3,9 @@
 Each operation function (``op_*``) takes plain arguments and returns plain
 data; the ``ddmq`` subcommands and the ``json`` subcommand call the same
 functions, so both routes behave identically. So does the click-free fast
-path for ``ddmq publish`` in :mod:`ddmq.entry`: importing click takes longer
-than a whole publish, so nothing here may import it, and output goes through
-:func:`echo` on both routes.
+path for ``ddmq publish`` and ``ddmq consume`` in :mod:`ddmq.entry`: importing
+click takes longer than a whole publish, so nothing here may import it, and
+output goes through :func:`echo` on both routes.
 """
 from __future__ import annotations
 
