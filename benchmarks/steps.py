@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddmq import Broker, atomic  # noqa: E402
 from ddmq.broker import _HOST  # noqa: E402
-from ddmq.layout import new_message_id, new_token, parse_ready, ready_name  # noqa: E402
+from ddmq.layout import claimed_name, lease_receipt, new_message_id, new_token, parse_ready, ready_name  # noqa: E402
 from ddmq.message import Message, decode, encode  # noqa: E402
 
 
@@ -75,8 +75,8 @@ def consume_steps(b: Broker, n: int) -> dict[str, float]:
         t.append(clock())
         ready = parse_ready(name)
         t.append(clock())
-        work = ready.claimed(b._lease_clock(paths.tmp) + int(settings["message_timeout"] * 1e9), new_token())
-        work_name = str(work)
+        expires, token = b._lease_clock(paths.tmp) + int(settings["message_timeout"] * 1e9), new_token()
+        work_name = claimed_name(name, expires, token)
         work_path = f"{paths.work}/{work_name}"
         t.append(clock())
         atomic.move(f"{paths.ready}/{name}", work_path)
@@ -90,8 +90,8 @@ def consume_steps(b: Broker, n: int) -> dict[str, float]:
         t.append(clock())
         msg = decode(data)
         t.append(clock())
-        b._fill_state(msg, work)
-        msg.receipt, msg._lease_name = work.receipt, work_name
+        b._fill_state(msg, ready)
+        msg.lease_expires, msg.receipt, msg._lease_name = expires, lease_receipt(ready.id, token), work_name
         t.append(clock())
         b.ack(msg)
         t.append(clock())

@@ -24,8 +24,8 @@ from .errors import (
 )
 from .layout import (
     DEAD, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, WORK, QUEUE_ENTRIES, QueuePaths,
-    ReadyName, WorkName, check_queue_name, dead_name, new_message_id, new_token, ready_name,
-    parse_ready, parse_receipt, parse_work,
+    ReadyName, WorkName, check_queue_name, claimed_name, dead_name, new_message_id, new_token, ready_name,
+    lease_receipt, parse_ready, parse_receipt, parse_work,
 )
 from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode
 from .settings import MAX_SECONDS, SettingsCache, dump, validate
@@ -62,6 +62,7 @@ _HOST = os.uname().nodename  # what socket.gethostname() returns, without import
 # (glibc does not cache it), one in eleven of a message's. A forked child
 # learns its own.
 _PID = os.getpid()
+_last_published = 0  # see Broker._publish_time
 
 
 def _forked() -> None:
@@ -399,17 +400,20 @@ class Broker:
         }
 
     # --------------------------------------------------------------- publish
-    _last_published = 0  # shared by every Broker in the process
-
-    @classmethod
-    def _publish_time(cls) -> int:
+    @staticmethod
+    def _publish_time() -> int:
         """Publish time in ns, strictly increasing within this process (FIFO for one publisher).
 
         Kept per process, not per Broker, so a script that makes a new Broker
-        per message still publishes in order on a coarse clock.
+        per message still publishes in order on a coarse clock; in a module
+        global, not a class attribute: writing one of those once per message
+        would invalidate every cached attribute lookup on Broker.
         """
-        now = max(time.time_ns(), Broker._last_published + 1)
-        Broker._last_published = now
+        global _last_published
+        now = time.time_ns()
+        if now <= _last_published:
+            now = _last_published + 1
+        _last_published = now
         return now
 
     @staticmethod
@@ -560,18 +564,19 @@ class Broker:
             if match is not None and self._matching(paths.ready, name, match) is None:
                 continue
             seconds = lease if lease is not None else settings["message_timeout"]
-            work = ready.claimed(self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token())
-            work_name = str(work)
+            expires, token = self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token()
+            work_name = claimed_name(name, expires, token)
             work_path = f"{paths.work}/{work_name}"
             if not atomic.move(f"{paths.ready}/{name}", work_path):
                 self._lost_race(paths)
                 continue
+            held = lease_receipt(ready.id, token)
             try:
-                msg = self._load(paths, work_path, work.id)
+                msg = self._load(paths, work_path, ready.id)
                 if msg is None:
                     continue
-                self._fill_state(msg, work)
-                msg.receipt, msg._lease_name = work.receipt, work_name
+                self._fill_state(msg, ready)
+                msg.lease_expires, msg.receipt, msg._lease_name = expires, held, work_name
                 if lease is None and msg.message_timeout != seconds:
                     self.extend(msg, msg.message_timeout)
                 if ack:
@@ -579,9 +584,9 @@ class Broker:
             except DdmqError:
                 # Nothing claimed here reaches the caller: give it back now instead
                 # of hiding it from every consumer until the lease expires.
-                for receipt in [work.receipt] + ([] if ack else [m.receipt for m in claimed]):
+                for taken in [held] + ([] if ack else [m.receipt for m in claimed]):
                     try:
-                        self.release(receipt, queue)
+                        self.release(taken, queue)
                     except DdmqError:
                         pass  # best effort: otherwise the lease expires and clean requeues it
                 raise

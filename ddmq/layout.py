@@ -47,6 +47,7 @@ _WORK_NAME = (
 # printf-style: the quickest way Python has to build these, once per message.
 _READY_FORMAT = f"%0{_PRIO_WIDTH}d.%0{_TIME_WIDTH}d.%s.%d.msg"
 _WORK_FORMAT = f"%0{_PRIO_WIDTH}d.%0{_TIME_WIDTH}d.%s.%d.%0{_TIME_WIDTH}d.%s.msg"
+_CLAIM_FORMAT = f"%s.%0{_TIME_WIDTH}d.%s.msg"  # a ready name without ".msg", then the lease
 _RECEIPT = rf"(?P<id>{_ID})\.(?P<token>{_TOKEN})\Z"
 _MESSAGE_ID = rf"{_ID}\Z"
 DEAD_REASONS = ("requeue-limit", "expired", "rejected", "corrupt", "foreign")
@@ -161,9 +162,6 @@ class ReadyName(_Name):
     def __str__(self) -> str:
         return _READY_FORMAT % (self.priority, self.published, self.id, self.requeues)
 
-    def claimed(self, expires: int, token: str) -> WorkName:
-        return WorkName(self.priority, self.published, self.id, self.requeues, expires, token)
-
 
 class WorkName(_Name):
     """A message leased to one consumer in ``work/`` until ``expires``."""
@@ -184,7 +182,7 @@ class WorkName(_Name):
     @property
     def receipt(self) -> str:
         """What a consumer needs to ack, nack or extend: stable across extensions."""
-        return f"{self.id}.{self.token}"
+        return lease_receipt(self.id, self.token)
 
     def extended(self, expires: int) -> WorkName:
         return WorkName(self.priority, self.published, self.id, self.requeues, expires, self.token)
@@ -196,6 +194,20 @@ class WorkName(_Name):
 def ready_name(priority: int, published: int, message_id: str, requeues: int = 0) -> str:
     """The ready/ name of a message, without building a ReadyName first (publish)."""
     return _READY_FORMAT % (priority, published, message_id, requeues)
+
+
+def claimed_name(ready: str, expires: int, token: str) -> str:
+    """The work/ name of a claim of ``ready`` (a name parse_ready accepted).
+
+    The ready name as it stands with the lease appended, which is what
+    str(WorkName) gives: building a WorkName and formatting all six fields
+    cost a consume 4 % of its instructions.
+    """
+    return _CLAIM_FORMAT % (ready[:-4], expires, token)
+
+
+def lease_receipt(message_id: str, token: str) -> str:
+    return f"{message_id}.{token}"
 
 
 def parse_ready(name: str) -> ReadyName | None:

@@ -11,6 +11,7 @@ import pytest
 import ddmq
 from ddmq import atomic
 from ddmq import Broker, broker
+from ddmq.layout import parse_work
 from ddmq.errors import (
     ForeignFiles, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound, SettingsError,
     UsageError,
@@ -92,6 +93,29 @@ def test_message_carries_metadata(b: Broker) -> None:
     assert got.priority == 5 and got.requeue_limit == 2 and got.host and got.pid == os.getpid()
     assert got.published == sent.published and got.delivery_count == 1
     assert got.receipt and got.lease_expires > time.time_ns()
+
+
+def test_lease_file_name_carries_the_claim(b: Broker, root: Path) -> None:
+    """The work/ name appended to the ready name reads back as the lease consume reports."""
+    b.publish("q", "x", create=True, priority=7, requeue_prio=3)
+    b.nack(b.consume("q")[0])  # requeued once, at priority 3: both are in the name
+    [got] = b.consume("q", lease=60)
+    [name] = os.listdir(root / "q" / "work")
+    work = parse_work(name)
+    assert work is not None and str(work) == name
+    assert (work.id, work.priority, work.requeues, work.expires) == (got.id, 3, 1, got.lease_expires)
+    assert got.priority == 3 and got.requeues == 1
+    assert got.receipt == work.receipt and got.delivery_count == 2
+
+
+def test_fifo_across_brokers_on_a_clock_that_does_not_tick(b: Broker, root: Path, mocker) -> None:
+    """A script that makes a new Broker per message still publishes in order."""
+    b.create_queue("q")
+    mocker.patch("time.time_ns", return_value=1_700_000_000_000_000_000)
+    for i in range(6):
+        Broker(root).publish("q", i)
+    mocker.stopall()
+    assert [m.message for m in b.consume("q", n=10)] == list(range(6))
 
 
 def test_priority_then_fifo(b: Broker) -> None:
