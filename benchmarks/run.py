@@ -55,10 +55,10 @@ RABBIT_NODE = "ddmqbench@localhost"
 # costs milliseconds there, and per-message cost is what is compared.
 PROFILES = {
     "full": dict(
-        w1_n=5000, w1_reps=3, disk_durable_n=500,
+        w1_n=5000, w1_reps=5, disk_durable_n=500,
         old_reps=1, old_cap=120.0,
         w2_sizes=(20000, 100000), w2_reps=2, w2_peer_sizes=(20000,), old_w2_n=20000, old_w2_cap=60.0,
-        w3_n=5000, w3_reps=3,
+        w3_n=5000, w3_reps=5,
         w4_reps=15, w5_samples=8, sys_n=1000, w5_intervals=(0.05, 0.2), w5_strace_s=20.0, w5_backlog=1000,
         ops_n=2000, ops_rounds=3,
     ),
