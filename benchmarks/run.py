@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The ddmq benchmark suite: ddmq (this working tree) against ddmq 0.9.14, RabbitMQ and dirq.
 
-    python3 benchmarks/run.py            # full run, ~15 min on 2 cores; writes docs/performance.md
+    python3 benchmarks/run.py            # full run, ~20 min on 2 cores; writes docs/performance.md
     python3 benchmarks/run.py --quick    # ~2-3 min; prints the tables, writes only the JSON
 
 Run by hand, never by the test suite. Everything it needs it installs
@@ -13,8 +13,10 @@ own node name, ports, data and log directories, and stopped at the end.
 
 Each comparison runs side by side in the same run: the implementations take
 turns within every repetition (the order rotates), medians are reported, and
-ratios are the medians of the per-repetition ratios. Everything runs once on
-the local disk and once on tmpfs (/dev/shm). Results: ``benchmarks/results/
+ratios are the medians of the per-repetition ratios. Everything runs on the
+local disk as it is mounted, on an ext4 image with a journal that the suite
+makes and loop-mounts on that disk (as root), and on tmpfs (/dev/shm).
+Results: ``benchmarks/results/
 {quick,full}-TIMESTAMP.json`` (raw, every run) and, for full runs,
 ``docs/performance.md`` (everything above its "Analysis" heading is
 regenerated; the analysis below it is kept).
@@ -50,8 +52,14 @@ ANALYSIS_MARK = "<!-- Everything below this line is written by hand and kept by 
 AMQP_PORT, DIST_PORT, EPMD_PORT = 35672, 35673, 43690
 RABBIT_NODE = "ddmqbench@localhost"
 
-# Sizes and repetitions. "disk_durable_n" caps the fsync-bound runs on the
-# local disk (ddmq durable, floor durable, RabbitMQ persistent): one fsync
+# The filesystems, in the order they are run and reported: the local disk as
+# mounted, an ext4 image with a journal loop-mounted on it (see ext4_image),
+# and tmpfs.
+FILESYSTEMS = ("disk", "ext4-journal", "tmpfs")
+EXT4_IMAGE_GIB = 4
+
+# Sizes and repetitions. "disk_durable_n" caps the fsync-bound runs on
+# block devices (ddmq durable, floor durable, RabbitMQ persistent): one fsync
 # costs milliseconds there, and per-message cost is what is compared.
 PROFILES = {
     "full": dict(
@@ -174,7 +182,12 @@ def fs_info(path: Path) -> dict:
         dev, mnt, typ, opts = line.split()[:4]
         if str(path.resolve()).startswith(mnt) and len(mnt) >= len(best):
             best, options = mnt, opts
-    return {"path": str(path), "device": source, "fstype": fstype, "mount": best, "options": options}
+    info = {"path": str(path), "device": source, "fstype": fstype, "mount": best, "options": options}
+    if fstype == "ext4":
+        # jbd2 lists the journal of every mounted ext4 that has one, as DEVICE-INODE.
+        journals = os.listdir("/proc/fs/jbd2") if os.path.isdir("/proc/fs/jbd2") else []
+        info["journal"] = any(j.rsplit("-", 1)[0] == os.path.basename(source) for j in journals)
+    return info
 
 
 def machine_info(dirs: dict[str, Path]) -> dict:
@@ -195,6 +208,46 @@ def machine_info(dirs: dict[str, Path]) -> dict:
         "filesystems": {k: fs_info(v) for k, v in dirs.items()},
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
+
+
+# ------------------------------------------------------------- ext4 image
+class Ext4Image:
+    """An ext4 filesystem with mkfs.ext4's defaults (a journal), in a file, loop-mounted for the run.
+
+    The local disk a benchmark happens to run on may be formatted unusually
+    (this machine's has no journal, and then ext4 will not reuse an inode
+    freed in the last minute or more, which makes every create after many
+    unlinks scan them); the image gives every run a filesystem as most
+    machines have it. Inode tables and the journal are written at mkfs
+    (lazy init off), so no background zeroing runs during the measurements.
+    """
+
+    def __init__(self, cache: Path):
+        self.file = cache / f"ext4-journal-{os.getpid()}.img"
+        self.mountpoint = cache / f"ext4-journal-{os.getpid()}"
+        self.mounted = False
+
+    def mount(self) -> Path:
+        if os.geteuid() != 0:
+            raise OSError("mounting an image needs root")
+        with open(self.file, "wb") as f:
+            f.truncate(EXT4_IMAGE_GIB << 30)
+        run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.file)],
+            capture_output=True)
+        self.mountpoint.mkdir(exist_ok=True)
+        run(["mount", "-o", "loop", str(self.file), str(self.mountpoint)], capture_output=True)
+        self.mounted = True
+        return self.mountpoint
+
+    def remove(self) -> None:
+        if self.mounted and run(["umount", str(self.mountpoint)], check=False).returncode != 0:
+            run(["umount", "-l", str(self.mountpoint)], check=False)
+        self.mounted = False
+        self.file.unlink(missing_ok=True)
+        try:
+            self.mountpoint.rmdir()
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------- RabbitMQ
@@ -326,7 +379,7 @@ class Suite:
         return cases
 
     def n_for(self, fs: str, durable: bool, n: int) -> int:
-        return min(n, self.p["disk_durable_n"]) if fs == "disk" and durable else n
+        return min(n, self.p["disk_durable_n"]) if fs != "tmpfs" and durable else n
 
     def fresh_root(self, fs: str) -> Path:
         self.seq += 1
@@ -811,7 +864,7 @@ def targets(data: dict) -> list[dict]:
     def add(name, fs, value, goal, met, detail=""):
         out.append({"target": name, "fs": fs, "value": value, "goal": goal, "met": met, "detail": detail})
 
-    for fs in ("disk", "tmpfs"):
+    for fs in [f for f in FILESYSTEMS if any(r.get("fs") == f for r in runs)]:
         n = p["w1_n"]
         # W1 durable:false vs 0.9.14 (old runs are bracketed by ddmq runs with rep "oldK")
         r, rs = paired_ratio(runs, "w1", fs, "ddmq 0.9.14", "ddmq durable:false", n=n)
@@ -901,9 +954,13 @@ def targets(data: dict) -> list[dict]:
     return out
 
 
+def fs_rank(fs: str) -> int:
+    return FILESYSTEMS.index(fs) if fs in FILESYSTEMS else len(FILESYSTEMS)
+
+
 def n_for_fs(p: dict, fs: str, label: str) -> int:
     durable = "durable:true" in label or "persistent" in label or label == "floor durable"
-    return min(p["w1_n"], p["disk_durable_n"]) if fs == "disk" and durable else p["w1_n"]
+    return min(p["w1_n"], p["disk_durable_n"]) if fs != "tmpfs" and durable else p["w1_n"]
 
 
 # ---------------------------------------------------------------- rendering
@@ -928,7 +985,8 @@ def render(data: dict) -> str:
     L.append(f"- CPU: {m['cpu']}, {m['cores']} cores ({m['hypervisor']} guest), {m['memory_gib']} GiB memory")
     L.append(f"- Kernel: Linux {m['kernel']}; Python {m['python']}")
     for k, v in fsd.items():
-        L.append(f"- {k}: `{v['path']}` on {v['fstype']} ({v['device']}, mounted `{v['mount']}`, "
+        journal = {True: ", with a journal", False: ", **without a journal**"}.get(v.get("journal"), "")
+        L.append(f"- {k}: `{v['path']}` on {v['fstype']}{journal} ({v['device']}, mounted `{v['mount']}`, "
                  f"options `{v['options']}`)")
     L.append(f"- Load average at start / end: {' '.join(m['loadavg_start'])} / {' '.join(data['loadavg_end'])} "
              "(other work was running on the machine when the load is above ~1)")
@@ -951,7 +1009,7 @@ def render(data: dict) -> str:
         L.append("| implementation | fs | n | runs | per message | min – max | client CPU / msg | "
                  "server CPU / msg | every message once |")
         L.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
-        for r in sorted(sel, key=lambda r: (r["fs"] != "disk", r["n"], r["median_us_per_msg"] or 1e18)):
+        for r in sorted(sel, key=lambda r: (fs_rank(r["fs"]), r["n"], r["median_us_per_msg"] or 1e18)):
             once = "yes" if r["all_ok"] else ("cut at time cap" if r["capped"] else
                                                f"**no** (missing {r['missing']}, dup {r['duplicates']})"
                                                + (f" {r['errors']}" if r["errors"] else ""))
@@ -1069,7 +1127,7 @@ def render(data: dict) -> str:
     L.append("")
     L.append("For the speed targets, the measured value is how many times longer the other side takes per "
              "message (for “within 2× of the floor” and W2/W3, ddmq's time over the reference's).\n")
-    L.append(METHOD.format(**p, amqp=AMQP_PORT))
+    L.append(METHOD.format(**p, amqp=AMQP_PORT, ext4_gib=EXT4_IMAGE_GIB))
     if data["notes"]:
         L.append("Notes from this run:\n")
         L.extend(f"- {n}" for n in data["notes"])
@@ -1079,7 +1137,7 @@ def render(data: dict) -> str:
 
 def render_opcosts(oc: dict) -> list[str]:
     """The "Filesystem operation costs" table (results files from before it have no "opcosts")."""
-    cols = [(fs, i, d) for fs in ("disk", "tmpfs") if fs in oc for i, d in enumerate(oc[fs].get("dirs", []), 1)]
+    cols = [(fs, i, d) for fs in FILESYSTEMS if fs in oc for i, d in enumerate(oc[fs].get("dirs", []), 1)]
     if not cols:
         return []
     first = oc[cols[0][0]]
@@ -1088,8 +1146,8 @@ def render_opcosts(oc: dict) -> list[str]:
          "each filesystem's floor. Measured by `run.py` in its own process before that filesystem's "
          f"workloads: {first['n']:,} files, each operation timed as one loop over all of them, median of "
          f"{first['rounds']} rounds (`os.sync()` before each), in two freshly made directories per filesystem "
-         "because on ext4 the cost of a create has been seen to depend on the directory (block group) it is "
-         "made in. The CPU rows are for the create loop: a create well above its CPU time is waiting "
+         "because on an ext4 without a journal the cost of a create depends on how many inodes were freed "
+         "in the last minutes in the block group of its directory. The CPU rows are for the create loop: a create well above its CPU time is waiting "
          "(journal, disk, locks), not computing.\n",
          "| µs per call | " + " | ".join(f"{fs} dir {i}" for fs, i, _ in cols) + " |",
          "|---|" + "---:|" * len(cols)]
@@ -1135,11 +1193,16 @@ everything and runs every workload; nothing here is part of the test suite.
   show medians and ratios are medians of per-repetition ratios.
   `os.sync()` runs before each measurement so no run pays for the previous
   one's writeback.
-- **Filesystems.** Everything runs once on the local disk (the cache
-  directory) and once on tmpfs (`/dev/shm`). On the local disk, runs whose
-  cost is an fsync per message (ddmq durable:true, the durable floor,
-  RabbitMQ persistent+confirms) use {disk_durable_n} messages instead of
-  {w1_n}: they are compared per message.
+- **Filesystems.** Everything runs on the local disk as it is mounted (the
+  cache directory), on *ext4-journal*, a {ext4_gib} GiB ext4 image made with
+  `mkfs.ext4`'s defaults (so with a journal) and loop-mounted from the
+  cache directory for the run, and on tmpfs (`/dev/shm`). The image is there
+  because the local disk of a machine can be formatted in a way few others
+  are (see the filesystem lines above and the analysis); every
+  implementation runs on all three. Outside tmpfs, runs whose cost is an
+  fsync per message (ddmq durable:true, the durable floor, RabbitMQ
+  persistent+confirms) use {disk_durable_n} messages instead of {w1_n}:
+  they are compared per message.
 - **Implementations.** *ddmq*: `Broker.publish`, then `consume()` + `ack()`
   one message at a time, `durable` set on the queue. *ddmq 0.9.14*:
   `broker.publish` / `consume` / `ack` with its defaults (which clean the
@@ -1208,7 +1271,7 @@ def main() -> None:
     add_cache_option(ap)
     ap.add_argument("--tmpfs", default="/dev/shm", help="tmpfs directory (default /dev/shm)")
     ap.add_argument("--only", default="", help="comma-separated subset: w1,w2,w3,w4,w5 (default: all)")
-    ap.add_argument("--fs", default="disk,tmpfs", help="comma-separated: disk,tmpfs")
+    ap.add_argument("--fs", default=",".join(FILESYSTEMS), help="comma-separated: " + ",".join(FILESYSTEMS))
     ap.add_argument("--no-rabbit", action="store_true", help="leave RabbitMQ out")
     ap.add_argument("--doc", action=argparse.BooleanOptionalAction, default=None,
                     help="write docs/performance.md (default: only for a full run of everything)")
@@ -1226,6 +1289,17 @@ def main() -> None:
     tmpfs = Path(args.tmpfs) / f"ddmq-bench-{os.getpid()}"
     dirs = {"disk": cache / f"queues-{os.getpid()}", "tmpfs": tmpfs}
     started = time.time()
+    image, notes = None, []
+    if "ext4-journal" in fss:
+        image = Ext4Image(cache)
+        try:
+            dirs["ext4-journal"] = image.mount() / "queues"
+        except (OSError, subprocess.CalledProcessError) as exc:
+            image.remove()
+            image = None
+            fss.remove("ext4-journal")
+            notes.append(f"ext4-journal left out: {exc}")
+            log(notes[-1])
 
     tools = ensure_apt({"/usr/lib/rabbitmq/bin/rabbitmq-server": "rabbitmq-server", "strace": "strace",
                         "hyperfine": "hyperfine"})
@@ -1235,6 +1309,7 @@ def main() -> None:
     ddmq_version = install_working_tree(cache, venvs["ddmq"])
     machine = machine_info(dirs)
     suite = Suite(args, prof, venvs, dirs, tools)
+    suite.notes.extend(notes)
     versions = {"ddmq": ddmq_version, "old": pkg_version(venvs["old"], "ddmq"),
                 "dirq": pkg_version(venvs["dirq"], "dirq"), "pika": pkg_version(venvs["rabbit"], "pika"),
                 "rabbitmq": Rabbit(cache).version() if use_rabbit else "not run"}
@@ -1285,6 +1360,8 @@ def main() -> None:
             suite.rabbit.stop()
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)
+        if image is not None:
+            image.remove()
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     data = {
