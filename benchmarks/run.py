@@ -984,7 +984,7 @@ def render(data: dict) -> str:
     L.append("## Machine\n")
     L.append(f"- CPU: {m['cpu']}, {m['cores']} cores ({m['hypervisor']} guest), {m['memory_gib']} GiB memory")
     L.append(f"- Kernel: Linux {m['kernel']}; Python {m['python']}")
-    for k, v in fsd.items():
+    for k, v in sorted(fsd.items(), key=lambda kv: fs_rank(kv[0])):
         journal = {True: ", with a journal", False: ", **without a journal**"}.get(v.get("journal"), "")
         L.append(f"- {k}: `{v['path']}` on {v['fstype']}{journal} ({v['device']}, mounted `{v['mount']}`, "
                  f"options `{v['options']}`)")
