@@ -199,14 +199,15 @@ def ready_name(priority: int, published: int, message_id: str, requeues: int = 0
 def claimed_name(ready: str, expires: int, token: str) -> str:
     """The work/ name of a claim of ``ready`` (a name parse_ready accepted).
 
-    The ready name as it stands with the lease appended, which is what
-    str(WorkName) gives: building a WorkName and formatting all six fields
-    cost a consume 4 % of its instructions.
+    The ready name as it stands with the lease appended: for every name ddmq
+    writes, what str(WorkName) gives, without building a WorkName and
+    formatting all six fields, which cost a consume 4 % of its instructions.
     """
     return _CLAIM_FORMAT % (ready[:-4], expires, token)
 
 
 def lease_receipt(message_id: str, token: str) -> str:
+    """What identifies one claim of a message: its id and the claim's token."""
     return f"{message_id}.{token}"
 
 
