@@ -183,10 +183,13 @@ def fs_info(path: Path) -> dict:
         if str(path.resolve()).startswith(mnt) and len(mnt) >= len(best):
             best, options = mnt, opts
     info = {"path": str(path), "device": source, "fstype": fstype, "mount": best, "options": options}
-    if fstype == "ext4":
-        # jbd2 lists the journal of every mounted ext4 that has one, as DEVICE-INODE.
+    # /proc/fs/ext4 names every mounted ext4 by its kernel device name (vda,
+    # loop0, dm-0: what /dev/mapper/... links to), and jbd2 lists the journal
+    # of each one that has one as NAME-INODE. Unknown when the name is not there.
+    device = os.path.basename(os.path.realpath(source))
+    if fstype == "ext4" and os.path.isdir(f"/proc/fs/ext4/{device}"):
         journals = os.listdir("/proc/fs/jbd2") if os.path.isdir("/proc/fs/jbd2") else []
-        info["journal"] = any(j.rsplit("-", 1)[0] == os.path.basename(source) for j in journals)
+        info["journal"] = any(j.rsplit("-", 1)[0] == device for j in journals)
     return info
 
 
@@ -379,7 +382,7 @@ class Suite:
         return cases
 
     def n_for(self, fs: str, durable: bool, n: int) -> int:
-        return min(n, self.p["disk_durable_n"]) if fs != "tmpfs" and durable else n
+        return capped_n(self.p, fs, durable, n)
 
     def fresh_root(self, fs: str) -> Path:
         self.seq += 1
@@ -958,9 +961,14 @@ def fs_rank(fs: str) -> int:
     return FILESYSTEMS.index(fs) if fs in FILESYSTEMS else len(FILESYSTEMS)
 
 
+def capped_n(p: dict, fs: str, durable: bool, n: int) -> int:
+    """How many messages a run of ``n`` makes: fsync-bound runs are capped outside tmpfs."""
+    return min(n, p["disk_durable_n"]) if fs != "tmpfs" and durable else n
+
+
 def n_for_fs(p: dict, fs: str, label: str) -> int:
     durable = "durable:true" in label or "persistent" in label or label == "floor durable"
-    return min(p["w1_n"], p["disk_durable_n"]) if fs != "tmpfs" and durable else p["w1_n"]
+    return capped_n(p, fs, durable, p["w1_n"])
 
 
 # ---------------------------------------------------------------- rendering
