@@ -11,12 +11,12 @@ from .errors import (
     DdmqError, ForeignFiles, InvalidQueueName, LeaseLost, NotARoot, NotFound, QueueExists,
     QueueNotFound, RootNotFound, SettingsError, StorageError, UsageError,
 )
-from .message import Message
+from .message import MAX_DEPTH, Message, loads_body
 
 __version__ = "1.0.0.dev0"
 
 __all__ = [
     "Broker", "broker", "Message", "CleanReport", "DdmqError", "UsageError", "InvalidQueueName",
     "SettingsError", "NotFound", "RootNotFound", "NotARoot", "QueueNotFound", "QueueExists",
-    "LeaseLost", "ForeignFiles", "StorageError", "__version__",
+    "LeaseLost", "ForeignFiles", "StorageError", "MAX_DEPTH", "loads_body", "__version__",
 ]

@@ -96,18 +96,25 @@ def publish_file(tmp: StrPath, final: StrPath, data: bytes, durable: bool, mode:
     is on stable storage before the rename, and the rename itself before return.
     """
     write_private(tmp, data, durable, mode)
+    rename_private(tmp, final)
+    if durable:
+        fsync_dir(os.path.dirname(final))
+
+
+def rename_private(tmp: StrPath, final: StrPath) -> None:
+    """Rename a private file written by :func:`write_private` into place; StorageError if it failed.
+
+    An NFS client whose rename reply was lost can report ENOENT/ESTALE for a
+    rename that happened (retrying would publish twice). ``final`` is not
+    always fresh (clean.stamp is replaced), so the proof is that our private
+    file is gone *and* the destination is there. On failure ``tmp`` is removed.
+    """
     try:
         os.rename(tmp, final)
     except OSError as exc:
-        # An NFS client whose rename reply was lost can report ENOENT/ESTALE
-        # for a rename that happened (retrying would publish twice). ``final``
-        # is not always fresh (clean.stamp is replaced), so the proof is that
-        # our private file is gone *and* the destination is there.
         if not (exc.errno in _RACE_ERRNOS and renamed(tmp, final)):
             discard(tmp)
             raise storage_error("publish", final, exc) from None
-    if durable:
-        fsync_dir(os.path.dirname(final))
 
 
 def move(src: StrPath, dst: StrPath) -> bool:

@@ -28,7 +28,7 @@ from .layout import (
     lease_receipt, parse_ready, parse_receipt, parse_work,
 )
 from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode
-from .settings import MAX_SECONDS, SettingsCache, dump, validate
+from .settings import MAX_SECONDS, MIN_SECONDS, SettingsCache, dump, validate
 
 DEFAULT_ROOT = "~/.ddmq"
 # A temporary file or directory older than this was certainly abandoned by a
@@ -77,7 +77,7 @@ os.register_at_fork(after_in_child=_forked)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any, Callable, Iterator, Union
+    from typing import Any, Callable, Iterable, Iterator, Union
     from weakref import WeakKeyDictionary
 
     from .atomic import StrPath
@@ -171,8 +171,8 @@ def _check_count(n: object) -> None:
 
 
 def _check_seconds(value: object, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
-        raise UsageError(f"{what} must be a number of seconds > 0 and <= {MAX_SECONDS:g}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise UsageError(f"{what} must be a number of seconds from {MIN_SECONDS:g} to {MAX_SECONDS:g}, not {value!r}")
 
 
 class Broker:
@@ -196,6 +196,9 @@ class Broker:
         self._queue_paths: dict[str, QueuePaths] = {}
         self._root_marker = os.path.join(self._root, ROOT_MARKER)
         self._clock_checked: float | None = None
+        # Broker(root, create=True) creates missing queues on publish and consume
+        # too, as the seed documented; by default a mistyped queue name is an error.
+        self._create_queues = create is True
         self._open_root(is_default if create is None else create)
 
     def __repr__(self) -> str:
@@ -281,6 +284,20 @@ class Broker:
                 raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
             self._checked[paths.dir] = (time.monotonic(), values)
         return paths, values
+
+    def _existing_or_created(self, queue: str) -> tuple[QueuePaths, dict[str, Any]]:
+        """As _queue_settings, but a Broker made with ``create=True`` first creates a missing queue."""
+        try:
+            return self._queue_settings(queue)
+        except QueueNotFound as exc:
+            if not self._create_queues:
+                raise
+            missing = exc
+        try:
+            self.create_queue(queue, exist_ok=True)
+        except QueueExists:  # a directory of that name that is not a queue is in the way
+            raise missing from None
+        return self._queue_settings(queue)
 
     def _gone(self, queue: str, paths: QueuePaths, exc: StorageError) -> DdmqError:
         """What to raise after ENOENT inside a queue: QueueNotFound if the queue itself is gone.
@@ -442,21 +459,98 @@ class Broker:
         """Publish one message; it is visible to consumers, complete, when this returns.
 
         Keyword arguments override the queue's settings for this message;
-        ``create`` creates the queue if it does not exist.
+        ``create`` creates the queue if it does not exist (so does a Broker
+        made with ``create=True``).
         """
+        paths, values = self._publish_settings(queue, create, (priority, message_timeout, requeue, requeue_prio,
+                                                                 durable, requeue_limit))
+        msg, data = self._payload(queue, message, values, headers)
+        name = ready_name(msg.priority, msg.published, msg.id)
+        try:
+            atomic.publish_file(f"{paths.tmp}/{msg.id}.tmp", f"{paths.ready}/{name}", data, msg.durable,
+                                values["mode"])
+        except StorageError as exc:
+            raise self._gone(queue, paths, exc) from None
+        self._readied(paths, name)
+        return msg
+
+    def publish_many(
+        self,
+        queue: str,
+        messages: Iterable[Any],
+        *,
+        priority: int | None = None,
+        message_timeout: float | None = None,
+        requeue: bool | None = None,
+        requeue_prio: int | None = None,
+        requeue_limit: int | None = None,
+        durable: bool | None = None,
+        headers: dict[str, Any] | None = None,
+        create: bool = False,
+        before_visible: Callable[[list[Message]], None] | None = None,
+    ) -> list[Message]:
+        """Publish several messages, each one atomically, with one durability barrier for all.
+
+        Every payload is written (and, if durable, synced) first; then
+        ``before_visible`` is called with the messages, if given; then each is
+        renamed into ``ready/`` and the directory is synced once. A failure
+        before the first rename, ``before_visible`` raising included, publishes
+        nothing: so a command can print the new ids first and publish only if
+        that worked. A failure after it says how many were published.
+        """
+        paths, values = self._publish_settings(queue, create, (priority, message_timeout, requeue, requeue_prio,
+                                                                 durable, requeue_limit))
+        pending: list[tuple[Message, str, str]] = []  # (message, tmp path, ready name)
+        try:
+            for body in messages:
+                msg, data = self._payload(queue, body, values, headers)
+                tmp = f"{paths.tmp}/{msg.id}.tmp"
+                try:
+                    atomic.write_private(tmp, data, msg.durable, values["mode"])
+                except StorageError as exc:
+                    raise self._gone(queue, paths, exc) from None
+                pending.append((msg, tmp, ready_name(msg.priority, msg.published, msg.id)))
+            if before_visible is not None:
+                before_visible([msg for msg, _, _ in pending])
+        except BaseException:
+            for _, tmp, _ in pending:
+                atomic.discard(tmp)
+            raise
+        for done, (msg, tmp, name) in enumerate(pending):
+            try:
+                atomic.rename_private(tmp, f"{paths.ready}/{name}")
+            except StorageError as exc:
+                for _, rest, _ in pending[done:]:
+                    atomic.discard(rest)
+                raise StorageError(f"{exc} ({done} of {len(pending)} messages were published)",
+                                   exc.errno) from None
+            self._readied(paths, name)
+        if any(msg.durable for msg, _, _ in pending):
+            atomic.fsync_dir(paths.ready)
+        return [msg for msg, _, _ in pending]
+
+    def _publish_settings(self, queue: str, create: bool,
+                          overrides: tuple[Any, ...]) -> tuple[QueuePaths, dict[str, Any]]:
+        """The queue's paths and settings for a publish, with the call's overrides applied."""
         if create:
             self.create_queue(queue, exist_ok=True)
-        paths, values = self._queue_settings(queue)
-        if (priority, message_timeout, requeue, requeue_prio, durable, requeue_limit) != _NO_OVERRIDES:
+        paths, values = self._existing_or_created(queue)
+        if overrides != _NO_OVERRIDES:
+            priority, message_timeout, requeue, requeue_prio, durable, requeue_limit = overrides
             values = self._overridden(values, priority=priority, message_timeout=message_timeout,
                                       requeue=requeue, requeue_prio=requeue_prio, durable=durable,
                                       requeue_limit=requeue_limit)
+        return paths, values
+
+    def _payload(self, queue: str, body: Any, values: dict[str, Any],
+                 headers: dict[str, Any] | None) -> tuple[Message, bytes]:
+        """A new message and its payload bytes; UsageError for a body or headers that cannot be published."""
         if headers is not None and (
             not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers)
         ):
             raise UsageError("headers must be a mapping with string keys")
         msg = Message(  # positionally: once per message, and keywords cost more
-            new_message_id(), queue, message, values["priority"], self._publish_time(),
+            new_message_id(), queue, body, values["priority"], self._publish_time(),
             values["message_timeout"], values["requeue"], values["requeue_prio"], values["requeue_limit"],
             values["durable"], _HOST, _PID, dict(headers) if headers else {},
         )
@@ -466,14 +560,7 @@ class Broker:
             raise UsageError(str(exc)) from None
         if len(data) > MAX_MESSAGE_BYTES:
             raise UsageError(f"message too large: {len(data)} bytes (at most {MAX_MESSAGE_BYTES})")
-        name = ready_name(msg.priority, msg.published, msg.id)
-        try:
-            atomic.publish_file(f"{paths.tmp}/{msg.id}.tmp", f"{paths.ready}/{name}", data, msg.durable,
-                                values["mode"])
-        except StorageError as exc:
-            raise self._gone(queue, paths, exc) from None
-        self._readied(paths, name)
-        return msg
+        return msg, data
 
     # --------------------------------------------------------------- consume
     def _ready_names(self, queue: str, paths: QueuePaths,
@@ -549,7 +636,7 @@ class Broker:
         _check_count(n)
         if lease is not None:
             _check_seconds(lease, "lease")
-        paths, settings = self._queue_settings(queue)
+        paths, settings = self._existing_or_created(queue)
         self._maybe_clean(paths, settings)
         claimed: list[Message] = []
         # A waiter polls with the same predicate over and over: names it already

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from .layout import compiled
+from .layout import MAX_PRIORITY, compiled
 
 # Names for type annotations only: importing typing at run time costs a
 # command-line tool several milliseconds of start-up.
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 # Larger payloads are refused at publish and dead-lettered when found in a queue.
 MAX_MESSAGE_BYTES = 64 << 20
+# Deepest nesting of arrays and objects a body or the headers may have. Refused
+# at publish and dead-lettered at claim, so that whatever was accepted can be
+# delivered: Python's JSON encoder and decoder recurse once per level, and a
+# body a few hundred levels deep would fail to print after it was claimed.
+MAX_DEPTH = 64
 _REQUIRED = {
     "id": str, "queue": str, "published": int, "priority": int, "message_timeout": (int, float),
     "requeue": bool, "requeue_prio": int, "durable": bool, "host": str, "pid": int, "headers": dict,
@@ -90,6 +95,51 @@ class Message:
         return data
 
 
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if arrays and objects nest deeper than ``limit`` in ``value`` (or it is circular).
+
+    Iterative, so that checking cannot itself run out of stack.
+    """
+    if not isinstance(value, (dict, list, tuple)):
+        return False
+    stack = [(value, 1)]
+    seen = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        seen += 1
+        if seen > MAX_MESSAGE_BYTES:  # only a circular structure has more containers than bytes
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+    return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_body(text: str, what: str = "message") -> Any:
+    """Parse a JSON body given by a user (``--json``, ``ddmq json``, ``ddmq-notify --json``).
+
+    Raises UsageError, never a traceback: for text that is not strict JSON
+    (NaN and Infinity included) and for nesting deeper than MAX_DEPTH, so that
+    what is accepted here can always be published and delivered.
+    """
+    from .errors import UsageError
+
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise UsageError(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise UsageError(f"{what}: not valid JSON: {exc}") from None
+    if too_deep(value):
+        raise UsageError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
 def _unserialisable(value: Any) -> Any:
     raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
 
@@ -102,7 +152,9 @@ def _unserialisable(value: Any) -> Any:
 _C_ENCODER = json.encoder.c_make_encoder(
     None, _unserialisable, json.encoder.c_encode_basestring, None, ": ", ", ", True, False, False)
 _QUOTE = json.encoder.c_encode_basestring
-_DECODER = json.JSONDecoder()
+# NaN and Infinity are Python's extensions to JSON, which other readers refuse:
+# in a payload they make it corrupt, in a user's --json a usage error.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 _SCAN = _DECODER.scan_once
 
 # The envelope is written from this template, the body last, and read back
@@ -138,9 +190,12 @@ def encode(message: Message) -> bytes:
     """Serialise the payload; raises TypeError for bodies JSON cannot hold.
 
     The fields other than the body and the headers come from validated
-    settings and from publish itself, so their types are known.
+    settings and from publish itself, so their types are known. A body or
+    headers nested deeper than MAX_DEPTH are refused (see MAX_DEPTH).
     """
     m = message
+    if (type(m.message) is not str and too_deep(m.message)) or (m.headers and too_deep(m.headers)):
+        raise TypeError(f"message is not JSON-serialisable: nested too deeply, or circular (at most {MAX_DEPTH} levels)")
     limit = m.requeue_limit
     try:
         return (_TEMPLATE % (
@@ -170,6 +225,35 @@ def decode(data: bytes) -> Message:
     return msg if msg is not None else _decode_any(text)
 
 
+def _usable(msg: Message) -> Message:
+    """``msg`` if its values are ones publish could have written, else CorruptMessage.
+
+    Checked at claim by both decoding paths, so a planted or hand-edited file
+    is dead-lettered with the reason instead of failing every consumer that
+    reaches it.
+    """
+    problem = _invalid_value(msg)
+    if problem:
+        raise CorruptMessage(problem)
+    return msg
+
+
+def _invalid_value(msg: Message) -> str | None:
+    """What makes a well-typed payload unusable, if anything: a value publish would have refused."""
+    from .settings import MAX_SECONDS, MIN_SECONDS
+
+    timeout = msg.message_timeout
+    if not MIN_SECONDS <= timeout <= MAX_SECONDS:  # False for NaN too
+        return f"message_timeout out of range ({MIN_SECONDS:g} to {MAX_SECONDS:g} seconds)"
+    if not 0 <= msg.priority <= MAX_PRIORITY or not 0 <= msg.requeue_prio <= MAX_PRIORITY:
+        return f"priority out of range (0 to {MAX_PRIORITY})"
+    if msg.requeue_limit is not None and msg.requeue_limit < 0:
+        return "requeue_limit is negative"
+    if (type(msg.message) is not str and too_deep(msg.message)) or too_deep(msg.headers):
+        return f"nested deeper than {MAX_DEPTH} levels"
+    return None
+
+
 def _decode_envelope(text: str) -> Message | None:
     """What encode wrote, field by field; None for anything else (see _decode_any).
 
@@ -196,12 +280,12 @@ def _decode_envelope(text: str) -> Message | None:
         return None
     (msg_id, queue, published, priority, timeout, requeue, requeue_prio, limit, durable, host,
      pid) = m.groups()
-    return Message(
+    return _usable(Message(
         msg_id, queue, body, int(priority), int(published),
         float(timeout) if "." in timeout or "e" in timeout or "E" in timeout else int(timeout),
         requeue == "true", int(requeue_prio), None if limit == "null" else int(limit), durable == "true",
         host, int(pid), headers,
-    )
+    ))
 
 
 def _decode_any(text: str) -> Message:
@@ -231,9 +315,9 @@ def _decode_any(text: str) -> Message:
         valid = False
     if not valid:
         raise CorruptMessage(_what_is_wrong(raw))
-    return Message(raw["id"], raw["queue"], raw["message"], raw["priority"], raw["published"],
-                   raw["message_timeout"], raw["requeue"], raw["requeue_prio"], limit, raw["durable"],
-                   raw["host"], raw["pid"], raw["headers"])
+    return _usable(Message(raw["id"], raw["queue"], raw["message"], raw["priority"], raw["published"],
+                           raw["message_timeout"], raw["requeue"], raw["requeue_prio"], limit, raw["durable"],
+                           raw["host"], raw["pid"], raw["headers"]))
 
 
 def _what_is_wrong(raw: dict[str, Any]) -> str:

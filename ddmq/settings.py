@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 # Longest lease or interval: lease expiries must fit the fixed-width time field
 # of a file name, and nobody means a lease of more than a few years.
 MAX_SECONDS = 1e9
+# Shortest lease: one of a nanosecond would expire before its rename returned.
+MIN_SECONDS = 0.001
 
 
 def _number(positive: bool) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok and (value > 0 if positive else value >= 0) and value <= MAX_SECONDS
+        return ok and (value >= MIN_SECONDS if positive else value >= 0) and value <= MAX_SECONDS
     return check
 
 
@@ -51,7 +53,7 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 # key: (default, validator, what a valid value looks like)
 SCHEMA: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
-    "message_timeout": (600, _number(positive=True), "a number of seconds > 0 and <= 1e9"),
+    "message_timeout": (600, _number(positive=True), "a number of seconds from 0.001 to 1e9"),
     "priority": (999, _whole(0, MAX_PRIORITY), f"a whole number from 0 to {MAX_PRIORITY}"),
     "requeue": (True, _boolean, "true or false"),
     "requeue_prio": (0, _whole(0, MAX_PRIORITY), f"a whole number from 0 to {MAX_PRIORITY}"),

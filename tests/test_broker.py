@@ -127,11 +127,38 @@ def test_priority_then_fifo(b: Broker) -> None:
 
 
 def test_publish_needs_an_existing_queue_unless_create(b: Broker, root: Path) -> None:
+    plain = Broker(root)
     with pytest.raises(QueueNotFound):
-        b.publish("nope", "x")
+        plain.publish("nope", "x")
+    with pytest.raises(QueueNotFound):
+        plain.consume("nope")
     assert not (root / "nope").exists()
-    b.publish("nope", "x", create=True)
+    plain.publish("nope", "x", create=True)
     assert b.counts("nope")["ready"] == 1
+
+
+def test_a_broker_made_with_create_creates_missing_queues(b: Broker, root: Path) -> None:
+    # The seed documented broker(root, create=True) as creating "both the root
+    # directory and queue directories if they don't already exist".
+    assert b.consume("fresh") == []
+    b.publish("other", "x")
+    assert b.list_queues() == ["fresh", "other"]
+
+
+def test_the_seed_example_runs_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed's Python example, word for word (the path made absolute under tmp_path)."""
+    monkeypatch.chdir(tmp_path)
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        from ddmq import broker
+        b = broker('/path/to/rootdir'.lstrip('/'), create=True)
+        b.publish(queue='queue_name', message='Hello World!')
+        msg = b.consume(queue='queue_name')
+        print(msg[0].message)
+    assert out.getvalue() == "Hello World!\n"
 
 
 def test_create_list_delete_queues(b: Broker, root: Path) -> None:
@@ -336,7 +363,8 @@ def test_a_running_client_sees_settings_edits_within_settings_max_age(b: Broker,
 def test_a_queue_deleted_by_another_client_is_not_found_at_once(root: Path) -> None:
     # Both clients have the queue's settings (and the consumer a listing)
     # cached when it is deleted: the failing operation itself must tell.
-    consumer, publisher = Broker(root, create=True), Broker(root)
+    Broker(root, create=True)
+    consumer, publisher = Broker(root), Broker(root)
     publisher.publish("q", "one", create=True)
     publisher.publish("q", "two")
     assert [m.message for m in consumer.consume("q")] == ["one"]
