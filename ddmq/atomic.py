@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from .errors import storage_error
 
@@ -19,7 +20,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Union
 
-    # Paths are plain strings inside ddmq (see layout.QueuePaths); callers may pass PathLike.
+    from .errors import StorageError
+
+    # Paths are plain strings inside ddmq; callers may pass PathLike.
     StrPath = Union[str, "os.PathLike[str]"]
 
 # Errors with which the loser of a rename race can come back: ENOENT (the
@@ -31,6 +34,77 @@ _AMBIGUOUS_ERRNOS = {errno.EPERM, errno.EACCES}
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # O_NONBLOCK: a FIFO planted in a queue must not hang the reader.
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# What a planted symlink, FIFO, device or directory in the place of a file gives at open.
+NOT_A_FILE_ERRNOS = {errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK, errno.ENOTDIR}
+
+
+class Dir:
+    """An open directory: every name in it is reached through its descriptor, never by path.
+
+    A member of the group that shares a queue can replace any directory in it
+    by a symbolic link at any instant. A path is resolved afresh at every
+    system call, so a path-based rename or unlink could land in whatever the
+    link points to; a descriptor opened with ``O_NOFOLLOW`` stays on the
+    directory that was there when it was opened. ``path`` is for messages only.
+
+    The descriptor is closed when the object is garbage-collected, so a
+    handle still in use is never closed under its user. ``parent`` and
+    ``name`` let it be opened afresh for a listing (see :func:`listdir`).
+    """
+
+    __slots__ = ("path", "fd", "parent", "name")
+
+    def __init__(self, path: str, fd: int, parent: Dir | None = None, name: str | None = None):
+        self.path = path
+        self.fd = fd
+        self.parent = parent
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Dir({self.path!r}, fd={self.fd})"
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def join(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+
+
+def open_root(path: str) -> Dir:
+    """Open the root directory itself (the user named it, so a symlink to it is followed)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    return Dir(path, fd)
+
+
+def open_dir(parent: Dir, name: str) -> Dir:
+    """Open the directory ``name`` in ``parent`` without following a symbolic link.
+
+    OSError as the system call gives it: ELOOP for a symlink, ENOTDIR for
+    anything else that is not a directory, ENOENT if there is none.
+    """
+    return Dir(parent.join(name), os.open(name, DIR_FLAGS, dir_fd=parent.fd), parent, name)
+
+
+def refused(path: str, exc: OSError) -> StorageError:
+    """The error for a directory that is a symlink or not a directory where ddmq expects its own."""
+    from .errors import StorageError
+
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return StorageError(f"refusing to use {path}: it is not a directory ddmq made "
+                            "(a symbolic link or another kind of file is in its place)", exc.errno)
+    return storage_error("open", path, exc)
 
 
 def dir_mode(file_mode: int) -> int:
@@ -40,29 +114,37 @@ def dir_mode(file_mode: int) -> int:
     return mode | 0o2000 if file_mode & 0o020 else mode
 
 
-def make_dir(path: StrPath, file_mode: int | None) -> None:
-    """mkdir, with permissions derived from ``file_mode`` whatever the umask (None: umask)."""
-    os.mkdir(path)
-    if file_mode is not None:
-        os.chmod(path, dir_mode(file_mode))
+def make_own_dir(parent: Dir, name: str, file_mode: int | None) -> Dir:
+    """mkdir ``name`` in ``parent`` and open it; permissions set on what was opened, not on a path.
+
+    Made private first (0700), opened without following links, checked to be
+    this user's, and only then given its final bits with ``fchmod``: a member
+    who swaps the new directory for a link or a directory of their own between
+    the mkdir and the open makes this fail, and never makes it chmod theirs.
+    """
+    os.mkdir(name, 0o700 if file_mode is not None else 0o777, dir_fd=parent.fd)
+    made = open_dir(parent, name)
+    try:
+        if os.fstat(made.fd).st_uid != os.geteuid():
+            raise OSError(errno.EPERM, "not the directory this process made", made.path)
+        if file_mode is not None:
+            os.fchmod(made.fd, dir_mode(file_mode))
+    except BaseException:
+        made.close()
+        raise
+    return made
 
 
-def fsync_dir(path: StrPath) -> None:
-    """Make a rename into ``path`` durable (a no-op where directories cannot be opened)."""
+def fsync_dir(directory: Dir) -> None:
+    """Make a rename into ``directory`` durable."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        os.fsync(directory.fd)
     except OSError:
         pass  # some network filesystems refuse fsync on directories; the data itself was synced
-    finally:
-        os.close(fd)
 
 
-def write_private(tmp: StrPath, data: bytes, durable: bool, mode: int | None = None) -> None:
-    """Create ``tmp`` exclusively and write all of ``data`` to it.
+def write_private(directory: Dir, name: str, data: bytes, durable: bool, mode: int | None = None) -> None:
+    """Create ``name`` in ``directory`` exclusively and write all of ``data`` to it.
 
     ``mode`` (permission bits) is set exactly, whatever the umask, so files in
     a queue shared by a group stay usable by the group; None leaves it to the umask.
@@ -70,9 +152,9 @@ def write_private(tmp: StrPath, data: bytes, durable: bool, mode: int | None = N
     what a crash leaves behind) and a StorageError is raised.
     """
     try:
-        fd = os.open(tmp, OPEN_FLAGS, 0o666 if mode is None else mode)
+        fd = os.open(name, OPEN_FLAGS, 0o666 if mode is None else mode, dir_fd=directory.fd)
     except OSError as exc:
-        raise storage_error("create", tmp, exc) from None
+        raise storage_error("create", directory.join(name), exc) from None
     try:
         try:
             if mode is not None:
@@ -85,23 +167,24 @@ def write_private(tmp: StrPath, data: bytes, durable: bool, mode: int | None = N
         finally:
             os.close(fd)
     except OSError as exc:
-        discard(tmp)
-        raise storage_error("write", tmp, exc) from None
+        discard(directory, name)
+        raise storage_error("write", directory.join(name), exc) from None
 
 
-def publish_file(tmp: StrPath, final: StrPath, data: bytes, durable: bool, mode: int | None = None) -> None:
+def publish_file(tmp_dir: Dir, tmp: str, directory: Dir, final: str, data: bytes, durable: bool,
+                 mode: int | None = None) -> None:
     """Write ``data`` under the private name ``tmp``, then rename it to ``final``.
 
     ``final`` becomes visible complete or not at all. With ``durable`` the data
     is on stable storage before the rename, and the rename itself before return.
     """
-    write_private(tmp, data, durable, mode)
-    rename_private(tmp, final)
+    write_private(tmp_dir, tmp, data, durable, mode)
+    rename_private(tmp_dir, tmp, directory, final)
     if durable:
-        fsync_dir(os.path.dirname(final))
+        fsync_dir(directory)
 
 
-def rename_private(tmp: StrPath, final: StrPath) -> None:
+def rename_private(tmp_dir: Dir, tmp: str, directory: Dir, final: str) -> None:
     """Rename a private file written by :func:`write_private` into place; StorageError if it failed.
 
     An NFS client whose rename reply was lost can report ENOENT/ESTALE for a
@@ -110,14 +193,14 @@ def rename_private(tmp: StrPath, final: StrPath) -> None:
     file is gone *and* the destination is there. On failure ``tmp`` is removed.
     """
     try:
-        os.rename(tmp, final)
+        os.rename(tmp, final, src_dir_fd=tmp_dir.fd, dst_dir_fd=directory.fd)
     except OSError as exc:
-        if not (exc.errno in _RACE_ERRNOS and renamed(tmp, final)):
-            discard(tmp)
-            raise storage_error("publish", final, exc) from None
+        if not (exc.errno in _RACE_ERRNOS and renamed(tmp_dir, tmp, directory, final)):
+            discard(tmp_dir, tmp)
+            raise storage_error("publish", directory.join(final), exc) from None
 
 
-def move(src: StrPath, dst: StrPath) -> bool:
+def move(src_dir: Dir, src: str, dst_dir: Dir, dst: str) -> bool:
     """Rename ``src`` to ``dst``; True if this call moved it, False if another client did first.
 
     Exactly one of several clients renaming the same source wins. A loser is
@@ -127,74 +210,114 @@ def move(src: StrPath, dst: StrPath) -> bool:
     are always fresh unique names, so finding ``dst`` means we moved it.
     """
     try:
-        os.rename(src, dst)
+        os.rename(src, dst, src_dir_fd=src_dir.fd, dst_dir_fd=dst_dir.fd)
         return True
     except OSError as exc:
         if exc.errno not in _RACE_ERRNOS and exc.errno not in _AMBIGUOUS_ERRNOS:
-            raise storage_error("move", src, exc) from None
-        if os.path.lexists(dst):
+            raise storage_error("move", src_dir.join(src), exc) from None
+        if exists(dst_dir, dst):
             return True
-        if exc.errno in _AMBIGUOUS_ERRNOS and not _writable(os.path.dirname(src), os.path.dirname(dst)):
-            raise storage_error("move", src, exc) from None
+        if exc.errno in _AMBIGUOUS_ERRNOS and not _writable(src_dir, dst_dir):
+            raise storage_error("move", src_dir.join(src), exc) from None
         return False
 
 
-def renamed(src: StrPath, dst: StrPath) -> bool:
-    """After a failed rename of a private ``src``: did it happen anyway (reply lost)?"""
-    return not os.path.lexists(src) and os.path.lexists(dst)
-
-
-def remove_tree(path: StrPath) -> None:
-    """Remove a directory tree, best effort: what is left, ``clean`` removes later.
-
-    ``shutil.rmtree(ignore_errors=True)`` still raises on Python < 3.12 when
-    the fstat of a directory it opened fails (ESTALE: another client removed it).
-    """
-    import shutil  # deferred: rarely needed, and slow to import (start-up of every CLI run)
-
+def exists(directory: Dir, name: str) -> bool:
+    """Whether ``name`` is in ``directory`` (a link counts as itself, not as what it points to)."""
     try:
-        shutil.rmtree(path, ignore_errors=True)
+        directory.lstat(name)
+        return True
+    except OSError:
+        return False
+
+
+def renamed(src_dir: Dir, src: str, dst_dir: Dir, dst: str) -> bool:
+    """After a failed rename of a private ``src``: did it happen anyway (reply lost)?"""
+    return not exists(src_dir, src) and exists(dst_dir, dst)
+
+
+def remove_tree(parent: Dir, name: str) -> None:
+    """Remove the tree ``name`` in ``parent``, best effort: what is left, ``clean`` removes later.
+
+    Every step goes through descriptors opened without following links, so a
+    link planted anywhere in the tree is removed as a link and never followed
+    out of it, whatever is swapped meanwhile.
+    """
+    try:
+        top = open_dir(parent, name)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link or a file in the place of the tree
+            _unlink_quietly(parent, name)
+        return
+    try:
+        for entry in _names(top):
+            try:
+                is_dir = stat.S_ISDIR(top.lstat(entry).st_mode)
+            except OSError:
+                continue
+            if is_dir:
+                remove_tree(top, entry)
+            else:
+                _unlink_quietly(top, entry)
+    finally:
+        top.close()
+    try:
+        os.rmdir(name, dir_fd=parent.fd)
     except OSError:
         pass
 
 
-def _writable(*dirs: StrPath) -> bool:
-    return all(os.access(d, os.W_OK | os.X_OK) for d in dirs)
-
-
-def remove(path: StrPath) -> bool:
-    """Unlink ``path``; True if this call removed it, False if it was already gone."""
+def _names(directory: Dir) -> list[str]:
     try:
-        os.unlink(path)
+        return os.listdir(directory.fd)  # opened just now by remove_tree
+    except OSError:
+        return []
+
+
+def _unlink_quietly(directory: Dir, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=directory.fd)
+    except OSError:
+        pass
+
+
+def _writable(*dirs: Dir) -> bool:
+    return all(os.access(".", os.W_OK | os.X_OK, dir_fd=d.fd) for d in dirs)
+
+
+def remove(directory: Dir, name: str) -> bool:
+    """Unlink ``name``; True if this call removed it, False if it was already gone."""
+    try:
+        os.unlink(name, dir_fd=directory.fd)
         return True
     except FileNotFoundError:
         return False
     except OSError as exc:
         if exc.errno == errno.ESTALE:
             return False
-        raise storage_error("remove", path, exc) from None
+        raise storage_error("remove", directory.join(name), exc) from None
 
 
-def discard(path: StrPath) -> None:
+def discard(directory: Dir, name: str) -> None:
     """Remove a file of our own that failed half-way; errors are left to ``clean``."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    _unlink_quietly(directory, name)
 
 
-def read_file(path: StrPath, limit: int) -> bytes | None:
-    """Read a message file without following symlinks; None if it vanished.
+def read_file(directory: Dir, name: str, limit: int) -> bytes | None:
+    """Read a regular file without following symlinks or blocking; None if it vanished.
 
     Raises OSError for anything else (the caller decides whether the file is
-    corrupt or the storage failed); reads at most ``limit`` + 1 bytes so a
-    huge foreign file cannot exhaust memory.
+    corrupt or the storage failed): ELOOP for a link, ENXIO/EISDIR for what is
+    not a regular file (a FIFO opens without blocking, then is refused here).
+    Reads at most ``limit`` + 1 bytes so a huge foreign file cannot exhaust memory.
     """
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = os.open(name, READ_FLAGS, dir_fd=directory.fd)
     except FileNotFoundError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.ENXIO, "not a regular file", directory.join(name))
         chunks = []
         remaining = limit + 1
         # Start small and grow: os.read allocates its whole buffer before the
@@ -213,9 +336,27 @@ def read_file(path: StrPath, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def listdir(path: StrPath) -> list[str]:
-    """Names in a state directory, hidden names (NFS silly-renames, .fuse_hidden) left out."""
+def list_all(directory: Dir) -> list[str]:
+    """Every name in ``directory``, from a directory opened afresh for this listing.
+
+    A directory held open can serve a stale listing: FUSE filesystems such as
+    sshfs read a directory's entries once per open handle, and an NFS client
+    revalidates a directory at open. So each listing opens the directory
+    again, relative to its parent and without following a link (a root, named
+    by the user, by its path).
+    """
     try:
-        return [name for name in os.listdir(path) if not name.startswith(".")]
+        if directory.parent is None or directory.name is None:
+            return os.listdir(directory.path)
+        fd = os.open(directory.name, DIR_FLAGS, dir_fd=directory.parent.fd)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:
-        raise storage_error("list", path, exc) from None
+        raise storage_error("list", directory.path, exc) from None
+
+
+def listdir(directory: Dir) -> list[str]:
+    """Names in a state directory, hidden names (NFS silly-renames, .fuse_hidden) left out."""
+    return [name for name in list_all(directory) if not name.startswith(".")]

@@ -23,11 +23,13 @@ from .errors import (
     StorageError, UsageError, storage_error,
 )
 from .layout import (
-    DEAD, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, WORK, QUEUE_ENTRIES, QueuePaths,
-    ReadyName, WorkName, check_queue_name, claimed_name, dead_name, new_message_id, new_token, ready_name,
-    lease_receipt, parse_ready, parse_receipt, parse_work,
+    CLEAN_STAMP, DEAD, QUEUE_ENTRIES, QUEUE_MARKER, READY, REASON_SUFFIX, ROOT_MARKER, STATE_DIRS, WORK,
+    ReadyName, WorkName, abandoned_in_root, abandoned_in_tmp, check_queue_name, claimed_name, clock_probe_name,
+    dead_name, doomed_name, lease_receipt, marker_tmp_name, new_message_id, new_token, parse_ready, parse_receipt,
+    parse_work, publish_tmp_name, ready_name, reason_tmp_name, stamp_tmp_name, staging_name,
 )
-from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, decode, encode
+from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, Unreadable, decode, encode
+from .queuedir import QueueDir
 from .settings import MAX_SECONDS, MIN_SECONDS, SettingsCache, dump, validate
 
 DEFAULT_ROOT = "~/.ddmq"
@@ -57,6 +59,9 @@ SETTINGS_MAX_AGE = 1.0
 # same timestamp tick (1 s on sshfs) as an earlier one leaves the mtime as it
 # was, and the clock it is compared with may be off by CLOCK_TOLERANCE.
 SETTLED_AFTER = CLOCK_TOLERANCE + 1.0
+# Queues whose directories a Broker keeps open at once (five descriptors each);
+# the least recently opened is let go beyond that.
+OPEN_QUEUES = 32
 _HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
 # This process's id, for every payload it writes: getpid(2) is a system call
 # (glibc does not cache it), one in eleven of a message's. A forked child
@@ -80,7 +85,6 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Iterable, Iterator, Union
     from weakref import WeakKeyDictionary
 
-    from .atomic import StrPath
 
     Receipt = Union[Message, str]
     Match = Callable[[Message], bool]
@@ -156,13 +160,33 @@ class _Listing:
             heapq.heappop(self.names)
 
 
-def _dir_stamp(path: str) -> tuple[int, ...] | None:
-    """What changes when an entry is added to, removed from or renamed within a directory."""
+def _dir_stamp(directory: atomic.Dir) -> tuple[int, ...] | None:
+    """What changes when an entry is added to, removed from or renamed within a directory.
+
+    StorageError(ENOENT) for a directory that was removed while held open (a
+    deleted queue): listing it would show it empty, not gone.
+    """
     try:
-        st = os.stat(path)
+        st = os.fstat(directory.fd)
     except OSError:
         return None  # the listing that follows reports the error
+    if st.st_nlink == 0:
+        raise StorageError(f"{directory.path} was removed", errno.ENOENT)
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+
+
+def _may_read(directory: atomic.Dir, name: str) -> bool:
+    """Whether the file's permissions let this process read it.
+
+    Tells a file this user will never be able to read (dead-letter it, or it
+    blocks the queue) from a read that failed for another reason (a network
+    filesystem's hiccup: give the message back).
+    """
+    effective = os.access in os.supports_effective_ids
+    try:
+        return os.access(name, os.R_OK, dir_fd=directory.fd, effective_ids=effective, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        return True
 
 
 def _check_count(n: object) -> None:
@@ -181,20 +205,24 @@ class Broker:
     ``Broker(root, create=True)`` initialises the root if needed. Without a root
     the ``DDMQ_ROOT`` environment variable is used, else ``~/.ddmq``, which is
     created on first use unless ``create=False`` says never to create a root.
-    A Broker holds no locks and no open files; any number of them, in any
-    number of processes on any number of hosts, may share a root.
+    A Broker holds no locks; it keeps the directories of the root and of the
+    queues it uses open (see :mod:`ddmq.queuedir`), until it is garbage-collected
+    or :meth:`close` d. Any number of Brokers, in any number of processes on
+    any number of hosts, may share a root.
     """
 
     def __init__(self, root: str | os.PathLike | None = None, create: bool | None = None):
         self._root, is_default = resolve_root(root)
         self._settings = SettingsCache()
+        # Per queue name: when it is next due for housekeeping, its settings
+        # and when they were read, this process's listing of its ready/.
         self._clean_due: dict[str, float] = {}
-        self._checked: dict[str, tuple[float, dict[str, Any]]] = {}  # queue dir -> (when, settings)
+        self._checked: dict[str, tuple[float, dict[str, Any]]] = {}
         self._listings: dict[str, _Listing] = {}
         self._rejected: WeakKeyDictionary[Match, set[str]] | None = None  # made when first needed
         self._clock_offset = 0
-        self._queue_paths: dict[str, QueuePaths] = {}
-        self._root_marker = os.path.join(self._root, ROOT_MARKER)
+        self._queues: dict[str, QueueDir] = {}  # open queues, oldest first (at most OPEN_QUEUES)
+        self._root_dir: atomic.Dir | None = None
         self._clock_checked: float | None = None
         # Broker(root, create=True) creates missing queues on publish and consume
         # too, as the seed documented; by default a mistyped queue name is an error.
@@ -203,6 +231,32 @@ class Broker:
 
     def __repr__(self) -> str:
         return f"Broker({self._root!r})"
+
+    def close(self) -> None:
+        """Close the directories this Broker holds open; it opens them again when used."""
+        for name in list(self._queues):
+            self._forget(name)
+        if self._root_dir is not None:
+            self._root_dir.close()
+            self._root_dir = None
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def _rootdir(self) -> atomic.Dir:
+        """The root, held open: every queue is opened relative to it, without following links."""
+        if self._root_dir is None:
+            try:
+                self._root_dir = atomic.open_root(self._root)
+            except FileNotFoundError:
+                raise RootNotFound(f"ddmq root {self._root} no longer exists") from None
+            except OSError as exc:
+                raise storage_error("open root", self._root, exc) from None
+        return self._root_dir
 
     @property
     def root(self) -> Path:
@@ -214,10 +268,13 @@ class Broker:
 
     # ------------------------------------------------------------------ root
     def _open_root(self, create: bool) -> None:
-        marker = self._root_marker
         try:
-            if stat.S_ISREG(os.stat(marker).st_mode):
+            self._root_dir = atomic.open_root(self._root)
+            mode = self._root_dir.lstat(ROOT_MARKER).st_mode
+            if stat.S_ISREG(mode):
                 return
+            raise NotARoot(f"{self._root}/{ROOT_MARKER} is not a regular file (a link, FIFO or device "
+                           "is in its place); refusing to use this root")
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:  # e.g. not in the group that shares the root
@@ -232,60 +289,110 @@ class Broker:
             os.makedirs(self._root, exist_ok=True)
         except OSError as exc:
             raise storage_error("create root", self._root, exc) from None
-        tmp = os.path.join(self._root, f".{ROOT_MARKER}.{new_token()}")
-        atomic.publish_file(tmp, marker, dump({}).encode(), durable=True)
+        root = self._rootdir
+        atomic.publish_file(root, marker_tmp_name(), root, ROOT_MARKER, dump({}).encode(), durable=True)
 
-    def _checked_values(self, paths: QueuePaths) -> dict[str, Any] | None:
+    def _checked_values(self, paths: QueueDir) -> dict[str, Any] | None:
         """The queue's settings if they were read less than SETTINGS_MAX_AGE ago."""
-        checked = self._checked.get(paths.dir)
+        checked = self._checked.get(paths.name)
         if checked is not None and time.monotonic() - checked[0] < SETTINGS_MAX_AGE:
             return checked[1]
         return None
 
-    def _queue_values(self, paths: QueuePaths) -> dict[str, Any]:
+    def _queue_values(self, paths: QueueDir) -> dict[str, Any]:
         """Effective settings of a queue whose paths are known (root file, then queue file)."""
         values = self._checked_values(paths)
         if values is None:
-            values = self._settings.merged(self._root_marker, paths.settings)
+            values = self._settings.merged((self._rootdir, ROOT_MARKER), (paths.dir, QUEUE_MARKER))
         return values
 
     # ---------------------------------------------------------------- queues
-    def _paths(self, queue: str) -> QueuePaths:
-        paths = self._queue_paths.get(queue) if isinstance(queue, str) else None
+    def _paths(self, queue: str) -> QueueDir:
+        """The open directories of an existing queue, or QueueNotFound (opened on first use)."""
+        paths = self._queues.get(queue) if isinstance(queue, str) else None
         if paths is None:
-            paths = self._queue_paths[queue] = QueuePaths(os.path.join(self._root, check_queue_name(queue)))
+            paths = self._open_queue(check_queue_name(queue))
+            if len(self._queues) >= OPEN_QUEUES:
+                self._forget(next(iter(self._queues)))
+            self._queues[queue] = paths
         return paths
 
-    def _queue(self, queue: str) -> QueuePaths:
-        """Paths of an existing queue, or QueueNotFound."""
-        paths = self._paths(queue)
+    def _open_queue(self, queue: str) -> QueueDir:
+        root = self._rootdir
         try:
-            os.stat(paths.settings)
+            directory = atomic.open_dir(root, queue)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if isinstance(exc, NotADirectoryError) and stat.S_ISLNK(self._lstat_or_dir(root, queue)):
+                raise atomic.refused(root.join(queue), exc) from None
+            raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
+        except OSError as exc:
+            raise atomic.refused(root.join(queue), exc) from None
+        try:
+            directory.lstat(QUEUE_MARKER)
         except (FileNotFoundError, NotADirectoryError):
             raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
         except OSError as exc:
-            raise storage_error("open queue", paths.dir, exc) from None
+            raise storage_error("open queue", directory.path, exc) from None
+        try:
+            return QueueDir(directory, queue)
+        except OSError as exc:
+            raise atomic.refused(directory.join(exc.filename) if exc.filename else directory.path, exc) from None
+
+    @staticmethod
+    def _lstat_or_dir(directory: atomic.Dir, name: str) -> int:
+        try:
+            return directory.lstat(name).st_mode
+        except OSError:
+            return stat.S_IFDIR
+
+    def _forget(self, queue: str) -> None:
+        """Drop what this Broker holds of a queue: its directories (closed once unused) and caches."""
+        self._queues.pop(queue, None)
+        self._checked.pop(queue, None)
+        self._listings.pop(queue, None)
+
+    def _queue(self, queue: str) -> QueueDir:
+        """The directories of an existing queue, checked now, or QueueNotFound."""
+        paths = self._paths(queue)
+        if not (self._still_there(paths) and atomic.exists(paths.dir, QUEUE_MARKER)):
+            self._forget(queue)
+            paths = self._paths(queue)
         return paths
 
-    def _queue_settings(self, queue: str) -> tuple[QueuePaths, dict[str, Any]]:
-        """Paths and effective settings of an existing queue, or QueueNotFound.
+    def _queue_settings(self, queue: str) -> tuple[QueueDir, dict[str, Any]]:
+        """Directories and effective settings of an existing queue, or QueueNotFound.
 
-        The stat that tells whether the queue's settings changed also tells
-        whether the queue exists, and it is made at most once per
+        The stats that tell whether the queue's settings changed also tell
+        whether the queue is still the one this Broker holds open (not deleted,
+        or deleted and made again), and they are made at most once per
         SETTINGS_MAX_AGE: a publish or consume otherwise costs no system call
         beyond its own renames.
         """
         paths = self._paths(queue)
         values = self._checked_values(paths)
         if values is None:
+            if not self._still_there(paths):
+                self._forget(queue)
+                paths = self._paths(queue)
             try:
-                values = self._settings.merged(self._root_marker, paths.settings, required=True)
+                values = self._settings.merged((self._rootdir, ROOT_MARKER), (paths.dir, QUEUE_MARKER),
+                                               required=True)
             except (FileNotFoundError, NotADirectoryError):
+                self._forget(queue)
                 raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
-            self._checked[paths.dir] = (time.monotonic(), values)
+            self._checked[queue] = (time.monotonic(), values)
         return paths, values
 
-    def _existing_or_created(self, queue: str) -> tuple[QueuePaths, dict[str, Any]]:
+    def _still_there(self, paths: QueueDir) -> bool:
+        """Whether the directory held open is still the one called by the queue's name in the root."""
+        try:
+            named = self._rootdir.lstat(paths.name)
+            held = os.fstat(paths.dir.fd)
+        except OSError:
+            return False
+        return (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev)
+
+    def _existing_or_created(self, queue: str) -> tuple[QueueDir, dict[str, Any]]:
         """As _queue_settings, but a Broker made with ``create=True`` first creates a missing queue."""
         try:
             return self._queue_settings(queue)
@@ -299,58 +406,73 @@ class Broker:
             raise missing from None
         return self._queue_settings(queue)
 
-    def _gone(self, queue: str, paths: QueuePaths, exc: StorageError) -> DdmqError:
+    def _gone(self, queue: str, paths: QueueDir, exc: StorageError) -> DdmqError:
         """What to raise after ENOENT inside a queue: QueueNotFound if the queue itself is gone.
 
         Within SETTINGS_MAX_AGE a queue deleted by another client is noticed
         this way, by the operation that fails, not by a stat before each one.
         """
-        self._checked.pop(paths.dir, None)
-        self._listings.pop(paths.dir, None)
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.lexists(paths.settings):
-            return QueueNotFound(f"no queue {queue!r} in {self._root}")
+        self._forget(queue)
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):
+            try:
+                self._queue(queue)
+            except QueueNotFound as missing:
+                return missing
+            except DdmqError:
+                pass
         return exc
 
     def settings(self, queue: str | None = None) -> dict[str, Any]:
         """Effective settings of a queue (or of the root when ``queue`` is None)."""
         if queue is None:
-            return self._settings.merged(self._root_marker)
-        return self._settings.merged(self._root_marker, self._queue(queue).settings)
+            return self._settings.merged((self._rootdir, ROOT_MARKER))
+        return self._settings.merged((self._rootdir, ROOT_MARKER), (self._queue(queue).dir, QUEUE_MARKER))
 
     def create_queue(self, queue: str, exist_ok: bool = False, **settings: Any) -> None:
         """Create a queue, with optional settings written to its ``ddmq.yaml``.
 
         The queue is built under a hidden name and renamed into place, so other
-        clients see either no queue or a complete one.
+        clients see either no queue or a complete one. Every directory is made
+        private, opened without following links and only then given its
+        permissions (see :func:`ddmq.atomic.make_own_dir`).
         """
-        paths = self._paths(queue)
+        check_queue_name(queue)
         values = validate(settings, "create_queue", InvalidSetting)
-        if os.path.isdir(paths.dir):
-            if exist_ok and os.path.isfile(paths.settings):
-                return
-            raise QueueExists(f"queue {queue!r} already exists in {self._root}")
-        staging = os.path.join(self._root, f".create.{new_token()}.{queue}")
+        root = self._rootdir
+        if exist_ok and self._is_queue(queue):
+            return
         mode = {**self.settings(), **values}["mode"]
+        staging = staging_name(queue)
         try:
-            atomic.make_dir(staging, mode)
-            for state in STATE_DIRS:
-                atomic.make_dir(os.path.join(staging, state), mode)
-            atomic.write_private(os.path.join(staging, ROOT_MARKER), dump(values).encode(), durable=True, mode=mode)
-            os.rename(staging, paths.dir)
+            made = atomic.make_own_dir(root, staging, mode)
+            try:
+                for state in STATE_DIRS:
+                    atomic.make_own_dir(made, state, mode).close()
+                atomic.write_private(made, QUEUE_MARKER, dump(values).encode(), durable=True, mode=mode)
+            finally:
+                made.close()
+            os.rename(staging, queue, src_dir_fd=root.fd, dst_dir_fd=root.fd)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(staging, paths.settings):
-                atomic.fsync_dir(self._root)  # our rename happened; only its reply was lost
+            if exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(root, staging, root, queue):
+                atomic.fsync_dir(root)  # our rename happened; only its reply was lost
                 return
-            atomic.remove_tree(staging)
+            atomic.remove_tree(root, staging)
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                if exist_ok:
+                if exist_ok and self._is_queue(queue):
                     return
                 raise QueueExists(f"queue {queue!r} already exists in {self._root}") from None
-            raise storage_error("create queue", paths.dir, exc) from None
+            raise storage_error("create queue", root.join(queue), exc) from None
         except DdmqError:
-            atomic.remove_tree(staging)
+            atomic.remove_tree(root, staging)
             raise
-        atomic.fsync_dir(self._root)
+        atomic.fsync_dir(root)
+
+    def _is_queue(self, queue: str) -> bool:
+        try:
+            self._queue(queue)
+            return True
+        except QueueNotFound:
+            return False
 
     def delete_queue(self, queue: str, force: bool = False) -> None:
         """Delete a queue and all its messages.
@@ -369,42 +491,54 @@ class Broker:
                     f"queue {queue!r} holds files ddmq did not write ({shown}); "
                     "move them away or delete with force"
                 )
-        doomed = os.path.join(self._root, f".delete.{new_token()}.{queue}")
+        root = self._rootdir
+        doomed = doomed_name(queue)
         try:
-            os.rename(paths.dir, doomed)
+            os.rename(queue, doomed, src_dir_fd=root.fd, dst_dir_fd=root.fd)
         except OSError as exc:
-            lost_reply = exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(paths.dir, doomed)
+            lost_reply = exc.errno in (errno.ENOENT, errno.ESTALE) and atomic.renamed(root, queue, root, doomed)
             if not lost_reply:
+                self._forget(queue)
                 if exc.errno == errno.ENOENT:
                     raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
-                raise storage_error("delete queue", paths.dir, exc) from None
-        self._listings.pop(paths.dir, None)
-        self._checked.pop(paths.dir, None)
-        atomic.remove_tree(doomed)
+                raise storage_error("delete queue", paths.dir.path, exc) from None
+        self._forget(queue)
+        atomic.remove_tree(root, doomed)
 
-    def _foreign_entries(self, paths: QueuePaths) -> list[str]:
+    def _foreign_entries(self, paths: QueueDir) -> list[str]:
         foreign = [n for n in sorted(atomic.listdir(paths.dir)) if n not in QUEUE_ENTRIES]
         checks = {READY: parse_ready, WORK: parse_work}
         for state in STATE_DIRS:
-            directory = f"{paths.dir}/{state}"
+            directory = paths.state(state)
+            parse = checks.get(state)
             for name in atomic.listdir(directory):
-                parse = checks.get(state)
                 ours = parse(name) is not None if parse else True
-                path = os.path.join(directory, name)
-                if not ours or not os.path.isfile(path) or os.path.islink(path):
+                if not ours or not self._regular(directory, name):
                     foreign.append(f"{state}/{name}")
         return foreign
 
+    @staticmethod
+    def _regular(directory: atomic.Dir, name: str) -> bool:
+        """Whether ``name`` is a regular file (not a link, directory, FIFO or device)."""
+        try:
+            return stat.S_ISREG(directory.lstat(name).st_mode)
+        except OSError:
+            return False
+
     def list_queues(self) -> list[str]:
         """Names of the queues in this root, sorted."""
+        names = atomic.listdir(self._rootdir)
+        return sorted(n for n in names if n != ROOT_MARKER and self._looks_like_queue(n))
+
+    def _looks_like_queue(self, name: str) -> bool:
+        """A directory (not a link to one) holding a queue marker."""
+        root = self._rootdir
         try:
-            names = os.listdir(self._root)
-        except OSError as exc:
-            raise storage_error("list", self._root, exc) from None
-        return sorted(
-            n for n in names
-            if not n.startswith(".") and n != ROOT_MARKER and os.path.isfile(os.path.join(self._root, n, ROOT_MARKER))
-        )
+            if not stat.S_ISDIR(root.lstat(name).st_mode):
+                return False
+            return stat.S_ISREG(os.stat(f"{name}/{QUEUE_MARKER}", dir_fd=root.fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
 
     def counts(self, queue: str) -> dict[str, int]:
         """How many messages are ready, in work (leased) and dead."""
@@ -467,7 +601,7 @@ class Broker:
         msg, data = self._payload(queue, message, values, headers)
         name = ready_name(msg.priority, msg.published, msg.id)
         try:
-            atomic.publish_file(f"{paths.tmp}/{msg.id}.tmp", f"{paths.ready}/{name}", data, msg.durable,
+            atomic.publish_file(paths.tmp, publish_tmp_name(msg.id), paths.ready, name, data, msg.durable,
                                 values["mode"])
         except StorageError as exc:
             raise self._gone(queue, paths, exc) from None
@@ -500,13 +634,13 @@ class Broker:
         """
         paths, values = self._publish_settings(queue, create, (priority, message_timeout, requeue, requeue_prio,
                                                                  durable, requeue_limit))
-        pending: list[tuple[Message, str, str]] = []  # (message, tmp path, ready name)
+        pending: list[tuple[Message, str, str]] = []  # (message, tmp name, ready name)
         try:
             for body in messages:
                 msg, data = self._payload(queue, body, values, headers)
-                tmp = f"{paths.tmp}/{msg.id}.tmp"
+                tmp = publish_tmp_name(msg.id)
                 try:
-                    atomic.write_private(tmp, data, msg.durable, values["mode"])
+                    atomic.write_private(paths.tmp, tmp, data, msg.durable, values["mode"])
                 except StorageError as exc:
                     raise self._gone(queue, paths, exc) from None
                 pending.append((msg, tmp, ready_name(msg.priority, msg.published, msg.id)))
@@ -514,14 +648,14 @@ class Broker:
                 before_visible([msg for msg, _, _ in pending])
         except BaseException:
             for _, tmp, _ in pending:
-                atomic.discard(tmp)
+                atomic.discard(paths.tmp, tmp)
             raise
         for done, (msg, tmp, name) in enumerate(pending):
             try:
-                atomic.rename_private(tmp, f"{paths.ready}/{name}")
+                atomic.rename_private(paths.tmp, tmp, paths.ready, name)
             except StorageError as exc:
                 for _, rest, _ in pending[done:]:
-                    atomic.discard(rest)
+                    atomic.discard(paths.tmp, rest)
                 raise StorageError(f"{exc} ({done} of {len(pending)} messages were published)",
                                    exc.errno) from None
             self._readied(paths, name)
@@ -530,7 +664,7 @@ class Broker:
         return [msg for msg, _, _ in pending]
 
     def _publish_settings(self, queue: str, create: bool,
-                          overrides: tuple[Any, ...]) -> tuple[QueuePaths, dict[str, Any]]:
+                          overrides: tuple[Any, ...]) -> tuple[QueueDir, dict[str, Any]]:
         """The queue's paths and settings for a publish, with the call's overrides applied."""
         if create:
             self.create_queue(queue, exist_ok=True)
@@ -563,7 +697,7 @@ class Broker:
         return msg, data
 
     # --------------------------------------------------------------- consume
-    def _ready_names(self, queue: str, paths: QueuePaths,
+    def _ready_names(self, queue: str, paths: QueueDir,
                      skip: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
         """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old (see LISTING_MAX_SHARE).
 
@@ -572,14 +706,17 @@ class Broker:
         from the front, and re-read when it runs out or grows old. Names taken by
         other consumers meanwhile simply fail to claim.
         """
-        listing = self._listings.get(paths.dir)
+        listing = self._listings.get(paths.name)
         fresh = False
         while True:
             if listing is None or not listing.names or time.monotonic() - listing.taken > listing.max_age:
                 if fresh and listing is not None and not listing.names:
                     return
                 started = time.monotonic()
-                stamp = _dir_stamp(paths.ready)
+                try:
+                    stamp = _dir_stamp(paths.ready)
+                except StorageError as exc:
+                    raise self._gone(queue, paths, exc) from None
                 if (listing is not None and not listing.names and listing.stamp is not None
                         and listing.stamp == stamp and listing.skip is skip):
                     # Nothing entered or left ready/ since it was last listed:
@@ -593,13 +730,13 @@ class Broker:
                 except StorageError as exc:
                     raise self._gone(queue, paths, exc) from None
                 listing = _Listing([n for n in names if n not in skip] if skip else names, started, stamp, skip)
-                self._listings[paths.dir] = listing
+                self._listings[paths.name] = listing
                 fresh = True
                 if not listing.names:
                     return
             yield listing.pop()
 
-    def _lost_race(self, paths: QueuePaths) -> None:
+    def _lost_race(self, paths: QueueDir) -> None:
         """After another consumer claimed the name we tried: skip 0-3 of the next ones.
 
         Consumers that listed ready/ at the same time pop the same names in
@@ -610,13 +747,13 @@ class Broker:
         loses a race, so its order is untouched. The low bits of the clock
         are random enough to break a lockstep.
         """
-        listing = self._listings.get(paths.dir)
+        listing = self._listings.get(paths.name)
         if listing is not None:
             listing.drop(time.perf_counter_ns() & 3)
 
-    def _readied(self, paths: QueuePaths, name: ReadyName | str) -> None:
+    def _readied(self, paths: QueueDir, name: ReadyName | str) -> None:
         """Tell this process's listing about a message it just put into ready/."""
-        listing = self._listings.get(paths.dir)
+        listing = self._listings.get(paths.name)
         if listing is not None:
             listing.push(str(name))
 
@@ -646,20 +783,19 @@ class Broker:
         for name in self._ready_names(queue, paths, rejected):
             ready = parse_ready(name)
             if ready is None:
-                self._dead_letter(paths, f"{paths.ready}/{name}", "foreign", "file name is not a ddmq message name")
+                self._dead_letter(paths, paths.ready, name, "foreign", "file name is not a ddmq message name")
                 continue
             if match is not None and self._matching(paths.ready, name, match) is None:
                 continue
             seconds = lease if lease is not None else settings["message_timeout"]
             expires, token = self._lease_clock(paths.tmp) + int(seconds * 1e9), new_token()
             work_name = claimed_name(name, expires, token)
-            work_path = f"{paths.work}/{work_name}"
-            if not atomic.move(f"{paths.ready}/{name}", work_path):
+            if not atomic.move(paths.ready, name, paths.work, work_name):
                 self._lost_race(paths)
                 continue
             held = lease_receipt(ready.id, token)
             try:
-                msg = self._load(paths, work_path, ready.id)
+                msg = self._load(paths, paths.work, work_name, ready.id)
                 if msg is None:
                     continue
                 self._fill_state(msg, ready)
@@ -690,14 +826,22 @@ class Broker:
             msg.lease_expires = name.expires
 
     @staticmethod
-    def _read(path: str, expected_id: str | None) -> Message | None:
-        """Read and check one message file: None if it vanished, CorruptMessage if it is not one."""
+    def _read(directory: atomic.Dir, name: str, expected_id: str | None) -> Message | None:
+        """Read and check one message file: None if it vanished, CorruptMessage if it is not one.
+
+        A file this user may not read (published by a member with umask 077
+        into a queue without ``mode``) is Unreadable: it would block the
+        queue for everyone who cannot read it.
+        """
         try:
-            data = atomic.read_file(path, MAX_MESSAGE_BYTES)
+            data = atomic.read_file(directory, name, MAX_MESSAGE_BYTES)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK):
+            if exc.errno in atomic.NOT_A_FILE_ERRNOS:
                 raise CorruptMessage("not a regular file") from None
-            raise storage_error("read", path, exc) from None
+            if exc.errno in (errno.EACCES, errno.EPERM) and not _may_read(directory, name):
+                raise Unreadable("this user may not read it (published with a umask that shut the group out?)") \
+                    from None
+            raise storage_error("read", directory.join(name), exc) from None
         if data is None:
             return None
         if len(data) > MAX_MESSAGE_BYTES:
@@ -707,20 +851,21 @@ class Broker:
             raise CorruptMessage(f"payload id {msg.id!r} does not match the file name")
         return msg
 
-    def _load(self, paths: QueuePaths, path: str, expected_id: str,
+    def _load(self, paths: QueueDir, directory: atomic.Dir, name: str, expected_id: str,
               report: CleanReport | None = None) -> Message | None:
-        """Read a message we hold; a file that is not a valid message is dead-lettered."""
+        """Read a message we hold; a file that is not a valid message is dead-lettered with the reason."""
         try:
-            return self._read(path, expected_id)
+            return self._read(directory, name, expected_id)
         except CorruptMessage as exc:
-            if self._dead_letter(paths, path, "corrupt", str(exc)) and report is not None:
+            reason = "unreadable" if isinstance(exc, Unreadable) else "corrupt"
+            if self._dead_letter(paths, directory, name, reason, str(exc)) and report is not None:
                 report.dead_lettered += 1
             return None
 
-    def _peeked(self, directory: str, name: str, parsed: ReadyName | WorkName | None) -> Message | None:
+    def _peeked(self, directory: atomic.Dir, name: str, parsed: ReadyName | WorkName | None) -> Message | None:
         """Read a message without holding it; unreadable files are skipped, left for its holder."""
         try:
-            msg = self._read(os.path.join(directory, name), parsed.id if parsed else None)
+            msg = self._read(directory, name, parsed.id if parsed else None)
         except CorruptMessage:
             return None
         if msg is not None and parsed is not None:
@@ -735,7 +880,7 @@ class Broker:
             self._rejected = WeakKeyDictionary()
         return self._rejected.setdefault(match, set())
 
-    def _matching(self, directory: str, name: str, match: Match) -> Message | None:
+    def _matching(self, directory: atomic.Dir, name: str, match: Match) -> Message | None:
         """The message in ``directory/name`` if ``match`` accepts it, else None.
 
         Payloads are immutable, so a name once rejected by a predicate is never
@@ -764,7 +909,7 @@ class Broker:
         if state not in (READY, WORK, DEAD):
             raise UsageError(f"state must be one of ready, work, dead; not {state!r}")
         paths = self._queue(queue)
-        directory = f"{paths.dir}/{state}"
+        directory = paths.state(state)
         found: list[Message] = []
         for name in sorted(atomic.listdir(directory)):
             if len(found) >= n:
@@ -778,7 +923,7 @@ class Broker:
         return found
 
     # ------------------------------------------------------------ the lease
-    def _held(self, receipt: Receipt, queue: str | None) -> tuple[QueuePaths, WorkName]:
+    def _held(self, receipt: Receipt, queue: str | None) -> tuple[QueueDir, WorkName]:
         """Where the lease named by ``receipt`` is now, or LeaseLost."""
         if isinstance(receipt, Message):
             if receipt.receipt is None:
@@ -787,7 +932,7 @@ class Broker:
             msg_id, token = parse_receipt(receipt.receipt)
             # Where this consumer last put the lease (recorded by consume and extend).
             held = parse_work(receipt._lease_name) if receipt._lease_name else None
-            if held is not None and os.path.lexists(f"{paths.work}/{receipt._lease_name}"):
+            if held is not None and atomic.exists(paths.work, receipt._lease_name):
                 return paths, held
         else:
             if queue is None:
@@ -807,11 +952,11 @@ class Broker:
         """Done with the message: remove it. LeaseLost if the lease is no longer ours."""
         if isinstance(message, Message) and message.receipt and message._lease_name:
             # Fast path, one unlink: the lease is where this consumer last put it.
-            if atomic.remove(f"{self._paths(queue or message.queue).work}/{message._lease_name}"):
+            if atomic.remove(self._paths(queue or message.queue).work, message._lease_name):
                 message.receipt = message._lease_name = None
                 return
         paths, work = self._held(message, queue)
-        if not atomic.remove(f"{paths.work}/{work}"):
+        if not atomic.remove(paths.work, str(work)):
             raise LeaseLost(f"message {work.id} was taken back before it could be acked")
         if isinstance(message, Message):
             message.receipt = message._lease_name = None
@@ -822,7 +967,7 @@ class Broker:
         Returns where it went: ``"ready"`` or ``"dead"``.
         """
         paths, work = self._held(message, queue)
-        msg = message if isinstance(message, Message) else self._load(paths, f"{paths.work}/{work}", work.id)
+        msg = message if isinstance(message, Message) else self._load(paths, paths.work, str(work), work.id)
         if msg is None:
             return DEAD
         where = self._retire(paths, work, msg, requeue, "rejected")
@@ -841,7 +986,7 @@ class Broker:
         """
         paths, work = self._held(message, queue)
         ready = ReadyName(work.priority, work.published, work.id, work.requeues)
-        if not atomic.move(f"{paths.work}/{work}", f"{paths.ready}/{ready}"):
+        if not atomic.move(paths.work, str(work), paths.ready, str(ready)):
             raise LeaseLost(f"message {work.id} was taken back before it could be released")
         self._readied(paths, ready)
         if isinstance(message, Message):
@@ -859,14 +1004,14 @@ class Broker:
                        else self._queue_values(paths)["message_timeout"])
         _check_seconds(seconds, "seconds")
         renewed = work.extended(self._lease_clock(paths.tmp) + int(seconds * 1e9))
-        if not atomic.move(f"{paths.work}/{work}", f"{paths.work}/{renewed}"):
+        if not atomic.move(paths.work, str(work), paths.work, str(renewed)):
             raise LeaseLost(f"message {work.id} was taken back before its lease could be extended")
         if isinstance(message, Message):
             message.lease_expires = renewed.expires
             message._lease_name = str(renewed)
         return renewed.expires
 
-    def _retire(self, paths: QueuePaths, work: WorkName, msg: Message, requeue: bool, reason: str) -> str | None:
+    def _retire(self, paths: QueueDir, work: WorkName, msg: Message, requeue: bool, reason: str) -> str | None:
         """Requeue a message we hold, or dead-letter it if it may not be requeued.
 
         One rename either way; None if another client moved it first.
@@ -874,42 +1019,39 @@ class Broker:
         if requeue and msg.requeue:
             if msg.requeue_limit is None or work.requeues < msg.requeue_limit:
                 requeued = work.requeued(msg.requeue_prio)
-                if not atomic.move(f"{paths.work}/{work}", f"{paths.ready}/{requeued}"):
+                if not atomic.move(paths.work, str(work), paths.ready, str(requeued)):
                     return None
                 self._readied(paths, requeued)
                 return READY
             reason = "requeue-limit"
-        moved = self._dead_letter(paths, f"{paths.work}/{work}", reason,
+        moved = self._dead_letter(paths, paths.work, str(work), reason,
                                   f"requeued {work.requeues} times" if reason == "requeue-limit" else "")
         return DEAD if moved else None
 
-    def _dead_letter(self, paths: QueuePaths, path: str, reason: str, detail: str) -> bool:
-        """Move ``path`` to dead/ with the reason in its name, then record details beside it.
+    def _dead_letter(self, paths: QueueDir, directory: atomic.Dir, name: str, reason: str, detail: str) -> bool:
+        """Move ``name`` in ``directory`` to dead/ with the reason in its name, then record details beside it.
 
         The rename is the atomic step; the ``.reason`` file is written after it
         and is best effort (a crash in between leaves the reason code in the name).
         """
-        directory, name = os.path.split(path)
         original = name + ("_" if name.endswith(REASON_SUFFIX) else "")
         dead = dead_name(reason, original, time.time_ns())
-        target = f"{paths.dead}/{dead}"
-        if not atomic.move(path, target):
+        if not atomic.move(directory, name, paths.dead, dead):
             return False
         record = {
-            "reason": reason, "detail": detail, "from": f"{os.path.basename(directory)}/{name}",
+            "reason": reason, "detail": detail, "from": f"{os.path.basename(directory.path)}/{name}",
             "time": time.time(), "host": _HOST, "pid": _PID,
         }
-        tmp = f"{paths.tmp}/{dead[:40]}.{new_token()}.tmp"
         try:
             mode = self._queue_values(paths)["mode"]
-            atomic.publish_file(tmp, target + REASON_SUFFIX,
+            atomic.publish_file(paths.tmp, reason_tmp_name(dead), paths.dead, dead + REASON_SUFFIX,
                                 json.dumps(record, sort_keys=True).encode(), durable=False, mode=mode)
         except DdmqError:
             pass
         return True
 
     # ----------------------------------------------------------------- clock
-    def _lease_clock(self, probe_dir: StrPath) -> int:
+    def _lease_clock(self, probe_dir: atomic.Dir) -> int:
         """Now, in ns, for lease expiries: the local clock unless it is off from the file server's.
 
         Leases are written by one host and judged by others. A node whose
@@ -925,17 +1067,17 @@ class Broker:
         return time.time_ns() + self._clock_offset
 
     @staticmethod
-    def _server_offset(probe_dir: StrPath) -> int:
+    def _server_offset(probe_dir: atomic.Dir) -> int:
         """File server's clock minus ours (ns), from the mtime it gives a new file; 0 if within tolerance.
 
         A file's mtime at creation is stamped by the server on NFS, Lustre,
         GPFS and sshfs. If the probe cannot be made (read-only, full), the
         local clock is used: a lease decision must not fail for want of it.
         """
-        probe = os.path.join(probe_dir, f".clock.{new_token()}")
+        probe = clock_probe_name()
         before = time.time_ns()
         try:
-            fd = os.open(probe, atomic.OPEN_FLAGS, 0o600)
+            fd = os.open(probe, atomic.OPEN_FLAGS, 0o600, dir_fd=probe_dir.fd)
         except OSError:
             return 0
         try:
@@ -947,7 +1089,7 @@ class Broker:
                 os.close(fd)
             except OSError:
                 pass  # nothing was written through it
-            atomic.discard(probe)
+            atomic.discard(probe_dir, probe)
         offset = stamped - (before + time.time_ns()) // 2
         if abs(offset) <= CLOCK_TOLERANCE * 1e9:
             return 0
@@ -965,17 +1107,20 @@ class Broker:
         directory = paths.dead if dead else paths.ready
         removed = 0
         for name in atomic.listdir(directory):
-            path = os.path.join(directory, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                atomic.remove_tree(path)  # a dead-lettered foreign directory
+            try:
+                is_dir = stat.S_ISDIR(directory.lstat(name).st_mode)
+            except OSError:
+                continue  # gone meanwhile
+            if is_dir:
+                atomic.remove_tree(directory, name)  # a dead-lettered foreign directory: never left by a link
                 removed += 1
-            elif atomic.remove(path) and not name.endswith(REASON_SUFFIX):
+            elif atomic.remove(directory, name) and not name.endswith(REASON_SUFFIX):
                 removed += 1
-        self._listings.pop(paths.dir, None)
+        self._listings.pop(paths.name, None)
         return removed
 
     # ----------------------------------------------------------- housekeeping
-    def _maybe_clean(self, paths: QueuePaths, settings: dict[str, Any]) -> None:
+    def _maybe_clean(self, paths: QueueDir, settings: dict[str, Any]) -> None:
         """Clean the queue if nobody has in the last ``clean_interval`` seconds.
 
         The stamp's mtime is set by the file server, so every client on every
@@ -983,10 +1128,10 @@ class Broker:
         """
         interval = settings["clean_interval"]
         now = time.monotonic()
-        if now < self._clean_due.get(paths.dir, 0.0):
+        if now < self._clean_due.get(paths.name, 0.0):
             return
         try:
-            age = (self._lease_clock(paths.tmp) - os.stat(paths.clean_stamp).st_mtime_ns) / 1e9
+            age = (self._lease_clock(paths.tmp) - paths.dir.lstat(CLEAN_STAMP).st_mtime_ns) / 1e9
         except FileNotFoundError:
             age = float("inf")
         except OSError as exc:
@@ -998,7 +1143,7 @@ class Broker:
         # due before ``interval - age`` from now: no need to stat it until then
         # (but at least once a minute, so a shorter clean_interval set in
         # ddmq.yaml is seen soon).
-        self._clean_due[paths.dir] = now + min(interval - age, interval, 60.0)
+        self._clean_due[paths.name] = now + min(interval - age, interval, 60.0)
 
     def clean(self, queue: str | None = None) -> CleanReport:
         """Housekeeping now, for one queue or all.
@@ -1009,15 +1154,15 @@ class Broker:
         """
         report = CleanReport()
         if queue is None:
-            self._remove_abandoned(self._root, self._lease_clock(self._root), ".create.", ".delete.",
-                                   ".clock.", f".{ROOT_MARKER}.")
+            root = self._rootdir
+            self._remove_abandoned(root, self._lease_clock(root), abandoned_in_root)
             for name in self.list_queues():
                 report.add(self._clean_queue(self._paths(name), scan_ready=True))
         else:
             report.add(self._clean_queue(self._queue(queue), scan_ready=True))
         return report
 
-    def _clean_queue(self, paths: QueuePaths, scan_ready: bool) -> CleanReport:
+    def _clean_queue(self, paths: QueueDir, scan_ready: bool) -> CleanReport:
         """One housekeeping pass; see :meth:`clean`.
 
         Consumers pass ``scan_ready=False``: listing a ready/ of 100 000
@@ -1029,15 +1174,15 @@ class Broker:
         # creation, and replacing it needs only write access to the directory,
         # not ownership of the old stamp (which another user may have made).
         mode = self._queue_values(paths)["mode"]
-        atomic.publish_file(f"{paths.tmp}/.stamp.{new_token()}", paths.clean_stamp, b"", durable=False, mode=mode)
+        atomic.publish_file(paths.tmp, stamp_tmp_name(), paths.dir, CLEAN_STAMP, b"", durable=False, mode=mode)
         now = self._lease_clock(paths.tmp)
         for name in atomic.listdir(paths.work):
             work = parse_work(name)
             if work is None:
-                report.dead_lettered += self._dead_letter(paths, f"{paths.work}/{name}", "foreign",
+                report.dead_lettered += self._dead_letter(paths, paths.work, name, "foreign",
                                                           "file name is not a ddmq lease name")
             elif work.expires <= now:
-                msg = self._load(paths, f"{paths.work}/{name}", work.id, report)
+                msg = self._load(paths, paths.work, name, work.id, report)
                 if msg is None:
                     continue
                 where = self._retire(paths, work, msg, True, "expired")
@@ -1045,39 +1190,45 @@ class Broker:
                 report.dead_lettered += where == DEAD
         for name in atomic.listdir(paths.ready) if scan_ready else ():
             if parse_ready(name) is None:
-                report.dead_lettered += self._dead_letter(paths, f"{paths.ready}/{name}", "foreign",
+                report.dead_lettered += self._dead_letter(paths, paths.ready, name, "foreign",
                                                           "file name is not a ddmq message name")
-        report.temp_removed += self._remove_abandoned(paths.tmp, now, "")
+        report.temp_removed += self._remove_abandoned(paths.tmp, now, _in_tmp)
         return report
 
-    def _remove_abandoned(self, directory: StrPath, now_ns: int, *prefixes: str) -> int:
-        """Remove entries starting with one of ``prefixes`` untouched for ABANDONED_AFTER seconds.
+    def _remove_abandoned(self, directory: atomic.Dir, now_ns: int,
+                          kind: Callable[[str], tuple[bool, bool]]) -> int:
+        """Remove ddmq's own private entries untouched for ABANDONED_AFTER seconds.
 
-        ``now_ns`` is on the server's clock (see _lease_clock), so a client
-        whose clock runs ahead cannot remove a file another client is still writing.
+        ``kind(name)`` says whether a name is one this protocol makes there
+        (layout's grammar) and whether it is a directory ddmq made: nothing
+        else is removed, and no other directory is entered, whatever a
+        member of the group left there. ``now_ns`` is on the server's clock
+        (see _lease_clock), so a client whose clock runs ahead cannot remove
+        a file another client is still writing.
         """
         removed = 0
         cutoff = now_ns / 1e9 - ABANDONED_AFTER
-        try:
-            names = os.listdir(directory)
-        except OSError as exc:
-            raise storage_error("list", directory, exc) from None
-        for name in names:
-            if not name.startswith(prefixes):
+        for name in atomic.list_all(directory):
+            ours, made_dir = kind(name)
+            if not ours:
                 continue
-            path = os.path.join(directory, name)
             try:
-                st = os.lstat(path)
+                st = directory.lstat(name)
             except OSError:
                 continue
             if st.st_mtime >= cutoff:
                 continue
-            if stat.S_ISDIR(st.st_mode):  # not os.path.isdir: a failing stat would make it "a file"
-                atomic.remove_tree(path)
-                removed += 1
+            if stat.S_ISDIR(st.st_mode):
+                if made_dir:
+                    atomic.remove_tree(directory, name)
+                    removed += 1
             else:
-                removed += atomic.remove(path)
+                removed += atomic.remove(directory, name)
         return removed
+
+
+def _in_tmp(name: str) -> tuple[bool, bool]:
+    return abandoned_in_tmp(name), False
 
 
 # The seed's spelling: ``broker(root, create=True)``.

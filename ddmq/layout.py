@@ -50,7 +50,7 @@ _WORK_FORMAT = f"%0{_PRIO_WIDTH}d.%0{_TIME_WIDTH}d.%s.%d.%0{_TIME_WIDTH}d.%s.msg
 _CLAIM_FORMAT = f"%s.%0{_TIME_WIDTH}d.%s.msg"  # a ready name without ".msg", then the lease
 _RECEIPT = rf"(?P<id>{_ID})\.(?P<token>{_TOKEN})\Z"
 _MESSAGE_ID = rf"{_ID}\Z"
-DEAD_REASONS = ("requeue-limit", "expired", "rejected", "corrupt", "foreign")
+DEAD_REASONS = ("requeue-limit", "expired", "rejected", "corrupt", "unreadable", "foreign")
 
 
 @functools.lru_cache(maxsize=None)
@@ -251,20 +251,56 @@ def dead_name(reason: str, original: str, now_ns: int) -> str:
     return f"{now_ns:0{_TIME_WIDTH}d}.{os.urandom(3).hex()}.{reason}.{original[:160]}"
 
 
-class QueuePaths:
-    """The directories of one queue, built once, as plain strings.
+# ------------------------------------------------------ private names
+# Every name ddmq writes besides messages, built here and recognised here, so
+# that housekeeping removes only what this grammar produced.
+_TMP_PUBLISH = rf"{_ID}\.tmp\Z"  # tmp/ID.tmp: a payload being published
+_TMP_STAMP = rf"\.stamp\.{_TOKEN}\Z"  # tmp/.stamp.TOKEN: the next clean.stamp
+_TMP_CLOCK = rf"\.clock\.{_TOKEN}\Z"  # tmp/ or ROOT/.clock.TOKEN: the clock probe
+# a .reason being written: the dead name's first 40 characters (see reason_tmp_name), a token
+_TMP_REASON = rf"\d{{{_TIME_WIDTH}}}\.[0-9a-f]{{6}}\.[^/]{{1,12}}\.{_TOKEN}\.tmp\Z"
+_ROOT_STAGING = rf"\.(?:create|delete)\.{_TOKEN}\.[A-Za-z0-9_.-]{{1,{MAX_QUEUE_NAME}}}\Z"  # queue being made/removed
+_ROOT_MARKER_TMP = rf"\.ddmq\.yaml\.{_TOKEN}\Z"  # the root marker being written
 
-    Paths on the per-message path are ``str``, joined with f-strings: pathlib's
-    parsing and joining cost more than the system calls they name.
-    """
 
-    __slots__ = ("dir", "settings", "ready", "work", "dead", "tmp", "clean_stamp")
+def publish_tmp_name(message_id: str) -> str:
+    return f"{message_id}.tmp"
 
-    def __init__(self, directory: str):
-        self.dir = directory
-        self.settings = f"{directory}/{QUEUE_MARKER}"
-        self.ready = f"{directory}/{READY}"
-        self.work = f"{directory}/{WORK}"
-        self.dead = f"{directory}/{DEAD}"
-        self.tmp = f"{directory}/{TMP}"
-        self.clean_stamp = f"{directory}/{CLEAN_STAMP}"
+
+def stamp_tmp_name() -> str:
+    return f".stamp.{new_token()}"
+
+
+def clock_probe_name() -> str:
+    return f".clock.{new_token()}"
+
+
+def reason_tmp_name(dead: str) -> str:
+    """The private name of a dead letter's ``.reason`` file while it is written."""
+    return f"{dead[:40]}.{new_token()}.tmp"
+
+
+def staging_name(queue: str) -> str:
+    """A queue being created: built under this hidden name, then renamed into place."""
+    return f".create.{new_token()}.{queue}"
+
+
+def doomed_name(queue: str) -> str:
+    """A queue being deleted: renamed to this hidden name, then removed."""
+    return f".delete.{new_token()}.{queue}"
+
+
+def marker_tmp_name() -> str:
+    return f".{ROOT_MARKER}.{new_token()}"
+
+
+def abandoned_in_tmp(name: str) -> bool:
+    """Whether ``name`` in a queue's tmp/ is one of ddmq's private files (removed once abandoned)."""
+    return any(compiled(p).match(name) for p in (_TMP_PUBLISH, _TMP_STAMP, _TMP_CLOCK, _TMP_REASON))
+
+
+def abandoned_in_root(name: str) -> tuple[bool, bool]:
+    """(ddmq's, a directory ddmq made) for a hidden name in the root: what clean may remove."""
+    if compiled(_ROOT_STAGING).match(name):
+        return True, True
+    return bool(compiled(_ROOT_MARKER_TMP).match(name) or compiled(_TMP_CLOCK).match(name)), False

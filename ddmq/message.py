@@ -34,6 +34,10 @@ class CorruptMessage(ValueError):
     """A payload file that is not a ddmq message; the text says what is wrong."""
 
 
+class Unreadable(CorruptMessage):
+    """A message file this user is not allowed to read."""
+
+
 _FIELDS = ("id", "queue", "message", "priority", "published", "message_timeout", "requeue", "requeue_prio",
            "requeue_limit", "durable", "host", "pid", "headers", "requeues", "receipt", "lease_expires")
 

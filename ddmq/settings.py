@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from .atomic import NOT_A_FILE_ERRNOS, read_file
 from .errors import SettingsError, storage_error
 from .layout import MAX_PRIORITY
 
@@ -19,12 +20,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
 
-    from .atomic import StrPath
+    from .atomic import Dir
 
 
 # Longest lease or interval: lease expiries must fit the fixed-width time field
 # of a file name, and nobody means a lease of more than a few years.
 MAX_SECONDS = 1e9
+# A settings file is a few lines; anything larger was not written for ddmq.
+MAX_SETTINGS_BYTES = 64 << 10
 # Shortest lease: one of a nanosecond would expire before its rename returned.
 MIN_SECONDS = 0.001
 
@@ -90,11 +93,11 @@ def validate(values: Mapping[str, Any], source: str,
     for key, value in values.items():
         if key not in SCHEMA:
             known = ", ".join(SCHEMA)
-            raise error(f"{source}: unknown setting {key!r} (known: {known})")
+            raise error(f"{source}: unknown setting {_shown(key)} (known: {known})")
         _, check, expected = SCHEMA[key]
         converted = _CONVERT.get(key, lambda v: v)(value)
         if not check(converted):
-            raise error(f"{source}: setting {key!r} must be {expected}, not {value!r}")
+            raise error(f"{source}: setting {key!r} must be {expected}, not {_shown(value)}")
         result[key] = converted
     return result
 
@@ -103,30 +106,72 @@ def _has_content(text: str) -> bool:
     return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
 
 
-def load_file(path: StrPath) -> dict[str, Any]:
-    """Read and validate one settings file; a missing or empty file means no overrides."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return {}
-    except UnicodeDecodeError:
-        raise SettingsError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise storage_error("read", path, exc) from None
-    if not _has_content(text):
-        return {}
-    import yaml  # deferred: see module docstring
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: a settings file is written by anyone in the group."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
+
+_loader: Any = None
+
+
+def _yaml_loader() -> Any:
+    """YAML's safe loader without aliases: ``*name`` is refused.
+
+    No setting needs an alias, and a few hundred bytes of nested aliases (a
+    "billion laughs") expand to gigabytes in a safe loader too.
+    """
+    global _loader
+    if _loader is None:
+        import yaml  # deferred: see module docstring
+
+        class NoAliasLoader(yaml.SafeLoader):
+            def compose_node(self, parent: Any, index: Any) -> Any:
+                if self.check_event(yaml.AliasEvent):
+                    raise yaml.composer.ComposerError(
+                        None, None, "aliases (*name) are not allowed in ddmq settings", self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+
+        _loader = NoAliasLoader
+    return _loader
+
+
+def load_file(directory: Dir, name: str) -> dict[str, Any]:
+    """Read and validate one settings file; a missing or empty file means no overrides.
+
+    Read like a message: without following a link, without blocking on a
+    FIFO, and at most MAX_SETTINGS_BYTES of it.
+    """
+    path = directory.join(name)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+        data = read_file(directory, name, MAX_SETTINGS_BYTES)
+    except OSError as exc:
+        if exc.errno in NOT_A_FILE_ERRNOS:
+            raise SettingsError(f"{path}: not a regular file (a link, FIFO or device is in its place)") from None
+        raise storage_error("read", path, exc) from None
     if data is None:
         return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
-    return validate(data, str(path))
+    if len(data) > MAX_SETTINGS_BYTES:
+        raise SettingsError(f"{path}: larger than {MAX_SETTINGS_BYTES // 1024} KiB; not a ddmq settings file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not UTF-8 text") from None
+    if not _has_content(text):
+        return {}
+    import yaml
+
+    try:
+        loaded = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader, without aliases
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    except RecursionError:
+        raise SettingsError(f"{path}: nested too deeply") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: expected a mapping of setting: value, got {type(loaded).__name__}")
+    return validate(loaded, path)
 
 
 def dump(values: Mapping[str, Any]) -> str:
@@ -146,15 +191,17 @@ class SettingsCache:
     """Merged settings per file chain, re-read only when a file's stat changes.
 
     A long-running consumer must see edits to ``ddmq.yaml``; a stat per use is
-    cheap, a YAML parse per message is not.
+    cheap, a YAML parse per message is not. Files are named by an open
+    directory and a name in it (see :class:`ddmq.atomic.Dir`).
     """
 
     def __init__(self) -> None:
-        self._files: dict[StrPath, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
+        self._files: dict[str, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
 
-    def _file(self, path: StrPath, required: bool = False) -> dict[str, Any]:
+    def _file(self, directory: Dir, name: str, required: bool = False) -> dict[str, Any]:
+        path = directory.join(name)
         try:
-            st = os.stat(path)
+            st = directory.lstat(name)
             key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except (FileNotFoundError, NotADirectoryError) as exc:
             if required:
@@ -167,11 +214,11 @@ class SettingsCache:
         cached = self._files.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
-        values = {} if key is None else load_file(path)
+        values = {} if key is None else load_file(directory, name)
         self._files[path] = (key, values)
         return values
 
-    def merged(self, *paths: StrPath, required: bool = False) -> dict[str, Any]:
+    def merged(self, *files: tuple[Dir, str], required: bool = False) -> dict[str, Any]:
         """Defaults overridden by each file in turn.
 
         With ``required``, a missing last file raises FileNotFoundError (or
@@ -179,7 +226,7 @@ class SettingsCache:
         settings file is its marker.
         """
         result = dict(DEFAULTS)
-        last = len(paths) - 1
-        for i, path in enumerate(paths):
-            result.update(self._file(path, required and i == last))
+        last = len(files) - 1
+        for i, (directory, name) in enumerate(files):
+            result.update(self._file(directory, name, required and i == last))
         return result

@@ -152,9 +152,19 @@ class Injector:
     def _under(self, path: str | None) -> bool:
         return path is not None and (path == self.root or path.startswith(self.root + os.sep))
 
+    def _opened(self, fd: int) -> tuple[str, int] | None:
+        """(path, flags) of a descriptor: from its open if seen, else (opened before) from /proc."""
+        opened = self._fds.get(fd)
+        if opened is None:
+            try:
+                opened = (os.readlink(f"/proc/self/fd/{fd}"), 0)
+            except OSError:
+                return None
+        return opened
+
     def _resolve(self, path: Any, dir_fd: int | None = None) -> str | None:
         if isinstance(path, int):
-            opened = self._fds.get(path)
+            opened = self._opened(path)
             return opened[0] if opened else None
         try:
             p = os.fsdecode(os.fspath(path))
@@ -162,7 +172,7 @@ class Injector:
             return None
         if not os.path.isabs(p):
             if dir_fd is not None:
-                opened = self._fds.get(dir_fd)
+                opened = self._opened(dir_fd)
                 if opened is None:
                     return None
                 base = opened[0]
@@ -173,7 +183,7 @@ class Injector:
 
     def _describe(self, prim: str, args: tuple, kwargs: dict) -> Call | None:
         if prim in ("read", "write", "fsync", "close", "fchmod", "fstat", "ftruncate"):
-            opened = self._fds.get(args[0]) if args else None
+            opened = self._opened(args[0]) if args else None
             return Call(prim, opened[0], flags=opened[1]) if opened else None
         if prim in ("listdir", "scandir"):
             target = args[0] if args else kwargs.get("path", ".")

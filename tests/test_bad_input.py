@@ -101,22 +101,38 @@ def fail_os(mocker, name: str, err: int, when=lambda *args: True):
     real = getattr(os, name)
 
     def fake(*args, **kwargs):
-        if when(*args):
+        if when(*args, **kwargs):
             raise OSError(err, os.strerror(err))
         return real(*args, **kwargs)
 
     return mocker.patch.object(os, name, side_effect=fake)
 
 
+def _full_path(path, dir_fd=None) -> str | None:
+    """The path a call names: ddmq works relative to open directories (``dir_fd``, ``src_dir_fd``)."""
+    if isinstance(path, int):
+        return os.readlink(f"/proc/self/fd/{path}")
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = os.fspath(path)
+    if dir_fd is not None and not os.path.isabs(path):
+        return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+    return path
+
+
 def under(root: Path):
-    prefix = os.fspath(root)
-    return lambda path, *rest: isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(prefix)
+    prefix = os.path.realpath(root)
+
+    def inside(path, *rest, **kwargs):
+        full = _full_path(path, kwargs.get("dir_fd", kwargs.get("src_dir_fd")))
+        return full is not None and os.path.realpath(full).startswith(prefix)
+    return inside
 
 
 def creating_under(root: Path):
     """os.open calls that would create a file under ``root`` (reads and directory opens go through)."""
     inside = under(root)
-    return lambda path, flags=0, *rest: inside(path) and bool(flags & os.O_CREAT)
+    return lambda path, flags=0, *rest, **kwargs: inside(path, **kwargs) and bool(flags & os.O_CREAT)
 
 
 def _runner() -> CliRunner:

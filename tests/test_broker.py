@@ -11,7 +11,7 @@ import pytest
 import ddmq
 from ddmq import atomic
 from ddmq import Broker, broker
-from ddmq.layout import parse_work
+from ddmq.layout import new_message_id, parse_work
 from ddmq.errors import (
     ForeignFiles, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound, SettingsError,
     UsageError,
@@ -321,12 +321,26 @@ def test_purge(b: Broker) -> None:
 
 def test_clean_removes_only_old_temp_files(b: Broker, root: Path) -> None:
     b.create_queue("q")
-    old, new = root / "q" / "tmp" / "old.tmp", root / "q" / "tmp" / "new.tmp"
+    tmp = root / "q" / "tmp"
+    old, new = tmp / f"{new_message_id()}.tmp", tmp / f"{new_message_id()}.tmp"
     old.write_text("half")
     new.write_text("half")
     os.utime(old, (time.time() - 7200,) * 2)
     assert b.clean().temp_removed == 1
     assert not old.exists() and new.exists()
+
+
+def test_clean_removes_only_names_ddmq_makes(b: Broker, root: Path) -> None:
+    # A member's own file in tmp/, and a directory: not ddmq's, so not clean's to remove.
+    b.create_queue("q")
+    tmp = root / "q" / "tmp"
+    (tmp / "notes.txt").write_text("mine")
+    (tmp / "sub").mkdir()
+    (tmp / "sub" / "f").write_text("mine")
+    for path in (tmp / "notes.txt", tmp / "sub" / "f", tmp / "sub"):
+        os.utime(path, (time.time() - 7200,) * 2)
+    assert b.clean().temp_removed == 0
+    assert (tmp / "notes.txt").read_text() == "mine" and (tmp / "sub" / "f").read_text() == "mine"
 
 
 def test_settings_layering(b: Broker, root: Path) -> None:
@@ -420,7 +434,7 @@ def test_idle_waiter_stats_ready_instead_of_listing_it(b: Broker, root: Path, mo
     listings = mocker.spy(atomic, "listdir")
     for _ in range(3):
         assert waiter.consume("q", match=never) == []
-    assert [c.args[0] for c in listings.call_args_list if c.args[0].endswith("ready")] == []
+    assert [c.args[0] for c in listings.call_args_list if c.args[0].path.endswith("ready")] == []
     # Anything entering ready/ changes its mtime: the next poll lists again and finds it.
     b.publish("q", {"job": "wanted"})
     assert [m.message for m in waiter.consume("q", match=lambda m: m.message["job"] == "wanted")] == [
@@ -436,7 +450,7 @@ def test_recently_changed_ready_is_listed_on_every_poll(b: Broker, root: Path, m
     assert b.consume("q", match=never) == []
     listings = mocker.spy(atomic, "listdir")
     assert b.consume("q", match=never) == [] and b.consume("q", match=never) == []
-    assert len([c for c in listings.call_args_list if c.args[0].endswith("ready")]) == 2
+    assert len([c for c in listings.call_args_list if c.args[0].path.endswith("ready")]) == 2
 
 
 def test_a_listing_filtered_for_one_predicate_is_not_trusted_for_another(b: Broker, root: Path) -> None:

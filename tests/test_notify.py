@@ -412,10 +412,10 @@ def test_publishing_to_an_existing_queue_needs_no_yaml(notify_script, tmp_path):
 
 
 # ------------------------------------------------ transient errors, in-process
-def _failing(real, errno_: int, times: int | None, calls: list, only=lambda *a: True):
+def _failing(real, errno_: int, times: int | None, calls: list, only=lambda *a, **k: True):
     """A stand-in for ``real`` that raises OSError(errno_) the first ``times`` matching calls (None: always)."""
     def fake(*args, **kwargs):
-        if only(*args):
+        if only(*args, **kwargs):
             calls.append(args)
             if times is None or len(calls) <= times:
                 raise OSError(errno_, os.strerror(errno_))
@@ -423,9 +423,12 @@ def _failing(real, errno_: int, times: int | None, calls: list, only=lambda *a: 
     return fake
 
 
-def _into_queue(*args) -> bool:
-    """The private file a publish writes: QUEUE/tmp/ID.tmp."""
+def _into_queue(*args, **kwargs) -> bool:
+    """The private file a publish writes: QUEUE/tmp/ID.tmp (named relative to the open tmp/)."""
     path = Path(os.fspath(args[0]))
+    dir_fd = kwargs.get("dir_fd", kwargs.get("src_dir_fd"))
+    if dir_fd is not None and not path.is_absolute():
+        path = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) / path
     return path.parent.name == "tmp" and path.name.endswith(".tmp")
 
 
