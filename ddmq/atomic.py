@@ -36,7 +36,7 @@ OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # What a planted symlink, FIFO, device or directory in the place of a file gives at open.
-NOT_A_FILE_ERRNOS = {errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK, errno.ENOTDIR}
+NOT_A_FILE_ERRNOS = {errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK, errno.ENOTDIR, errno.EAGAIN}
 
 
 class Dir:
@@ -307,8 +307,10 @@ def read_file(directory: Dir, name: str, limit: int) -> bytes | None:
     """Read a regular file without following symlinks or blocking; None if it vanished.
 
     Raises OSError for anything else (the caller decides whether the file is
-    corrupt or the storage failed): ELOOP for a link, ENXIO/EISDIR for what is
-    not a regular file (a FIFO opens without blocking, then is refused here).
+    corrupt or the storage failed): ELOOP for a link, EISDIR for a directory,
+    EAGAIN for a FIFO someone holds open for writing (one nobody writes to
+    reads as empty). No fstat to tell them apart first: that would be one more
+    system call per message, and each of these already fails as a message.
     Reads at most ``limit`` + 1 bytes so a huge foreign file cannot exhaust memory.
     """
     try:
@@ -316,8 +318,6 @@ def read_file(directory: Dir, name: str, limit: int) -> bytes | None:
     except FileNotFoundError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.ENXIO, "not a regular file", directory.join(name))
         chunks = []
         remaining = limit + 1
         # Start small and grow: os.read allocates its whole buffer before the

@@ -8,7 +8,7 @@ job and their start-up time matters.
 """
 from __future__ import annotations
 
-import os
+import stat
 
 from .atomic import NOT_A_FILE_ERRNOS, read_file
 from .errors import SettingsError, storage_error
@@ -202,6 +202,8 @@ class SettingsCache:
         path = directory.join(name)
         try:
             st = directory.lstat(name)
+            if not stat.S_ISREG(st.st_mode):
+                raise SettingsError(f"{path}: not a regular file (a link, FIFO or device is in its place)")
             key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except (FileNotFoundError, NotADirectoryError) as exc:
             if required:
