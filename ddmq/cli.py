@@ -10,6 +10,8 @@ runs it without importing click.
 """
 from __future__ import annotations
 
+import errno
+import inspect
 import json
 import sys
 from typing import Any, Callable
@@ -21,30 +23,60 @@ from .broker import Broker
 from .errors import DdmqError, UsageError
 from .layout import check_queue_name
 from .ops import (
-    FORMATS, OPERATIONS, Empty, consume_command, failed, plain_bodies, plain_table, publish_command, render,
-    split,
+    FORMATS, OPERATIONS, Empty, OutputFailed, broken_pipe, consume_command, failed, plain_bodies, plain_table,
+    publish_command, read_stdin, render, split,
 )
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  success
-  1  failure (storage error, bad settings file, foreign files, ...)
-  2  usage error (bad option, invalid queue name or receipt)
-  3  nothing to consume or peek: the queue is empty
-  4  root, queue or message not found
-  5  lease lost: the message was requeued or acked by someone else
+  0    success
+  1    failure (storage error, bad settings file, foreign files, output
+       that could not be written: consume gives back what it did not print,
+       publish publishes nothing)
+  2    usage error (bad option, invalid queue name or receipt)
+  3    nothing to consume or peek: the queue is empty
+  4    root, queue or message not found
+  5    lease lost: the message was requeued or acked by someone else
+  141  the reader of the output went away (broken pipe); nothing is said
 """
 
 
 # ------------------------------------------------------------------- click glue
+class _Command(click.Command):
+    """A subcommand whose help cannot end in a traceback when stdout will not take it."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except OSError as exc:  # only --help writes while the command line is parsed
+            raise click.exceptions.Exit(failed(OutputFailed(exc))) from None
+
+
 class _Group(click.Group):
-    """Turns DdmqError (or Ctrl-C) into one line on stderr and its exit code."""
+    """Turns DdmqError (or Ctrl-C) into one line on stderr and its exit code.
+
+    A broken pipe exits 141 quietly, on the fast path (:mod:`ddmq.entry`) and
+    here alike, instead of click's exit 1.
+    """
+
+    command_class = _Command
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except OSError as exc:  # --help or --version could not be written
+            raise click.exceptions.Exit(failed(OutputFailed(exc))) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except (DdmqError, KeyboardInterrupt) as exc:
-            ctx.exit(failed(exc))
+            try:
+                return super().invoke(ctx)
+            except (DdmqError, KeyboardInterrupt) as exc:
+                ctx.exit(failed(exc))
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            ctx.exit(broken_pipe())
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -160,7 +192,8 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
             headers: tuple[str, ...], create: bool, **settings: Any) -> None:
     """Publish MESSAGES to QUEUE (read one message from stdin if none or '-').
 
-    Prints the id of each message published.
+    Prints the id of each message published, before they become visible: if
+    the ids cannot be printed, nothing is published.
     """
     root, fmt = _context(root, fmt)
     publish_command(root, fmt, queue, messages, as_json, headers, create, **settings)
@@ -176,8 +209,11 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
 def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: float | None, no_ack: bool) -> None:
     """Claim, print and ack up to N messages from QUEUE, best priority first.
 
-    Plain output prints each body on a line; json/yaml print whole messages,
-    including the receipt needed by ack/nack/extend. Exit 3 if the queue is empty.
+    Output before ack: a message is acked only once it is printed and flushed;
+    if output fails (a closed pipe, a full disk), those not printed go back to
+    the queue. Plain output prints each body on a line; json/yaml print whole
+    messages, including the receipt needed by ack/nack/extend (with --no-ack).
+    Exit 3 if the queue is empty.
     """
     root, fmt = _context(root, fmt)
     consume_command(root, fmt, queue, count, lease, no_ack)
@@ -262,9 +298,9 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
       ddmq json '{"cmd": "publish", "queue": "q", "message": "hi"}'
     Keys are the command's arguments as in the Python API (queues, message,
     n, lease, ack, receipts, requeue, priority, ...). Prints the result as JSON
-    unless --format says otherwise.
+    unless --format says otherwise; consume acks only what it printed.
     """
-    text = sys.stdin.read() if command == "-" else command
+    text = read_stdin("the command") if command == "-" else command
     try:
         request = json.loads(text)
     except ValueError as exc:
@@ -274,18 +310,28 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     name = request.pop("cmd")
     if name not in OPERATIONS:
         raise UsageError(f"unknown cmd {name!r}; one of: {', '.join(OPERATIONS)}")
-    import inspect
-
     try:
-        inspect.signature(OPERATIONS[name]).bind(None, **request)
+        bound = inspect.signature(OPERATIONS[name]).bind(None, **request)
     except TypeError as exc:
         raise UsageError(f"{name}: {exc}") from None
+    if name == "consume":  # output before ack, as ddmq consume; plain output is JSON here too
+        bound.apply_defaults()
+        args = bound.arguments
+        root, fmt = _context(root, fmt or "json")
+        consume_command(root, "json" if fmt == "plain" else fmt, args["queue"], args["n"], args["lease"],
+                        not args["ack"])
+        return
     data = _run(name, root, fmt or "json", lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True), **request)
-    if name in ("consume", "peek") and not data:
+    if name == "peek" and not data:
         raise Empty("")
 
 
 def main() -> None:
     """The ``ddmq`` command, all of it through click: :func:`ddmq.entry.main` hands over all
     but a plain publish or consume, with ``sys.argv`` untouched."""
-    cli(prog_name="ddmq")
+    try:
+        cli(prog_name="ddmq")
+    except OSError as exc:  # click could not show a usage error: stderr is a broken pipe
+        if exc.errno != errno.EPIPE:
+            raise
+        sys.exit(broken_pipe())

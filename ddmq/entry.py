@@ -17,7 +17,7 @@ import stat
 import sys
 
 from .errors import DdmqError
-from .ops import EXIT_ERROR, FORMATS, consume_command, failed, publish_command
+from .ops import FORMATS, broken_pipe, consume_command, failed, publish_command
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
@@ -155,7 +155,13 @@ def _parse(argv: list[str]) -> tuple[_Command, dict[str, Any]] | None:
 
 
 def _run(command: _Command, args: dict[str, Any]) -> None:
-    """Run the command; end as the click command would (``_Group.invoke`` and click's ``main``)."""
+    """Run the command; end as the click command would (``cli._Group`` and ``cli.main``).
+
+    A failure is one line on stderr and its exit code (:func:`ddmq.ops.failed`);
+    stdout refusing the output is one of them (``ddmq.ops.OutputFailed``: 141
+    quietly for a broken pipe). Any other broken pipe -- there should be none
+    -- ends the same way, never with a traceback.
+    """
     try:
         try:
             command.run(**args)
@@ -164,12 +170,7 @@ def _run(command: _Command, args: dict[str, Any]) -> None:
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise
-        # The reader of stdout or stderr went away: exit 1 quietly, and let
-        # Python's own flush of them at exit go nowhere instead of failing.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.dup2(devnull, sys.stderr.fileno())
-        sys.exit(EXIT_ERROR)
+        sys.exit(broken_pipe())
 
 
 def main() -> None:

@@ -1,0 +1,351 @@
+"""Output before ack, and only what was delivered is acked; nothing published whose ids could not be printed.
+
+``ddmq consume`` claims without acking, prints, and acks a message only once
+it has been written and flushed; ``ddmq publish`` prints the new ids before
+any message becomes visible. When stdout will not take the output -- the
+reader of a pipe went away, the disk is full -- every claimed message not yet
+delivered is given back and nothing is published: a broken pipe exits 141
+quietly (what a shell reports for a process killed by SIGPIPE), any other
+output error exits 1 with one line saying what was given back. Each case runs
+the installed ``ddmq`` script (the click-free fast path) and the click group
+alone, in real processes, through real pipes and ``/dev/full``.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ddmq import Broker
+
+DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
+CLICK_ONLY = "from ddmq.cli import main; main()"
+ROUTES = {"fast": [str(DDMQ_SCRIPT)], "click": [sys.executable, "-c", CLICK_ONLY]}
+ENOSPC_LINE = "ddmq: cannot write output: no space left on device; {}\n"
+BODY = 1000  # bytes per body: 3000 of them are far more than a pipe holds
+COUNT = 3000
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+
+
+# ------------------------------------------------------------------- helpers
+@pytest.fixture(params=sorted(ROUTES))
+def route(request) -> list[str]:
+    assert DDMQ_SCRIPT.is_file(), f"the ddmq command is not installed at {DDMQ_SCRIPT}"
+    return ROUTES[request.param]
+
+
+@pytest.fixture(params=["buffered", "unbuffered"])
+def buffering(request, monkeypatch) -> None:
+    """Unbuffered (PYTHONUNBUFFERED, as many container images set it), stdout is one write(2) per
+    call, and Python itself drops what a partial write into a pipe did not take."""
+    if request.param == "unbuffered":
+        monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    else:
+        monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+
+
+def bodies(count: int = COUNT) -> list[str]:
+    """Distinct bodies of BODY bytes each, in the order they are published (and consumed)."""
+    return [f"{i:05d}".ljust(BODY, "x") for i in range(count)]
+
+
+def filled(root: Path, published: list[str]) -> Path:
+    Broker(root, create=True).publish_many("q", published, create=True, durable=False)
+    return root
+
+
+def state(root: Path) -> dict[str, int]:
+    return Broker(root).counts("q")
+
+
+def ready_bodies(root: Path) -> list[str]:
+    return [m.message for m in Broker(root).peek("q", n=COUNT + 10)]
+
+
+def leftover_payloads(root: Path) -> list[str]:
+    return [n for n in os.listdir(root / "q" / "tmp") if re.fullmatch(r"[0-9a-f]{32}\.tmp", n)]
+
+
+def run(route: list[str], *args: object, stdout, stdin=None, env: dict | None = None) -> subprocess.CompletedProcess:
+    with open(os.devnull) if stdin is None else stdin as given:
+        return subprocess.run([*route, *map(str, args)], stdin=given, stdout=stdout, stderr=subprocess.PIPE,
+                              timeout=120, env={**os.environ, **(env or {})})
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader is already gone."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def one_line(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "Traceback" not in text, text
+    assert text.count("\n") == 1 and text.startswith("ddmq: "), text
+    return text
+
+
+# ------------------------------------------------------- consume: output before ack
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_consume_into_a_pipe_its_reader_closes_acks_only_what_got_through(route, buffering, tmp_path, fmt):
+    """``ddmq consume q -n 3000 | reader`` where the reader takes ten lines and leaves: the messages
+    flushed into the pipe before it left are delivered (and acked), all the others are back in ready/."""
+    published = bodies()
+    root = filled(tmp_path / "root", published)
+    read, write = os.pipe()
+    pipe_size = fcntl.fcntl(write, F_GETPIPE_SZ)
+    proc = subprocess.Popen([*route, "--root", str(root), "-f", fmt, "consume", "q", "-n", str(COUNT)],
+                            stdin=subprocess.DEVNULL, stdout=write, stderr=subprocess.PIPE)
+    os.close(write)
+    wanted, got = 10 * (BODY + 1), b""
+    try:
+        while len(got) < wanted:
+            chunk = os.read(read, wanted - len(got))
+            assert chunk, "the consumer ended before writing ten lines"
+            got += chunk
+    finally:
+        os.close(read)
+        _, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr) == (141, b"")
+    counts = state(root)
+    assert counts["work"] == 0, "claimed messages were left leased instead of given back"
+    acked = COUNT - counts["ready"] - counts["dead"]
+    if fmt == "plain":
+        assert got.decode().splitlines() == published[:10]
+        # at least what the reader read; at most what could be in the pipe when it left
+        assert 10 <= acked <= (wanted + pipe_size) // (BODY + 1) + 1, acked
+    else:  # one document: it never got through whole, so nothing is acked
+        assert acked == 0
+    assert ready_bodies(root) == published[acked:]
+
+
+def test_consume_piped_to_head_exits_141_quietly_and_loses_nothing(route, buffering, tmp_path):
+    """The case of the issue, through a shell: ``ddmq consume q -n 3000 | head -1``."""
+    published = bodies()
+    root = filled(tmp_path / "root", published)
+    out, status = tmp_path / "head.out", tmp_path / "status"
+    script = f'"$@" | head -1 > {out}; echo "${{PIPESTATUS[0]}}" > {status}'
+    proc = subprocess.run(["bash", "-c", script, "bash", *route, "--root", str(root), "consume", "q", "-n",
+                           str(COUNT)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+    assert proc.returncode == 0
+    assert (status.read_text(), proc.stderr) == ("141\n", b"")
+    assert out.read_text() == published[0] + "\n"
+    counts = state(root)
+    acked = COUNT - counts["ready"]
+    assert counts["work"] == 0 and counts["dead"] == 0
+    assert 1 <= acked < COUNT // 2, acked  # at most what a pipe and head's buffer held
+    assert ready_bodies(root) == published[acked:]
+
+
+def _wait_blocked_writing(proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
+        except OSError:
+            pytest.skip("no /proc/PID/wchan to see the process block on its output")
+        if "pipe" in wchan:  # pipe_write, or pipe_wait on older kernels
+            return
+        time.sleep(0.01)
+    raise AssertionError("the consumer never blocked writing into the full pipe")
+
+
+def test_consume_interrupted_while_the_pipe_is_full_gives_back_what_it_did_not_print(route, buffering, tmp_path):
+    """Ctrl-C while ``ddmq consume q -n 3000 | slow-reader`` waits for the reader: exit 130, and
+    exactly the messages whose lines are whole in the pipe were acked."""
+    published = bodies()
+    root = filled(tmp_path / "root", published)
+    read, write = os.pipe()
+    proc = subprocess.Popen([*route, "--root", str(root), "consume", "q", "-n", str(COUNT)],
+                            stdin=subprocess.DEVNULL, stdout=write, stderr=subprocess.PIPE)
+    os.close(write)
+    try:
+        _wait_blocked_writing(proc)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        with os.fdopen(read, "rb") as pipe:
+            read = -1
+            got = pipe.read().decode()
+    finally:
+        proc.kill()
+        if read >= 0:
+            os.close(read)
+    assert (proc.returncode, stderr) == (130, b"ddmq: interrupted\n")
+    counts = state(root)
+    acked = COUNT - counts["ready"]
+    assert counts["work"] == 0 and 0 < acked < COUNT // 2, counts
+    whole, _, partial = got.rpartition("\n")
+    assert whole.split("\n") == published[:acked]
+    assert published[acked].startswith(partial)  # a line cut short is given back, not acked
+    assert ready_bodies(root) == published[acked:]
+
+
+@needs_dev_full
+@pytest.mark.parametrize("no_ack", [False, True], ids=["ack", "no-ack"])
+@pytest.mark.parametrize("fmt", ["plain", "json", "yaml"])
+def test_consume_to_a_full_disk_gives_every_message_back(route, tmp_path, fmt, no_ack):
+    root = filled(tmp_path / "root", ["a", "b", "c", "d", "e"])
+    with open("/dev/full", "w") as full:
+        proc = run(route, "--root", root, "-f", fmt, "consume", "q", "-n", 5, *(["--no-ack"] * no_ack),
+                   stdout=full)
+    assert proc.returncode == 1
+    assert one_line(proc.stderr) == ENOSPC_LINE.format("5 message(s) given back")
+    assert state(root) == {"ready": 5, "work": 0, "dead": 0}
+    again = Broker(root).peek("q", n=5)
+    assert [m.message for m in again] == ["a", "b", "c", "d", "e"]
+    assert [m.requeues for m in again] == [0] * 5  # given back as they were: no requeue spent
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+@pytest.mark.parametrize("no_ack", [False, True], ids=["ack", "no-ack"])
+def test_consume_into_a_closed_pipe_exits_141_quietly_and_gives_everything_back(route, tmp_path, fmt, no_ack):
+    root = filled(tmp_path / "root", ["a", "b", "c"])
+    write = closed_pipe()
+    try:
+        proc = run(route, "--root", root, "-f", fmt, "consume", "q", "-n", 3, *(["--no-ack"] * no_ack), stdout=write)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, b"")
+    assert state(root) == {"ready": 3, "work": 0, "dead": 0}
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_consume_with_stdout_closed_gives_everything_back(route, tmp_path, fmt):
+    """``ddmq consume q >&-``: nothing can be printed, so nothing may be acked."""
+    root = filled(tmp_path / "root", ["a", "b"])
+    proc = subprocess.run([*route, "--root", str(root), "-f", fmt, "consume", "q", "-n", "2"], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 1
+    assert one_line(proc.stderr) == "ddmq: cannot write output: stdout is closed; 2 message(s) given back\n"
+    assert state(root) == {"ready": 2, "work": 0, "dead": 0}
+
+
+def test_consume_a_body_the_output_cannot_encode_gives_it_back(route, tmp_path):
+    """A latin-1 stdout cannot take '日本': one line and exit 1, not a traceback after the ack."""
+    root = filled(tmp_path / "root", ["fine", "日本", "never reached"])
+    proc = run(route, "--root", root, "consume", "q", "-n", 3, stdout=subprocess.PIPE,
+               env={"PYTHONIOENCODING": "latin-1"})
+    assert proc.returncode == 1
+    line = one_line(proc.stderr)
+    assert line.startswith("ddmq: cannot write output: ") and line.endswith("; 2 message(s) given back\n"), line
+    assert proc.stdout == b"fine\n"
+    assert ready_bodies(root) == ["日本", "never reached"]
+    assert state(root)["work"] == 0
+
+
+def test_consume_that_succeeds_prints_what_it_did_before(route, tmp_path):
+    """Acked messages are printed as before: whole messages in json, receipt null (it is spent)."""
+    root = filled(tmp_path / "root", ["a", "b"])
+    proc = run(route, "--root", root, "-f", "json", "consume", "q", "-n", 2, stdout=subprocess.PIPE)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    rows = json.loads(proc.stdout)
+    assert [(r["message"], r["receipt"]) for r in rows] == [("a", None), ("b", None)]
+    assert state(root) == {"ready": 0, "work": 0, "dead": 0}
+    root = filled(tmp_path / "other", ["c"])
+    proc = run(route, "--root", root, "-f", "json", "consume", "q", "--no-ack", stdout=subprocess.PIPE)
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["receipt"]
+    assert state(root) == {"ready": 0, "work": 1, "dead": 0}
+
+
+@needs_dev_full
+@pytest.mark.parametrize("ack", [True, False])
+def test_json_command_consume_to_a_full_disk_gives_messages_back(route, tmp_path, ack):
+    root = filled(tmp_path / "root", ["a", "b"])
+    request = json.dumps({"cmd": "consume", "queue": "q", "n": 2, "ack": ack})
+    with open("/dev/full", "w") as full:
+        proc = run(route, "--root", root, "json", request, stdout=full)
+    assert proc.returncode == 1
+    assert one_line(proc.stderr) == ENOSPC_LINE.format("2 message(s) given back")
+    assert state(root) == {"ready": 2, "work": 0, "dead": 0}
+
+
+def test_json_command_consume_into_a_closed_pipe_exits_141(route, tmp_path):
+    root = filled(tmp_path / "root", ["a", "b"])
+    write = closed_pipe()
+    try:
+        proc = run(route, "--root", root, "json", '{"cmd": "consume", "queue": "q", "n": 2}', stdout=write)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, b"")
+    assert state(root) == {"ready": 2, "work": 0, "dead": 0}
+
+
+# --------------------------------------------------- publish: ids printed, then visible
+@needs_dev_full
+@pytest.mark.parametrize("fmt", ["plain", "json", "yaml"])
+def test_publish_to_a_full_disk_publishes_nothing(route, tmp_path, fmt):
+    """A script that retries a publish whose output failed must not create a duplicate."""
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q")
+    with open("/dev/full", "w") as full:
+        proc = run(route, "--root", root, "-f", fmt, "publish", "q", "x", "y", stdout=full)
+    assert proc.returncode == 1
+    assert one_line(proc.stderr) == ENOSPC_LINE.format("nothing was published")
+    assert state(root) == {"ready": 0, "work": 0, "dead": 0}
+    assert leftover_payloads(root) == []
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_publish_into_a_closed_pipe_exits_141_quietly_and_publishes_nothing(route, tmp_path, fmt):
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q")
+    write = closed_pipe()
+    try:
+        proc = run(route, "--root", root, "-f", fmt, "publish", "q", "x", stdout=write)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, b"")
+    assert state(root) == {"ready": 0, "work": 0, "dead": 0}
+    assert leftover_payloads(root) == []
+
+
+@needs_dev_full
+@pytest.mark.parametrize("argv", [["view"], ["peek", "q"], ["publish", "--help"], ["--help"], ["--version"],
+                                  ["json", '{"cmd": "view"}']], ids=" ".join)
+def test_other_output_to_a_full_disk_is_one_line(tmp_path, argv):
+    root = filled(tmp_path / "root", ["a"])
+    with open("/dev/full", "w") as full:
+        proc = run(ROUTES["click"], "--root", root, *argv, stdout=full)
+    assert proc.returncode == 1
+    assert one_line(proc.stderr) == "ddmq: cannot write output: no space left on device\n"
+    assert state(root) == {"ready": 1, "work": 0, "dead": 0}
+
+
+@pytest.mark.parametrize("argv", [["view"], ["publish", "--help"], ["--help"], ["--version"]], ids=" ".join)
+def test_other_output_into_a_closed_pipe_exits_141(tmp_path, argv):
+    root = filled(tmp_path / "root", ["a"])
+    write = closed_pipe()
+    try:
+        proc = run(ROUTES["click"], "--root", root, *argv, stdout=write)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, b"")
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json", "yaml"])
+def test_publish_output_is_unchanged(route, tmp_path, fmt):
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q", priority=7)
+    proc = run(route, "--root", root, "-f", fmt, "publish", "q", "x", "y", stdout=subprocess.PIPE)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    published = Broker(root).peek("q", n=5)
+    rows = [{"queue": "q", "id": m.id, "priority": 7} for m in published]
+    if fmt == "plain":
+        assert proc.stdout.decode() == "".join(m.id + "\n" for m in published)
+    elif fmt == "json":
+        assert proc.stdout.decode() == json.dumps(rows, sort_keys=True) + "\n"
+    else:
+        import yaml
+
+        assert yaml.safe_load(proc.stdout) == rows
