@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import inspect
 import json
+import math
+import re
 import sys
 from typing import Any, Callable
 
@@ -287,6 +289,63 @@ def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
          queues=list(queues) or None)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+_REQUEST = json.JSONDecoder(parse_constant=_not_json)
+
+# What an argument of a ``ddmq json`` command may be, by the name of a type in
+# the annotations of the op_* functions (strings: ops has postponed annotations).
+_JSON_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
+    "dict": (lambda v: isinstance(v, dict), "an object"),
+    "None": (lambda v: v is None, "null"),
+    "Any": (lambda v: True, "any JSON value"),
+}
+
+
+def expected_types(annotation: Any) -> list[tuple[Callable[[Any], bool], str]]:
+    """What a JSON value may be for a parameter annotated ``annotation`` (``"str | list[str] | None"``).
+
+    Empty if the annotation names a type not in _JSON_TYPES: such an argument
+    is refused, and a test checks that no operation has one.
+    """
+    if not isinstance(annotation, str):
+        return []
+    names = [re.sub(r"^dict\[.*\]$", "dict", name.strip()) for name in annotation.split("|")]
+    return [_JSON_TYPES[name] for name in names] if all(name in _JSON_TYPES for name in names) else []
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_types(name: str, request: dict[str, Any]) -> None:
+    """Every argument of the JSON request has the type the operation's signature says; else a usage error.
+
+    JSON has booleans and numbers of its own: "false" is not false, 1 is not
+    true, "5" and 5.0 are not 5.
+    """
+    params = inspect.signature(OPERATIONS[name]).parameters
+    for key, value in request.items():
+        param = params.get(key)
+        if param is None or param.kind is param.VAR_KEYWORD:
+            continue  # create's queue settings: checked by the settings schema
+        accepted = expected_types(param.annotation)
+        if not any(check(value) for check, _ in accepted):
+            kinds = [what for _, what in accepted] or ["(unchecked)"]
+            expected = " or ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+            raise UsageError(f'{name}: "{key}" must be {expected}, not {_shown(value)}')
+
+
 @cli.command("json", epilog=EXIT_CODES_HELP)
 @_common
 @click.argument("command")
@@ -297,12 +356,15 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     Example:
       ddmq json '{"cmd": "publish", "queue": "q", "message": "hi"}'
     Keys are the command's arguments as in the Python API (queues, message,
-    n, lease, ack, receipts, requeue, priority, ...). Prints the result as JSON
+    n, lease, ack, receipts, requeue, priority, ...), with JSON types: true
+    and false, numbers, strings, lists of strings. Prints the result as JSON
     unless --format says otherwise; consume acks only what it printed.
     """
     text = read_stdin("the command") if command == "-" else command
     try:
-        request = json.loads(text)
+        request = _REQUEST.decode(text)
+    except RecursionError:
+        raise UsageError("not valid JSON: nested too deeply") from None
     except ValueError as exc:
         raise UsageError(f"not valid JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
@@ -314,6 +376,7 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
         bound = inspect.signature(OPERATIONS[name]).bind(None, **request)
     except TypeError as exc:
         raise UsageError(f"{name}: {exc}") from None
+    _check_types(name, request)
     if name == "consume":  # output before ack, as ddmq consume; plain output is JSON here too
         bound.apply_defaults()
         args = bound.arguments

@@ -24,6 +24,7 @@ import sys
 from .broker import Broker
 from .errors import _STORAGE_REASONS, DdmqError, UsageError
 from .layout import check_queue_name
+from .message import loads_body
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
@@ -199,10 +200,7 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
     """
     bodies = [_stdin_message() if body == "-" else body for body in list(messages) or ["-"]]
     if as_json:
-        try:
-            bodies = [json.loads(body) for body in bodies]
-        except ValueError as exc:
-            raise UsageError(f"--json: not valid JSON: {exc}") from None
+        bodies = [loads_body(body, "--json") for body in bodies]
     parsed_headers = _parse_headers(headers)
     check_queue_name(queue)  # before the root is created
 

@@ -9,10 +9,16 @@ quietly (what a shell reports for a process killed by SIGPIPE), any other
 output error exits 1 with one line saying what was given back. Each case runs
 the installed ``ddmq`` script (the click-free fast path) and the click group
 alone, in real processes, through real pipes and ``/dev/full``.
+
+Also here: ``ddmq json`` arguments must have the type the operation expects
+("false" is not false), JSON nested too deep is a usage error, and numbers on
+the command line that no queue can use (NaN, infinities, absurd magnitudes)
+are usage errors -- never a traceback.
 """
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import os
 import re
@@ -20,10 +26,14 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
 from ddmq import Broker
+from ddmq.cli import cli
 
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
 CLICK_ONLY = "from ddmq.cli import main; main()"
@@ -349,3 +359,183 @@ def test_publish_output_is_unchanged(route, tmp_path, fmt):
         import yaml
 
         assert yaml.safe_load(proc.stdout) == rows
+
+
+# ------------------------------------------------------ ddmq json: argument types
+def _runner() -> CliRunner:
+    try:  # click < 8.2 mixes stderr into stdout unless told not to
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
+def ddmq_json(root: Path, request: str):
+    result = _runner().invoke(cli, ["--root", str(root), "json", request], catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError("".join(traceback.format_exception(*result.exc_info)))
+    return result
+
+
+WRONG_TYPES = [
+    {"cmd": "consume", "queue": "q", "ack": "false"},
+    {"cmd": "consume", "queue": "q", "ack": 0},
+    {"cmd": "consume", "queue": "q", "ack": None},
+    {"cmd": "consume", "queue": "q", "n": True},
+    {"cmd": "consume", "queue": "q", "n": 1.0},
+    {"cmd": "consume", "queue": "q", "n": "1"},
+    {"cmd": "consume", "queue": "q", "lease": "30"},
+    {"cmd": "consume", "queue": "q", "lease": True},
+    {"cmd": "consume", "queue": "q", "lease": [30]},
+    {"cmd": "consume", "queue": 5},
+    {"cmd": "consume", "queue": None},
+    {"cmd": "consume", "queue": ["q"]},
+    {"cmd": "purge", "queues": "q", "dead": "false"},
+    {"cmd": "purge", "queues": [1]},
+    {"cmd": "purge", "queues": [["q"]]},
+    {"cmd": "delete", "queues": "q", "force": "false"},
+    {"cmd": "create", "queues": "q2", "exist_ok": "no"},
+    {"cmd": "view", "queues": 5},
+    {"cmd": "peek", "queue": "q", "state": 1},
+    {"cmd": "peek", "queue": "q", "n": "2"},
+    {"cmd": "publish", "queue": "q", "message": "x", "create": "true"},
+    {"cmd": "publish", "queue": "q", "message": "x", "priority": "5"},
+    {"cmd": "publish", "queue": "q", "message": "x", "priority": 5.0},
+    {"cmd": "publish", "queue": "q", "message": "x", "requeue": "false"},
+    {"cmd": "publish", "queue": "q", "message": "x", "durable": 1},
+    {"cmd": "publish", "queue": "q", "message": "x", "headers": "k=v"},
+    {"cmd": "publish", "queue": "q", "message": "x", "headers": ["k"]},
+    {"cmd": "publish", "queue": "q", "message": "x", "message_timeout": "60"},
+    {"cmd": "nack", "queue": "q", "receipts": "0" * 32 + ".000000000000", "requeue": "false"},
+    {"cmd": "ack", "queue": "q", "receipts": [None]},
+    {"cmd": "extend", "queue": "q", "receipt": 5},
+    {"cmd": "extend", "queue": "q", "receipt": "0" * 32 + ".000000000000", "seconds": "10"},
+]
+
+
+@pytest.mark.parametrize("request_", WRONG_TYPES, ids=lambda r: json.dumps(r, sort_keys=True)[:80])
+def test_json_arguments_of_the_wrong_type_are_usage_errors(b, root, request_):
+    """"false" is not false: before, {"ack": "false"} consumed and acked, {"dead": "false"} purged ready/."""
+    b.publish("q", "keep me", create=True)
+    result = ddmq_json(root, json.dumps(request_))
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    one_line(result.stderr.encode())
+    assert f'"{list(request_)[-1]}"' in result.stderr, result.stderr  # the wrong one is the last
+    assert b.counts("q") == {"ready": 1, "work": 0, "dead": 0}
+    assert sorted(b.list_queues()) == ["q"]
+
+
+@pytest.mark.parametrize("text", ['{"cmd": "consume", "queue": "q", "lease": NaN}',
+                                  '{"cmd": "consume", "queue": "q", "lease": Infinity}',
+                                  '{"cmd": "consume", "queue": "q", "lease": -Infinity}',
+                                  '{"cmd": "consume", "queue": "q", "lease": 1e400}'])
+def test_json_non_finite_numbers_are_usage_errors(b, root, text):
+    b.publish("q", "keep me", create=True)
+    result = ddmq_json(root, text)
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    one_line(result.stderr.encode())
+    assert b.counts("q") == {"ready": 1, "work": 0, "dead": 0}
+
+
+@pytest.mark.parametrize("request_", [
+    {"cmd": "consume", "queue": "q", "n": 2, "lease": 30, "ack": False},
+    {"cmd": "consume", "queue": "q", "lease": 30.5, "ack": True},
+    {"cmd": "view", "queues": ["q"]},
+    {"cmd": "view", "queues": "q"},
+    {"cmd": "view", "queues": None},
+    {"cmd": "peek", "queue": "q", "n": 2, "state": "ready"},
+    {"cmd": "publish", "queue": "q", "message": {"any": ["json", 1, None]}, "priority": 3, "headers": {"k": "v"},
+     "requeue": False, "durable": True, "message_timeout": 60, "requeue_limit": None, "create": False},
+    {"cmd": "create", "queues": ["q2", "q3"], "exist_ok": True, "message_timeout": 30.5},
+    {"cmd": "purge", "queues": "q", "dead": True},
+])
+def test_json_arguments_of_the_right_type_still_work(b, root, request_):
+    b.publish("q", "m", create=True)
+    result = ddmq_json(root, json.dumps(request_))
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+
+
+def test_json_argument_types_come_from_every_operations_signature():
+    """Each parameter's annotation is one the checker understands, so no operation goes unchecked."""
+    from ddmq.cli import expected_types
+    from ddmq.ops import OPERATIONS
+
+    for name, func in OPERATIONS.items():
+        for param in list(inspect.signature(func).parameters.values())[1:]:
+            if param.kind is not param.VAR_KEYWORD:  # create's settings: checked by the settings schema
+                assert expected_types(param.annotation), (name, param.name, param.annotation)
+
+
+# --------------------------------------------------------- JSON nested too deep
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 50_000])  # an argument holds at most 128 KiB
+def test_publish_json_body_nested_too_deep_is_a_usage_error(route, tmp_path, depth):
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q")
+    proc = run(route, "--root", root, "publish", "--json", "q", "[" * depth + "]" * depth, stdout=subprocess.PIPE)
+    assert proc.returncode == 2, proc.stderr
+    assert "nested deeper than 64 levels" in one_line(proc.stderr)
+    assert state(root)["ready"] == 0
+
+
+@pytest.mark.parametrize("body", ["NaN", "[Infinity]", '{"a": -Infinity}'])
+def test_publish_json_body_with_non_finite_numbers_is_a_usage_error(route, tmp_path, body):
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q")
+    proc = run(route, "--root", root, "publish", "--json", "q", body, stdout=subprocess.PIPE)
+    assert proc.returncode == 2, proc.stderr
+    one_line(proc.stderr)
+    assert state(root)["ready"] == 0
+
+
+@pytest.mark.parametrize("request_", [
+    DEEP,
+    '{"cmd": "publish", "queue": "q", "message": ' + DEEP + "}",
+    '{"cmd": "publish", "queue": "q", "message": ' + "[" * 1000 + "]" * 1000 + "}",
+    '{"cmd": "publish", "queue": "q", "message": ' + "[" * 65 + "]" * 65 + "}",
+], ids=["request", "deep-message", "message-1000", "message-65"])
+def test_json_command_nested_too_deep_is_a_usage_error(route, tmp_path, request_):
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("q")
+    proc = run(route, "--root", root, "json", "-", stdout=subprocess.PIPE, stdin=_text_file(tmp_path, request_))
+    assert proc.returncode == 2, proc.stderr
+    one_line(proc.stderr)
+    assert state(root)["ready"] == 0
+
+
+def _text_file(tmp_path: Path, text: str):
+    path = tmp_path / "stdin.txt"
+    path.write_text(text)
+    return open(path)
+
+
+# ------------------------------------------------------ numbers on the command line
+NUMBERS = [
+    ("consume", "--lease", "nan"), ("consume", "--lease", "inf"), ("consume", "--lease", "-inf"),
+    ("consume", "--lease", "1e300"), ("consume", "--lease", "1e-300"), ("consume", "--lease", "-1"),
+    ("consume", "-n", "1e400"), ("consume", "-n", "9" * 5000),
+    ("publish", "--message-timeout", "nan"), ("publish", "--message-timeout", "1e-300"),
+    ("publish", "--message-timeout", "inf"), ("publish", "--message-timeout", "1e300"),
+    ("publish", "-p", "1e400"), ("publish", "-p", "9" * 30), ("publish", "-p", "9" * 5000),
+    ("publish", "--requeue-prio", "1e400"), ("publish", "--requeue-prio", "9" * 30),
+    ("publish", "--requeue-limit", "1e400"), ("publish", "--requeue-limit", "-1"),
+    ("create", "--message-timeout", "nan"), ("create", "--clean-interval", "inf"), ("create", "-p", "1e400"),
+    ("extend", "--seconds", "nan"),
+]
+
+
+@pytest.mark.parametrize("command, option, value", NUMBERS, ids=lambda v: v[:12])
+def test_numbers_no_queue_can_use_are_usage_errors(route, tmp_path, command, option, value):
+    root = filled(tmp_path / "root", ["keep me"])
+    arguments = {"consume": ["q"], "publish": ["q", "x"], "create": ["q2"], "extend": ["q"]}[command]
+    if command == "extend":
+        arguments.append(Broker(root).consume("q")[0].receipt)
+    proc = run(route, "--root", root, command, *arguments, option, value, stdout=subprocess.PIPE)
+    assert proc.returncode == 2, proc.stderr
+    text = proc.stderr.decode()
+    assert "Traceback" not in text
+    # one line of ddmq's own, or click's usage error, whose last line says what is wrong
+    assert text.count("\n") == 1 and text.startswith("ddmq: ") or text.splitlines()[-1].startswith("Error: "), text
+    assert Broker(root).list_queues() == ["q"]
+    assert [m.message for m in Broker(root).peek("q", state="work" if command == "extend" else "ready")] == ["keep me"]
