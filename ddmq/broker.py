@@ -438,9 +438,23 @@ class Broker:
         """
         check_queue_name(queue)
         values = validate(settings, "create_queue", InvalidSetting)
+        # With exist_ok, a queue deleted by another client between our look and
+        # our rename is made again, not reported as existing (a few tries:
+        # each lost race means another client made progress).
+        for _ in range(10 if exist_ok else 1):
+            if exist_ok and self._is_queue(queue):
+                return
+            try:
+                self._create(queue, values)
+                return
+            except QueueExists:
+                if exist_ok and self._is_queue(queue):
+                    return
+        raise QueueExists(f"queue {queue!r} already exists in {self._root}")
+
+    def _create(self, queue: str, values: dict[str, Any]) -> None:
+        """One attempt to build a queue under a hidden name and rename it into place; QueueExists if taken."""
         root = self._rootdir
-        if exist_ok and self._is_queue(queue):
-            return
         mode = {**self.settings(), **values}["mode"]
         staging = staging_name(queue)
         try:
@@ -458,8 +472,6 @@ class Broker:
                 return
             atomic.remove_tree(root, staging)
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                if exist_ok and self._is_queue(queue):
-                    return
                 raise QueueExists(f"queue {queue!r} already exists in {self._root}") from None
             raise storage_error("create queue", root.join(queue), exc) from None
         except DdmqError:

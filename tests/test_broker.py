@@ -532,3 +532,35 @@ def test_a_forked_child_publishes_under_its_own_pid(b: Broker) -> None:
     os.waitpid(pid, 0)
     got = {m.message: m.pid for m in b.consume("q", n=2, ack=True)}
     assert got == {"parent": os.getpid(), "child": pid}
+
+
+def _delete_and_recreate(root: str, seconds: float) -> None:
+    other = Broker(root)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            other.delete_queue("q", force=True)
+        except ddmq.QueueNotFound:
+            pass
+        other.create_queue("q", exist_ok=True)
+
+
+def test_create_exist_ok_never_says_exists_while_another_client_deletes(b: Broker, root: Path) -> None:
+    """create_queue(exist_ok=True) racing a delete made the queue again or found it; never QueueExists."""
+    import multiprocessing
+
+    b.create_queue("q")
+    racer = multiprocessing.get_context("fork").Process(target=_delete_and_recreate, args=(str(root), 3.0))
+    racer.start()
+    false_exists = 0
+    try:
+        while racer.is_alive():
+            try:
+                Broker(root).create_queue("q", exist_ok=True)
+            except ddmq.QueueExists:
+                false_exists += 1
+            except ddmq.StorageError:
+                pass  # the other client's rename or removal in progress under our feet
+    finally:
+        racer.join()
+    assert false_exists == 0
