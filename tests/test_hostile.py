@@ -562,7 +562,7 @@ def test_settings_file_linked_to_dev_zero_is_not_read_forever(one_queue: Path, w
     assert not problems, "\n".join(problems)
 
 
-def _alias_bomb(levels: int = 9, width: int = 9) -> tuple[str, str]:
+def alias_bomb(levels: int = 9, width: int = 9) -> tuple[str, str]:
     """Two spellings of a "billion laughs" (width**levels strings from a few hundred bytes)."""
     names = [chr(ord("a") + i) for i in range(levels)]
     first = "[" + ",".join(['"lol"'] * width) + "]"
@@ -577,7 +577,7 @@ def _alias_bomb(levels: int = 9, width: int = 9) -> tuple[str, str]:
 
 @pytest.mark.parametrize("spelling", [0, 1], ids=["under-a-known-key", "anchors-then-alias"])
 def test_yaml_alias_bomb_in_settings_fails_fast(one_queue: Path, spelling: int) -> None:
-    text = _alias_bomb()[spelling]
+    text = alias_bomb()[spelling]
     assert len(text.encode()) < 1024
     settings_file(one_queue, "queue").write_text(text)
     problems = []
