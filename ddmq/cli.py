@@ -322,9 +322,11 @@ def expected_types(annotation: Any) -> list[tuple[Callable[[Any], bool], str]]:
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, (dict, list)):
+    """A JSON value for an error message, cut short."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # nested deeper than Python's stack allows
         return "an object" if isinstance(value, dict) else "a list"
-    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
