@@ -439,18 +439,21 @@ class Broker:
         check_queue_name(queue)
         values = validate(settings, "create_queue", InvalidSetting)
         # With exist_ok, a queue deleted by another client between our look and
-        # our rename is made again, not reported as existing (a few tries:
-        # each lost race means another client made progress).
-        for _ in range(10 if exist_ok else 1):
+        # our rename is made again, not reported as existing (each lost race
+        # means another client made progress, so the tries are bounded).
+        for _ in range(100 if exist_ok else 1):
             if exist_ok and self._is_queue(queue):
                 return
             try:
                 self._create(queue, values)
                 return
             except QueueExists:
-                if exist_ok and self._is_queue(queue):
+                if not exist_ok:
+                    raise
+                if self._is_queue(queue):
                     return
-        raise QueueExists(f"queue {queue!r} already exists in {self._root}")
+        raise QueueExists(f"queue {queue!r} already exists in {self._root} and is not a queue "
+                          "(or other clients keep deleting and creating it)")
 
     def _create(self, queue: str, values: dict[str, Any]) -> None:
         """One attempt to build a queue under a hidden name and rename it into place; QueueExists if taken."""
