@@ -8,7 +8,6 @@ filesystem does not answer), and says in one line why it failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -17,10 +16,11 @@ TYPE_CHECKING = False  # typing is for annotations only: it slows every job's st
 if TYPE_CHECKING:
     from typing import Any
 
-from ddmq import Broker, DdmqError, Message
+from ddmq import Broker, DdmqError, Message, loads_body
 from ddmq.errors import UsageError
-from ddmq.layout import check_queue_name
+from ddmq.layout import MAX_PRIORITY, check_queue_name
 
+from . import options
 from .fields import parse_fields
 from .jobenv import STATES, completion_event
 from .retry import retry
@@ -52,10 +52,8 @@ def build_message(args: argparse.Namespace) -> Any:
         if fields:
             raise UsageError("--field builds a JSON object: use it without MESSAGE, or with --json")
         return args.message
-    try:
-        body = json.loads(args.message)
-    except ValueError as exc:
-        raise UsageError(f"--json: MESSAGE is not valid JSON: {exc}") from None
+    # Strict JSON, at most MAX_DEPTH deep: what is accepted here can be published and delivered.
+    body = loads_body(args.message, "--json MESSAGE")
     if fields:
         if not isinstance(body, dict):
             raise UsageError("--field needs MESSAGE to be a JSON object")
@@ -82,7 +80,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = options.Parser(
         prog="ddmq-notify", formatter_class=_HelpFormatter,
         description="Publish MESSAGE to QUEUE. With no MESSAGE, publish a JSON completion event for the "
                     "current SLURM or PBS job (job id, array ids, name, user, host, submit dir, time, and "
@@ -95,14 +93,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="parse MESSAGE as JSON")
     p.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
                    help="add a field to the JSON object published (repeatable)")
-    p.add_argument("--status", type=int, help="exit status of the job, recorded in the event")
+    p.add_argument("--status", type=options.number(low=options.INT_RANGE[0], high=options.INT_RANGE[1],
+                                                   whole=True),
+                   help="exit status of the job, recorded in the event")
     p.add_argument("--state", choices=STATES, help="job state (default: from --status)")
-    p.add_argument("--priority", type=int, help="message priority (0 is served first)")
+    p.add_argument("--priority", type=options.number(low=0, high=MAX_PRIORITY, whole=True),
+                   help=f"message priority (0 is served first, {MAX_PRIORITY} last)")
     p.add_argument("--root", help="ddmq root directory")
     p.add_argument("--no-create", dest="create", action="store_false",
                    help="fail if the root or queue does not exist")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="give up after this many seconds, retries included (default 60)")
+    p.add_argument("--timeout", type=options.seconds(), default=60.0,
+                   help="give up after this many seconds, retries included (default 60, at most 1e9)")
     return p
 
 
@@ -111,8 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     # parse_intermixed_args rejects "--", the only way to name a queue that starts with "-"
     args = parser().parse_args(argv) if "--" in argv else parser().parse_intermixed_args(argv)
     try:
-        if not args.timeout > 0:
-            raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
         check_queue_name(args.queue)
         body = build_message(args)
     except UsageError as exc:

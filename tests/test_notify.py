@@ -579,3 +579,63 @@ def test_timeout_bounds_a_hung_filesystem(tmp_path, target):
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert elapsed < 1 + 5, elapsed
     one_line_error(proc, 1, "'q'", "timed out")
+
+
+# ------------------------------------------------ numbers and nesting limits
+BAD_NUMBERS = [
+    ["--timeout", "inf"], ["--timeout", "1e300"], ["--timeout", "nan"], ["--timeout", "-1"], ["--timeout", "0"],
+    ["--timeout", "1e10"],
+    ["--priority", "-1"], ["--priority", "1000000"], ["--priority", "9" * 30], ["--priority", "nan"],
+    ["--status", "9" * 30], ["--status", "nan"], ["--status", "1e3"],
+]
+
+
+def test_numbers_out_of_range_are_one_line_usage_errors(notify_script, tmp_path):
+    root = tmp_path / "root"
+    results = run_all(notify_script, [["q", "event", *args] for args in BAD_NUMBERS], clean_env(tmp_path, root))
+    for args, proc in zip(BAD_NUMBERS, results):
+        line = one_line_error(proc, 2)
+        assert args[0] in line, (args, line)
+    assert not root.exists(), "nothing may be published, nor the root created"
+
+
+def test_largest_and_smallest_numbers_are_accepted(notify_script, tmp_path):
+    root = tmp_path / "root"
+    ok(run_notify(notify_script, "q", "--status", "-11", "--priority", "999999", "--timeout", "1e9",
+                  env=clean_env(tmp_path, root)))  # PBS reports negative exit statuses
+    ok(run_notify(notify_script, "q", "--status", "271", "--priority", "0", "--timeout", "0.5",
+                  env=clean_env(tmp_path, root)))
+    msgs = Broker(root).peek("q", n=10)
+    assert [(m.message["status"], m.message["state"], m.priority) for m in msgs] == [
+        (271, "FAILED", 0), (-11, "FAILED", 999999)]
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [65, 500, 1000, 50_000])
+def test_json_nested_too_deeply_is_a_usage_error(notify_script, tmp_path, depth):
+    """Refused when given, as the core would refuse to publish it: never a RecursionError, and never
+    accepted only to fail to deliver later."""
+    root = tmp_path / "root"
+    proc = run_notify(notify_script, "q", "--json", _nested(depth), env=clean_env(tmp_path, root))
+    one_line_error(proc, 2, "nested deeper than 64")
+    assert not root.exists()
+
+
+def test_json_nested_64_deep_is_published_and_delivered(notify_script, tmp_path):
+    root = tmp_path / "root"
+    ok(run_notify(notify_script, "q", "--json", _nested(64), env=clean_env(tmp_path, root)))
+    [msg] = Broker(root).consume("q")
+    depth, value = 0, msg.message
+    while value:
+        depth, value = depth + 1, value[0]
+    assert depth == 63 and value == []  # 64 levels of arrays
+
+
+@pytest.mark.parametrize("text", ["NaN", "[1, Infinity]", '{"a": -Infinity}'])
+def test_json_that_is_not_strict_json_is_a_usage_error(notify_script, tmp_path, text):
+    root = tmp_path / "root"
+    one_line_error(run_notify(notify_script, "q", "--json", text, env=clean_env(tmp_path, root)), 2, "json")
+    assert not root.exists()

@@ -1,0 +1,100 @@
+"""Numbers and usage errors on the command lines of ``ddmq-wait``, ``ddmq-dispatch`` and ``ddmq-notify``.
+
+Every numeric option goes through :func:`number`, so that NaN, infinities,
+negatives where they mean nothing and absurd magnitudes are refused where
+they are typed, as a one-line usage error (exit 2), instead of failing later
+with an OverflowError from ``time.sleep`` or a lock, or, for NaN, never timing
+out. Seconds are capped at the core's ``MAX_SECONDS`` (1e9, some 31 years),
+the longest lease a queue accepts; counts at :data:`MAX_COUNT`.
+
+Imported by ``ddmq-notify`` at the end of every batch job: nothing here may
+import more than the command already does (argparse is imported by the
+command itself, ddmq.settings by the broker).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from ddmq.errors import UsageError
+from ddmq.settings import MAX_SECONDS
+
+TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
+if TYPE_CHECKING:
+    from typing import Any, Callable, NoReturn
+
+# More messages than one wait or one dispatcher run could mean: ddmq is built for
+# messages per second, and each one held is a file and a lease.
+MAX_COUNT = 1_000_000
+# A C int: exit statuses (PBS reports negative ones, Torque 256+signal) and alike.
+INT_RANGE = (-(2 ** 31), 2 ** 31 - 1)
+# Shortest poll interval: less would be a busy loop on the shared metadata server.
+MIN_INTERVAL = 0.001
+
+
+def check_number(value: Any, what: str, *, low: float = 0, high: float = MAX_SECONDS,
+                 low_open: bool = False, whole: bool = False) -> Any:
+    """``value`` if it is a finite number in range (``low < value`` when ``low_open``), else UsageError.
+
+    For the Python API (``ddmq_hpc.wait.wait``, ``ddmq_hpc.snakemake``) as much as for options.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, int if whole else (int, float))
+    if ok and isinstance(value, float) and not math.isfinite(value):
+        ok = False
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        raise UsageError(f"{what} must be {_describe(low, high, low_open, whole)}, not {value!r}")
+    return value
+
+
+def _describe(low: float, high: float, low_open: bool, whole: bool) -> str:
+    kind = "a whole number" if whole else "a number of seconds"
+    if low_open and low == 0:
+        return f"{kind} greater than 0 and at most {_fmt(high)}"
+    return f"{kind} from {_fmt(low)} to {_fmt(high)}"
+
+
+def _fmt(value: float) -> str:
+    """1e9, not 1e+09; whole numbers and 0.001 as they are."""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def number(what: str = "", *, low: float = 0, high: float = MAX_SECONDS, low_open: bool = False,
+           whole: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type=`` converter for an int (``whole``) or a float option, checked by check_number."""
+    def convert(text: str) -> Any:
+        try:
+            value = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not {'a whole number' if whole else 'a number'}: {text[:40]!r}") from None
+        try:
+            return check_number(value, "it", low=low, high=high, low_open=low_open, whole=whole)
+        except UsageError:
+            raise argparse.ArgumentTypeError(
+                f"must be {_describe(low, high, low_open, whole)}, not {text[:40]!r}") from None
+    convert.__name__ = what or ("int" if whole else "float")  # argparse names the type in some errors
+    return convert
+
+
+def seconds(*, positive: bool = True) -> Callable[[str], float]:
+    """Seconds: greater than 0 (``positive``) or at least 0, at most MAX_SECONDS."""
+    return number(low=0, low_open=positive)
+
+
+def count(low: int = 1, high: int = MAX_COUNT) -> Callable[[str], int]:
+    return number(low=low, high=high, whole=True)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``PROG: error: WHY (see PROG --help)``, exit 2.
+
+    Batch jobs and cron mail their stderr; the usage summary argparse prints
+    first would bury the reason under a screenful of options.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
