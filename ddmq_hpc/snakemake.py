@@ -32,7 +32,9 @@ consumed by a rule that then failed for another reason would be lost to the
 workflow.
 
 Messages are claimed while waiting and acked only once the rule's output has
-been written (atomically: a reader sees all of it or nothing); ``peek=True``
+been written (atomically: a reader sees all of it or nothing, and the
+temporary file beside it has a random name and is created exclusively, so a
+symlink planted in a shared directory is never written through); ``peek=True``
 leaves them on the queue for other waiters. Both helpers run ``ddmq-wait``,
 so Ctrl-C stops a waiting workflow at once and gives back any message held.
 
@@ -102,12 +104,23 @@ def _wait_options(root: PathLike | None, match: str | None, regex: str | None,
     """``ddmq-wait`` options for these settings; defaults are left out to keep commands readable.
 
     Text values are joined to their option (``--match=-x``) so that one
-    starting with a dash is not read as an option.
+    starting with a dash is not read as an option. Numbers are checked here
+    as ``ddmq-wait`` would check them (UsageError), so that a NaN or infinite
+    timeout fails the rule at once instead of waiting for ever.
     """
-    if fmt not in FORMATS:
-        from ddmq.errors import UsageError
+    from ddmq.errors import UsageError
 
+    from . import options
+
+    if fmt not in FORMATS:
         raise UsageError(f"fmt must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    options.check_number(count, "count", low=1, high=options.MAX_COUNT, whole=True)
+    if timeout is not None:
+        options.check_number(timeout, "timeout")
+    options.check_number(interval, "interval", low=options.MIN_INTERVAL)
+    options.check_number(max_interval, "max_interval", low=options.MIN_INTERVAL)
+    if not interval <= max_interval:
+        raise UsageError("need interval <= max_interval")
     args: list[str] = []
     if root is not None:
         args.append(f"--root={os.fspath(root)}")

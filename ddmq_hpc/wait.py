@@ -10,15 +10,23 @@ By default each matching message is claimed and, once all ``--count`` are in
 hand and written out, acked: one waiter gets each event. If the wait is
 interrupted or times out first, the messages held so far are released
 unchanged, so nothing is left claimed-but-unacked. ``--peek`` only looks.
+
+SIGINT and SIGTERM (scancel) always stop a waiter, even one stuck on a
+filesystem that does not answer: a claim, and a delivery with its acks, run
+in a worker thread and are let finish (for GRACE_SECONDS at most) before the
+signal is acted on, rather than being shielded by blocking the signals, which
+would leave a process stuck in a system call unkillable but by SIGKILL.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import random
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,10 +35,18 @@ from ddmq import Broker, DdmqError, Message
 from ddmq.errors import UsageError
 from ddmq.layout import check_queue_name
 
+from . import options
 from .fields import as_text, fields_match, parse_fields
 from .retry import is_transient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
+# How long a claim or a delivery under way when SIGINT/SIGTERM arrives may go
+# on before the waiter stops anyway (it takes milliseconds unless the
+# filesystem has stopped answering).
+GRACE_SECONDS = 2.0
+# How often the main thread looks at a worker while waiting for it.
+_WATCH_SECONDS = 0.1
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class WaitTimeout(DdmqError):
@@ -45,6 +61,24 @@ class Interrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class Abandoned(Interrupted):
+    """A signal arrived while a claim or a delivery was under way, and it did not finish in time.
+
+    What it had claimed stays leased until the lease expires; then the next
+    consumer's clean requeues it. ``ddmq-wait`` exits at once (os._exit: the
+    stuck thread may hold a lock that a normal exit would wait for).
+    """
+
+    def __init__(self, signum: int, what: str):
+        super().__init__(signum)
+        self.what = what
+
+    def __str__(self) -> str:
+        return (f"interrupted by {signal.Signals(self.signum).name} while {self.what}, which did not finish "
+                f"within {GRACE_SECONDS:g} s (filesystem not answering?); anything it had claimed stays "
+                "leased until its lease expires")
 
 
 def matcher(match: str | None = None, regex: str | None = None,
@@ -63,13 +97,77 @@ def matcher(match: str | None = None, regex: str | None = None,
     return wanted
 
 
-def _blocked_signals() -> Any:
-    """Hold SIGINT/SIGTERM back while a claim is being recorded, so none is lost half-way."""
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+def _shielded(action: Callable[[], Any], what: str) -> tuple[Any, BaseException | None]:
+    """Run ``action`` to its end although SIGINT/SIGTERM may arrive meanwhile, unless it hangs.
+
+    A claim (renaming a message into work/, reading it) or a delivery and its
+    acks must not be cut in half by the exception a signal raises: a message
+    renamed but not yet in ``held`` could not be given back. Blocking the
+    signals around the step would do that, but a blocked signal cannot
+    interrupt a system call that never returns (a FIFO planted as a settings
+    file, a hung NFS server), and scancel's SIGTERM would be ignored. So the
+    step runs in a worker thread (signals blocked there, so they reach this
+    one) while this thread waits with the signals deliverable. A signal
+    (Interrupted, or KeyboardInterrupt when the caller installed no handler)
+    is held until the step has finished and then returned with its result;
+    if the step has not finished GRACE_SECONDS later, or a second signal
+    comes, Abandoned is raised and the worker is left to itself.
+
+    If the step raised, that is re-raised, unless a signal arrived: then the
+    signal's exception is raised instead, so that it is never lost.
+    """
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = action()
+        except BaseException as exc:  # handed over to the waiting thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run, name=f"ddmq-wait: {what}", daemon=True)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # the worker inherits the mask
+    try:
+        worker.start()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raise
+    pending: BaseException | None = None
+    deadline: float | None = None
+    while True:
+        try:
+            if previous is not None:
+                mask, previous = previous, None
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal already pending is raised here
+            pause = _WATCH_SECONDS if deadline is None else max(0.0, min(_WATCH_SECONDS,
+                                                                         deadline - time.monotonic()))
+            if done.wait(pause):
+                # Held back while the outcome is taken in: a signal now is one after the step.
+                previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Abandoned(_signum(pending), what) from None
+        except (Interrupted, KeyboardInterrupt) as exc:
+            if isinstance(exc, Abandoned):
+                raise
+            if pending is not None:
+                raise Abandoned(_signum(exc), what) from None
+            pending, deadline = exc, time.monotonic() + GRACE_SECONDS
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        pending = pending or exc
+    if "error" in outcome:
+        if pending is not None:
+            raise pending
+        raise outcome["error"]
+    return outcome.get("value"), pending
 
 
-def _unblock(previous: Any) -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+def _signum(exc: BaseException | None) -> int:
+    return exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
 
 
 def wait(queue: str, *, root: str | None = None, match: str | None = None, regex: str | None = None,
@@ -82,11 +180,18 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     acked; if ``deliver`` raises, they are released and the error propagates,
     so an event is never consumed without having been delivered. Raises
     WaitTimeout after ``timeout`` seconds, releasing any messages held.
+
+    Claims and ``deliver`` run in a worker thread (see _shielded), so that
+    SIGINT/SIGTERM can stop the wait even when the filesystem hangs.
+    Numbers are checked as ``ddmq-wait`` checks its options (UsageError).
     """
-    if count < 1:
-        raise UsageError("count must be at least 1")
-    if not 0 < interval <= max_interval:
-        raise UsageError("need 0 < interval <= max-interval")
+    options.check_number(count, "count", low=1, high=options.MAX_COUNT, whole=True)
+    if timeout is not None:
+        options.check_number(timeout, "timeout")
+    options.check_number(interval, "interval", low=options.MIN_INTERVAL)
+    options.check_number(max_interval, "max-interval", low=options.MIN_INTERVAL)
+    if not interval <= max_interval:
+        raise UsageError("need interval <= max-interval")
     check_queue_name(queue)
     b = Broker(root, create=True if create else False)
     if create:
@@ -103,7 +208,13 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     try:
         while True:
             try:
-                _poll(b, queue, fresh, count, held, seen, peek)
+                if peek:
+                    _peek(b, queue, fresh, count, held, seen)
+                else:  # a claim is let finish before a signal is acted on
+                    _, signalled = _shielded(lambda: _claim(b, queue, fresh, count, held, seen),
+                                             f"claiming messages from {queue!r}")
+                    if signalled is not None:
+                        raise signalled
             except DdmqError as exc:
                 if not is_transient(exc):
                     raise
@@ -119,6 +230,8 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
                 pause = min(pause, deadline - now)
             time.sleep(pause)
             delay = min(delay * 2, max_interval)
+    except Abandoned:
+        raise  # the filesystem is stuck: giving back what is held would hang too; leases expire
     except BaseException:
         if not peek:
             _release_all(b, held)
@@ -129,15 +242,18 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
 
 def _deliver_and_ack(b: Broker, held: list[Message], deliver: Callable[[list[Message]], None] | None,
                      peek: bool) -> None:
-    """Hand the messages over, then ack them, with SIGINT/SIGTERM held back throughout.
+    """Hand the messages over, then ack them, as one step that SIGINT/SIGTERM do not cut in half.
 
     A signal in the middle must neither leave a half-printed event whose
     message goes back to the queue (seen twice) nor strand delivered
     messages in work/. One that arrives meanwhile is taken as arriving after
-    the wait finished: the work is done, so it is dropped.
+    the wait finished: the work is done, so it is dropped. If the step hangs
+    (output on a filesystem that stopped answering), Abandoned is raised
+    GRACE_SECONDS after the signal.
     """
-    previous = _blocked_signals()
-    try:
+    finished: list[bool] = []
+
+    def step() -> None:
         try:
             if deliver is not None:
                 deliver(held)
@@ -148,59 +264,112 @@ def _deliver_and_ack(b: Broker, held: list[Message], deliver: Callable[[list[Mes
         if not peek:
             for msg in held:
                 b.ack(msg)
-    finally:
-        try:
-            _unblock(previous)
-        except Interrupted:
-            pass
+        finished.append(True)
+    try:
+        _shielded(step, "delivering messages")
+    except (Interrupted, KeyboardInterrupt):
+        if not finished:
+            raise
 
 
-def _poll(b: Broker, queue: str, fresh: Callable[[Message], bool], count: int,
-          held: list[Message], seen: set[str], peek: bool) -> None:
-    """One look at the queue: take what matches, up to ``count`` in all."""
-    if peek:
-        for msg in b.peek(queue, n=count - len(held), match=fresh):
-            seen.add(msg.id)
-            held.append(msg)
-        return
+def _peek(b: Broker, queue: str, fresh: Callable[[Message], bool], count: int,
+          held: list[Message], seen: set[str]) -> None:
+    """One look at the queue, claiming nothing: what matches joins ``held``."""
+    for msg in b.peek(queue, n=count - len(held), match=fresh):
+        seen.add(msg.id)
+        held.append(msg)
+
+
+def _claim(b: Broker, queue: str, fresh: Callable[[Message], bool], count: int,
+           held: list[Message], seen: set[str]) -> None:
+    """One look at the queue: claim what matches, up to ``count`` in all (runs in a worker thread)."""
     for msg in held:  # a long wait must not let the leases it holds expire
         if msg.lease_expires is not None and msg.lease_expires - time.time_ns() < msg.message_timeout * 5e8:
             b.extend(msg)
-    previous = _blocked_signals()
-    try:
-        for msg in b.consume(queue, n=count - len(held), match=fresh):
-            seen.add(msg.id)
-            held.append(msg)
-    finally:
-        _unblock(previous)
+    for msg in b.consume(queue, n=count - len(held), match=fresh):
+        seen.add(msg.id)
+        held.append(msg)
 
 
 def _release_all(b: Broker, held: list[Message]) -> None:
-    for msg in held:
+    for msg in list(held):
         try:
             b.release(msg)
         except DdmqError as exc:
             print(f"ddmq-wait: could not release message {msg.id}: {exc}", file=sys.stderr)
 
 
-def render(messages: list[Message], fmt: str) -> str:
-    """Bodies one per line, or (json) one JSON object per message per line."""
+def render(messages: list[Message], fmt: str) -> bytes:
+    """Bodies one per line, or (json) one JSON object per message per line, as UTF-8.
+
+    Never fails on what a consumer can be handed: bodies nested deeper than
+    MAX_DEPTH are dead-lettered by the core at claim (and skipped by peek),
+    and a lone surrogate (publish refuses them, a planted payload may hold
+    one) is passed on as ``ddmq-dispatch`` passes it to a handler (body
+    format, ``surrogatepass``) or escaped as ``\\udXXX`` (JSON, so the line
+    stays valid UTF-8 and valid JSON).
+    """
     if fmt == "json":
         import json
 
-        return "".join(json.dumps(m.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for m in messages)
-    return "".join(as_text(m.message) + "\n" for m in messages)
+        lines = []
+        for m in messages:
+            data = m.to_dict()
+            try:
+                line = json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8")
+            except UnicodeEncodeError:
+                line = json.dumps(data, ensure_ascii=True, sort_keys=True).encode("ascii")
+            lines.append(line + b"\n")
+        return b"".join(lines)
+    return b"".join(as_text(m.message).encode("utf-8", "surrogatepass") + b"\n" for m in messages)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see all of it or nothing (tmp + rename)."""
-    tmp = path.with_name(f".{path.name}.ddmq-wait.{os.getpid()}")
+def _token() -> str:
+    """The random part of a temporary file's name (os.urandom: no import of secrets or random)."""
+    return os.urandom(8).hex()
+
+
+# Exclusive: never an existing file, never through a symlink, not inherited by children.
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` to ``path`` so that readers see all of it or nothing (temporary file + rename).
+
+    The output often goes to a directory shared with a group, whose members
+    could plant a symlink at a predictable temporary name and have us
+    overwrite any file we can write. So the temporary file beside the target
+    has a random name and is created exclusively, without following
+    symlinks (a taken name is passed over for another); it is written,
+    fsynced, closed and renamed over ``path``. On any failure it is removed.
+    ``ddmq-wait --output`` and, through it, ``ddmq_hpc.snakemake.wait_for``
+    write their output here.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    target = os.fspath(path)
+    directory, name = os.path.split(target)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name[:200]}.{_token()}.ddmq-wait")
+        try:
+            fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary file name", directory or ".")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -209,14 +378,25 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _write_stdout(data: bytes) -> None:
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # replaced by a text-only stream
+        sys.stdout.write(data.decode("utf-8", "replace"))
+    else:
+        sys.stdout.flush()
+        buffer.write(data)
+        buffer.flush()
+    sys.stdout.flush()
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = options.Parser(
         prog="ddmq-wait",
         description="Wait until matching messages are on QUEUE, print them and exit 0. By default each "
                     "message is claimed and acked once written out (one waiter gets each event); --peek "
                     "leaves messages for other waiters. Non-matching messages are never touched.",
         epilog="Exit codes: 0 got them; 1 error; 2 usage error; 124 --timeout passed (messages held so far "
-               "are put back); 130/143 interrupted by SIGINT/SIGTERM (likewise). "
+               "are put back); 130/143 interrupted by SIGINT/SIGTERM (likewise). Seconds are at most 1e9. "
                "Root: --root, else $DDMQ_ROOT, else ~/.ddmq.",
     )
     p.add_argument("queue")
@@ -224,14 +404,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--regex", metavar="RE", help="wait for a message whose body matches RE (re.search)")
     p.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
                    help="wait for a JSON object body with this field (repeatable, all must match)")
-    p.add_argument("--count", type=int, default=1, help="how many messages to wait for (default 1)")
-    p.add_argument("--timeout", type=float, help="give up after SECONDS (exit 124)")
+    p.add_argument("--count", type=options.count(), default=1,
+                   help=f"how many messages to wait for (default 1, at most {options.MAX_COUNT})")
+    p.add_argument("--timeout", type=options.seconds(positive=False), metavar="SECONDS",
+                   help="give up after SECONDS (exit 124; 0: look once)")
     p.add_argument("--output", type=Path, metavar="FILE", help="write the message(s) to FILE atomically")
     p.add_argument("--format", choices=("body", "json"), default="body",
                    help="print bodies (default) or whole messages as JSON lines")
     p.add_argument("--peek", action="store_true", help="do not claim: leave messages for others")
-    p.add_argument("--interval", type=float, default=1.0, help="first poll interval in seconds (default 1)")
-    p.add_argument("--max-interval", type=float, default=30.0,
+    p.add_argument("--interval", type=options.number(low=options.MIN_INTERVAL), default=1.0,
+                   help="first poll interval in seconds (default 1)")
+    p.add_argument("--max-interval", type=options.number(low=options.MIN_INTERVAL), default=30.0,
                    help="poll interval grows to at most this (default 30)")
     p.add_argument("--root", help="ddmq root directory")
     p.add_argument("--no-create", dest="create", action="store_false",
@@ -244,24 +427,28 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``ddmq-wait``: every error is one line on stderr, never a traceback."""
     argv = sys.argv[1:] if argv is None else argv
     # parse_intermixed_args rejects "--", the only way to name a queue that starts with "-"
     args = parser().parse_args(argv) if "--" in argv else parser().parse_intermixed_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    signal.signal(signal.SIGINT, _raise_interrupted)
+    where = "stdout" if args.output is None else str(args.output)
 
     def deliver(messages: list[Message]) -> None:
-        text = render(messages, args.format)
+        data = render(messages, args.format)
         if args.output is not None:
-            write_atomically(args.output, text)
+            write_atomically(args.output, data)
         else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            _write_stdout(data)
 
     try:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        signal.signal(signal.SIGINT, _raise_interrupted)
         wait(args.queue, root=args.root, match=args.match, regex=args.regex,
              fields=parse_fields(args.field), count=args.count, timeout=args.timeout, peek=args.peek,
              interval=args.interval, max_interval=args.max_interval, create=args.create, deliver=deliver)
+    except Abandoned as exc:
+        # A worker thread is stuck in the filesystem: leave without waiting for it.
+        _exit_now(f"ddmq-wait: {exc}", 128 + exc.signum)
     except Interrupted as exc:
         print(f"ddmq-wait: interrupted by {exc}; nothing was consumed", file=sys.stderr)
         sys.exit(128 + exc.signum)
@@ -269,5 +456,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ddmq-wait: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except OSError as exc:
-        print(f"ddmq-wait: cannot write output: {exc}", file=sys.stderr)
+        print(f"ddmq-wait: cannot write to {where}: {exc.strerror or exc}; nothing was consumed",
+              file=sys.stderr)
         sys.exit(EXIT_FAILED)
+    except Exception as exc:  # a bug, or something unforeseen: still one line, messages already released
+        print(f"ddmq-wait: {type(exc).__name__}: {exc}; nothing was consumed", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+
+
+def _exit_now(line: str, code: int) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

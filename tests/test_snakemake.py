@@ -279,3 +279,52 @@ def test_importing_the_helpers_does_not_import_ddmq() -> None:
     code = "import sys, ddmq_hpc.snakemake; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ddmq'))"
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_wait_for_does_not_follow_a_symlink_planted_at_a_temporary_name(root: Path, tmp_path: Path,
+                                                                        mocker) -> None:
+    """Another member of the group plants a symlink where the output's temporary file once went
+    (``.NAME.ddmq-wait.PID``, PID the ``ddmq-wait`` child's): the rule must not write through it.
+    A wrapper plants it at its own pid, which ``exec`` hands on to ``ddmq-wait``."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    outdir = tmp_path / "shared"
+    outdir.mkdir()
+    wrapper = tmp_path / "planting-ddmq-wait"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'for arg; do case $arg in --output=*) out=${arg#--output=};; esac; done\n'
+        f'ln -s {shlex.quote(str(victim))} "$(dirname "$out")/.$(basename "$out").ddmq-wait.$$" || exit 99\n'
+        f'exec {shlex.quote(str(BIN / "ddmq-wait"))} "$@"\n')
+    wrapper.chmod(0o755)
+    mocker.patch("ddmq_hpc.snakemake.ddmq_wait_executable", return_value=str(wrapper))
+    Broker(root, create=True).publish("q", "the event", create=True)
+    wait_for(outdir / "data.txt", "q", root=root, timeout=10, interval=0.1)
+    assert victim.read_text() == "precious\n", "the rule wrote through a planted symlink"
+    assert not (outdir / "data.txt").is_symlink() and (outdir / "data.txt").read_text() == "the event\n"
+
+
+def test_wait_for_refuses_bad_numbers_before_waiting(root: Path, tmp_path: Path) -> None:
+    """In a child process: before the fix, a NaN timeout waited for ever."""
+    code = f"""if True:
+        from ddmq.errors import UsageError
+        from ddmq_hpc.snakemake import wait_for
+        for kwargs in ({{"timeout": float("nan")}}, {{"timeout": float("inf")}}, {{"timeout": -1}},
+                       {{"interval": 1e10}}, {{"max_interval": float("inf")}}, {{"count": 0}}):
+            try:
+                wait_for({str(tmp_path / "never.txt")!r}, "q", root={str(root)!r}, **kwargs)
+            except UsageError as exc:
+                print("refused", exc)
+            else:
+                print("accepted", kwargs)
+        """
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=30)
+    finally:
+        finish(child)  # and any ddmq-wait it left waiting
+    assert child.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 6 and all(line.startswith("refused ") for line in lines), lines
+    assert not (tmp_path / "never.txt").exists() and not root.exists()
