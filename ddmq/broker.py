@@ -1171,14 +1171,8 @@ class Broker:
         if queue is None:
             root = self._rootdir
             self._remove_abandoned(root, self._lease_clock(root), abandoned_in_root)
-            refused: StorageError | None = None
             for name in self.list_queues():
-                try:
-                    report.add(self._clean_queue(self._paths(name), scan_ready=True))
-                except StorageError as exc:  # one queue a member broke must not stop the others' cleaning
-                    refused = refused or exc
-            if refused is not None:
-                raise refused
+                report.add(self._clean_queue(self._paths(name), scan_ready=True))
         else:
             report.add(self._clean_queue(self._queue(queue), scan_ready=True))
         return report
