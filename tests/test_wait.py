@@ -15,6 +15,7 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -638,3 +639,182 @@ def test_no_create_does_not_create_the_default_root(scripts, env, tmp_path):
     (tmp_path / "home").mkdir()
     one_line_error(run(scripts, "q", "--no-create", "--timeout", "5", env=env), 4)
     assert not (tmp_path / "home" / ".ddmq").exists(), "--no-create created ~/.ddmq"
+
+
+# ------------------------------------------------- hostile names and numbers
+def _plant_payload(root: Path, msg_id: str, in_queue: str = "q", raw_body: str | None = None, **fields) -> None:
+    """Rewrite a ready message's payload with ``fields`` (JSON escapes: ``\\u0000``, lone surrogates),
+    or with ``raw_body`` (JSON text) as its body."""
+    ready = root / in_queue / "ready"
+    [name] = [n for n in os.listdir(ready) if msg_id in n]
+    raw = json.loads((ready / name).read_text())
+    raw.update(fields)
+    text = json.dumps(raw)  # ensure_ascii: every odd character escaped
+    if raw_body is not None:
+        raw["message"] = "@BODY@"
+        text = json.dumps(raw).replace('"@BODY@"', raw_body)
+    (ready / (name + ".new")).write_text(text)
+    os.replace(ready / (name + ".new"), ready / name)
+
+
+def test_output_does_not_follow_a_symlink_planted_at_a_temporary_name(scripts, env, root, broker, tmp_path):
+    """A member of the group who can write the output's directory plants a symlink where the waiter
+    once put its temporary file (``.NAME.ddmq-wait.PID``): the waiter must not write through it.
+    The shell plants it at its own pid ($$), which exec hands on to ddmq-wait."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    outdir = tmp_path / "shared"
+    outdir.mkdir()
+    target = outdir / "event.txt"
+    broker.publish("q", "the event", create=True)
+    plant = 'ln -s "$1" "$2/.event.txt.ddmq-wait.$$" && shift 2 && exec "$@"'
+    proc = subprocess.run(["sh", "-c", plant, "sh", str(victim), str(outdir), str(scripts["ddmq-wait"]), "q",
+                           "--output", str(target), "--timeout", "10"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
+    assert victim.read_text() == "precious\n", "the waiter wrote through a planted symlink"
+    assert not target.is_symlink() and target.read_text() == "the event\n"
+    assert [n for n in os.listdir(outdir) if n != "event.txt" and not (outdir / n).is_symlink()] == [], \
+        "temporary file left behind"
+    assert files(root)["ready"] == [] and files(root)["work"] == []
+
+
+def test_output_temporary_name_is_never_reused(root, broker, restore_signals, mocker, tmp_path, capsys):
+    """The temporary file is created exclusively: a name taken by anything, even a dangling symlink,
+    is passed over for another random one, never opened."""
+    broker.publish("q", "the event", create=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    outdir = tmp_path / "shared"
+    outdir.mkdir()
+    tokens = iter(["taken", "dangling", "free"])
+    mocker.patch.object(wait_mod, "_token", side_effect=lambda: next(tokens))
+    (outdir / ".event.txt.taken.ddmq-wait").symlink_to(victim)
+    (outdir / ".event.txt.dangling.ddmq-wait").symlink_to(tmp_path / "nowhere")
+    wait_mod.main(["q", "--root", str(root), "--timeout", "10", "--output", str(outdir / "event.txt")])
+    assert victim.read_text() == "precious\n" and not (tmp_path / "nowhere").exists()
+    assert (outdir / "event.txt").read_text() == "the event\n"
+    assert sorted(os.listdir(outdir)) == [".event.txt.dangling.ddmq-wait", ".event.txt.taken.ddmq-wait",
+                                          "event.txt"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_output_write_failure_removes_the_temporary_file(root, broker, restore_signals, mocker, tmp_path,
+                                                         capsys):
+    """ENOSPC while the output is made durable: one line, exit 1, message back, no temporary file."""
+    broker.publish("q", "precious", create=True)
+    before = files(root)
+    real_fsync = os.fsync
+
+    def full(fd):
+        if "ddmq-wait" in os.readlink(f"/proc/self/fd/{fd}"):  # the output's temporary file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    mocker.patch("os.fsync", side_effect=full)
+    with pytest.raises(SystemExit) as exited:
+        wait_mod.main(["q", "--root", str(root), "--timeout", "10", "--output", str(tmp_path / "out.txt")])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("ddmq-wait: ") and "No space left" in err, err
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".") or n.startswith("out")] == [], \
+        "temporary or partial output left behind"
+    assert files(root) == before
+
+
+BAD_NUMBERS = [
+    ["--timeout", "inf"], ["--timeout", "1e300"], ["--timeout", "nan"], ["--timeout", "-1"],
+    ["--timeout", "-inf"], ["--timeout", "1e10"],
+    ["--interval", "1e10"], ["--interval", "nan"], ["--interval", "inf"], ["--interval", "-1"],
+    ["--interval", "0"],
+    ["--max-interval", "1e10"], ["--max-interval", "nan"], ["--max-interval", "inf"], ["--max-interval", "-2"],
+    ["--count", "99999999999"], ["--count", "0"],
+]
+
+
+def test_numbers_out_of_range_are_one_line_usage_errors(scripts, env, root):
+    procs = [start(scripts, "q", *args, env=env) for args in BAD_NUMBERS]
+    try:
+        results = [finish(p, timeout=15) for p in procs]
+    finally:
+        for p in procs:  # before the fix some of them waited for ever
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for args, proc in zip(BAD_NUMBERS, results):
+        line = one_line_error(proc, 2)
+        assert args[0] in line, (args, line)
+    assert not root.exists(), "a usage error must not create the root"
+
+
+def test_largest_numbers_are_accepted(scripts, env, root):
+    """1e9 s (the core's longest lease) is a valid interval and timeout; the timeout still wins."""
+    began = time.monotonic()
+    proc = run(scripts, "q", "--interval", "1e9", "--max-interval", "1e9", "--timeout", "0.5", env=env)
+    assert time.monotonic() - began < 10
+    one_line_error(proc, 124, "timed out")
+    proc = run(scripts, "q", "--timeout", "0", env=env)  # one look, no waiting
+    one_line_error(proc, 124, "timed out")
+
+
+def test_python_api_refuses_bad_numbers(root):
+    """wait() itself refuses them (in a child process: before the fix, NaN waited for ever)."""
+    code = textwrap.dedent(f"""
+        from ddmq.errors import UsageError
+        from ddmq_hpc.wait import wait
+        for kwargs in ({{"timeout": float("nan")}}, {{"timeout": float("inf")}}, {{"timeout": -1}},
+                       {{"interval": 1e10, "max_interval": 1e10}}, {{"max_interval": float("nan")}},
+                       {{"count": 10**12}}):
+            try:
+                wait("q", root={str(root)!r}, **kwargs)
+            except UsageError as exc:
+                print("refused", exc)
+            else:
+                print("accepted", kwargs)
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 6 and all(line.startswith("refused ") for line in lines), lines
+
+
+@pytest.mark.parametrize("fmt", ["body", "json"])
+def test_a_body_that_cannot_be_encoded_as_is_is_still_delivered(scripts, env, root, broker, fmt):
+    """A planted payload whose body holds a lone surrogate: printed (JSON: escaped), never a traceback."""
+    sent = broker.publish("q", "placeholder", create=True)
+    _plant_payload(root, sent.id, message="a\ud800b")
+    proc = subprocess.run([str(scripts["ddmq-wait"]), "q", "--format", fmt, "--timeout", "10"], env=env,
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
+    if fmt == "json":
+        assert json.loads(proc.stdout)["message"] == "a\ud800b"
+    else:
+        assert proc.stdout == "a\ud800b\n".encode("utf-8", "surrogatepass")  # as ddmq-dispatch passes it on
+    assert files(root)["ready"] == [] and files(root)["work"] == []
+
+
+@pytest.mark.parametrize("peek", [False, True])
+def test_a_planted_deep_body_is_never_rendered(scripts, env, root, broker, peek):
+    sent = broker.publish("q", "placeholder", create=True)
+    _plant_payload(root, sent.id, raw_body="[" * 2000 + "]" * 2000)
+    proc = run(scripts, "q", "--format", "json", "--timeout", "1", *FAST, *(["--peek"] if peek else []), env=env)
+    one_line_error(proc, 124, "timed out")
+    assert files(root)["work"] == []
+
+
+def test_sigterm_stops_a_waiter_stuck_on_a_fifo(scripts, env, root):
+    """A FIFO planted as the queue's ddmq.yaml must not make the waiter unkillable (scancel sends TERM)."""
+    Broker(root, create=True).create_queue("q")
+    settings = root / "q" / "ddmq.yaml"
+    settings.unlink()
+    os.mkfifo(settings)
+    waiter = start(scripts, "q", "--no-create", "--root", root, "--timeout", "30", env=env)
+    time.sleep(1)
+    sent = time.monotonic()
+    if waiter.poll() is None:
+        waiter.send_signal(signal.SIGTERM)
+    result = finish(waiter, timeout=10)
+    assert time.monotonic() - sent < 5, "SIGTERM did not stop the waiter promptly"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("ddmq-wait: "), result.stderr
+    assert result.returncode in (1, 143), (result.returncode, result.stderr)
