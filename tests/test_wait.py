@@ -818,3 +818,17 @@ def test_sigterm_stops_a_waiter_stuck_on_a_fifo(scripts, env, root):
     assert "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("ddmq-wait: "), result.stderr
     assert result.returncode in (1, 143), (result.returncode, result.stderr)
+
+
+@pytest.mark.parametrize("planted", ["q\u0000x", "q\ud800", "other"])
+def test_a_planted_queue_field_does_not_strand_the_message(scripts, env, root, broker, planted):
+    """The payload's ``queue`` field is not checked against the queue the file lies in: the waiter
+    acks (and on a timeout releases) the message in the queue it took it from."""
+    broker.create_queue("other")
+    sent = broker.publish("q", "first", create=True)
+    _plant_payload(root, sent.id, queue=planted)
+    one_line_error(run(scripts, "q", "--count", "2", "--timeout", "0.5", *FAST, env=env), 124, "1 of 2")
+    assert files(root)["work"] == [] and len(files(root)["ready"]) == 1, "released into its own queue"
+    assert ok(run(scripts, "q", "--timeout", "10", env=env)) == "first\n"
+    assert files(root) == {"ready": [], "work": [], "dead": [], "tmp": []}
+    assert files(root, "other") == {"ready": [], "work": [], "dead": [], "tmp": []}
