@@ -13,12 +13,41 @@ and the handler command line is split with :mod:`shlex` and executed without
 a shell, so nothing in a message can be run as a command.
 
 Cron mails whatever a job prints, so a run where everything succeeded prints
-nothing; each failure is one line on stderr. ``--log-file`` keeps a line per
-message for a persistent record.
+nothing; each failure is one line on stderr, never a traceback. ``--log-file``
+keeps a line per message for a persistent record.
+
+Whatever goes wrong preparing or starting the handler for one message never
+stops the dispatcher with a traceback, nor leaves the message leased for every
+later run to die on. What becomes of the message depends on whose fault it is:
+
+- The message's: a value that cannot be passed to a process (a NUL byte, a
+  lone surrogate), a body larger than this process may write (EFBIG), a
+  command line or environment exec refuses, anything unforeseen. The message
+  is *nacked*, like a failed handler: the attempt counts against its requeue
+  limit, so a poison message ends in the dead letters instead of coming back
+  for ever, and the run goes on with the next message.
+- This host's, for now: no room or no inodes in $TMPDIR for the handler's
+  stdin file (ENOSPC, EDQUOT), an I/O error there, no free processes, file
+  descriptors or memory to start the handler. The message is *released*: it
+  goes back unchanged and the attempt does not count, since nacking would
+  dead-letter good requests whenever /tmp fills up. The run stops with exit 1
+  (the next message would meet the same full disk) and says why in one line,
+  which cron mails every run until the host is fixed. (A body too large for
+  the room left in $TMPDIR is treated the same way: it is reported, not
+  dead-lettered.)
+
+Values that come from the payload are never trusted as environment values:
+``DDMQ_QUEUE`` (and a reply's ``queue``, and the queue named in every ack,
+nack, extend and release) is the queue the message was taken from, not the
+payload's ``queue`` field, which a member of the group could have planted;
+``DDMQ_HEADERS`` is ASCII JSON; a body holding NUL reaches the handler on
+stdin only.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import shlex
@@ -36,6 +65,8 @@ from typing import IO, Any, Mapping
 from ddmq import Broker, DdmqError, LeaseLost, Message
 from ddmq.errors import storage_error
 
+from . import options
+
 PROG = "ddmq-dispatch"
 EXIT_OK, EXIT_FAILED = 0, 1  # usage errors exit 2 through argparse
 # How much of the handler's stdout/stderr goes into the reply message.
@@ -48,59 +79,40 @@ ENV_VALUE_MAX = 64 * 1024
 # handler timeout or a lease extension is acted on.
 POLL_SECONDS = 0.1
 _HOST = socket.gethostname()
+# Errors of starting a process that say "this host, now", not "this message or
+# this handler": the message is released rather than nacked, and the run stops.
+SPAWN_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
 
 
 # ------------------------------------------------------------------ options
-def _positive(kind: type) -> Any:
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text!r}")
-        return value
-    return convert
-
-
-def _not_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = options.Parser(
         prog=PROG,
         description="Run HANDLER once for each message of REQUEST_QUEUE: ack on exit 0, "
                     "nack (requeue until the requeue limit, then dead-letter) otherwise. "
                     "Meant to be run from cron every minute; prints nothing when all went well.",
         epilog="The handler gets the message body on stdin and in DDMQ_MESSAGE, and "
                "DDMQ_MESSAGE_ID, DDMQ_QUEUE, DDMQ_ROOT, DDMQ_DELIVERY_COUNT, DDMQ_RECEIPT, "
-               "DDMQ_HEADERS (JSON). Exit codes: 0 all handled messages succeeded (or none "
-               "were waiting), 1 a handler failed, 2 usage error, 4 root or queue not found, "
-               "128+N stopped by signal N.",
+               "DDMQ_HEADERS (JSON). Seconds are at most 1e9. Exit codes: 0 all handled messages "
+               "succeeded (or none were waiting), 1 a handler failed or could not be started, "
+               "2 usage error, 4 root or queue not found, 128+N stopped by signal N.",
     )
     parser.add_argument("queue", metavar="REQUEST_QUEUE", help="queue to take requests from")
     parser.add_argument("--handler", required=True, metavar="'COMMAND ARGS'",
                         help="command to run per message (split like a shell would, run without one)")
     parser.add_argument("--root", help="ddmq root directory (default: $DDMQ_ROOT, else ~/.ddmq)")
-    parser.add_argument("--max-messages", type=_positive(int), default=10, metavar="N",
-                        help="handle at most N messages per run (default 10)")
-    parser.add_argument("--max-seconds", type=_positive(float), default=50.0, metavar="S",
+    parser.add_argument("--max-messages", type=options.count(), default=10, metavar="N",
+                        help=f"handle at most N messages per run (default 10, at most {options.MAX_COUNT})")
+    parser.add_argument("--max-seconds", type=options.seconds(), default=50.0, metavar="S",
                         help="take no new message after S seconds (default 50, so a run started "
                              "by cron ends before the next one); a running handler is not cut short")
-    parser.add_argument("--lease", type=_positive(float), metavar="S",
+    parser.add_argument("--lease", type=options.number(low=options.MIN_LEASE), metavar="S",
                         help="lease length in seconds, renewed every S/3 while the handler runs "
                              "(default: the message's message_timeout)")
-    parser.add_argument("--handler-timeout", type=_positive(float), metavar="S",
+    parser.add_argument("--handler-timeout", type=options.seconds(), metavar="S",
                         help="kill a handler running longer than S seconds and nack its message "
                              "(default: no limit)")
-    parser.add_argument("--kill-grace", type=_not_negative, default=5.0, metavar="S",
+    parser.add_argument("--kill-grace", type=options.seconds(positive=False), default=5.0, metavar="S",
                         help="seconds between SIGTERM and SIGKILL when a handler is killed (default 5)")
     parser.add_argument("--reply-queue", metavar="QUEUE",
                         help="publish a result (JSON object) per message to this existing queue")
@@ -121,6 +133,14 @@ class Outcome:
     stderr: str
     seconds: float
     lease_lost: bool = False
+
+
+class LocalTrouble(Exception):
+    """The handler could not be prepared or started for a reason of this host, not of the message.
+
+    The message is released (the attempt does not count) and the run stops;
+    see the module docstring.
+    """
 
 
 class StopRequest:
@@ -148,21 +168,26 @@ def body_bytes(msg: Message) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def handler_env(msg: Message, root: str, body: bytes, base: Mapping[str, str]) -> dict[str, Any]:
+def handler_env(msg: Message, queue: str, root: str, body: bytes, base: Mapping[str, str]) -> dict[str, Any]:
     """The handler's environment: ours plus the DDMQ_* description of the message.
 
-    Values are passed as data (never through a shell). DDMQ_MESSAGE is left
-    out when the body holds a NUL byte or is too large for exec; an inherited
-    DDMQ_MESSAGE is removed so it cannot pass for this message's body.
+    Values are passed as data (never through a shell), and none is a string
+    from the payload that could hold a NUL byte or a lone surrogate, which
+    exec cannot take: DDMQ_QUEUE is ``queue``, the queue the message was
+    taken from (the payload's own ``queue`` field is not checked against it),
+    DDMQ_MESSAGE_ID was checked against the file name by the core,
+    DDMQ_HEADERS is ASCII JSON. DDMQ_MESSAGE is left out when the body holds
+    a NUL byte or is too large for exec; an inherited DDMQ_MESSAGE is removed
+    so it cannot pass for this message's body.
     """
     env: dict[str, Any] = dict(base)
     env.pop("DDMQ_MESSAGE", None)
     env.pop("DDMQ_HEADERS", None)
     env.update(
-        DDMQ_MESSAGE_ID=msg.id, DDMQ_QUEUE=msg.queue, DDMQ_ROOT=root,
+        DDMQ_MESSAGE_ID=msg.id, DDMQ_QUEUE=queue, DDMQ_ROOT=root,
         DDMQ_DELIVERY_COUNT=str(msg.delivery_count), DDMQ_RECEIPT=msg.receipt or "",
     )
-    headers = json.dumps(msg.headers, sort_keys=True)
+    headers = json.dumps(msg.headers, sort_keys=True)  # ensure_ascii: NUL and surrogates escaped
     if len(headers) <= ENV_VALUE_MAX:
         env["DDMQ_HEADERS"] = headers
     if len(body) <= ENV_VALUE_MAX and b"\0" not in body:
@@ -213,29 +238,78 @@ def _tail(stream: IO[bytes]) -> str:
     return stream.read().decode("utf-8", "replace")
 
 
+def _input_file(body: bytes) -> IO[bytes]:
+    """An anonymous temporary file holding ``body``, at its start; the handler's stdin."""
+    stdin = tempfile.TemporaryFile()
+    try:
+        stdin.write(body)
+        stdin.flush()  # a full disk is found here, not when the handler reads
+        stdin.seek(0)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            stdin.close()
+        raise
+    return stdin
+
+
+def _tmpdir() -> str:
+    try:
+        return tempfile.gettempdir()
+    except OSError:
+        return "$TMPDIR"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _not_started(detail: str) -> Outcome:
+    """The outcome for a message the handler could not be given: a failure, nacked like one."""
+    return Outcome("failed", None, detail, "", "", 0.0)
+
+
 def run_handler(argv: list[str], msg: Message, broker: Broker, lease: float,
-                timeout: float | None, grace: float, stop: StopRequest) -> Outcome:
+                timeout: float | None, grace: float, stop: StopRequest, queue: str | None = None) -> Outcome:
     """Run the handler for one message, keeping its lease alive until it exits.
 
     Input and output go through anonymous temporary files (in $TMPDIR), not
     pipes: a handler that ignores stdin, prints megabytes, or leaves a
     background child holding its stdout open can never block the dispatcher.
     Only the last TAIL_BYTES of each output are kept for the reply.
+
+    Whatever goes wrong before the handler runs is the message's failure
+    (an Outcome "failed", to be nacked), or raises LocalTrouble when it is
+    this host's (see the module docstring); it never escapes otherwise.
     """
-    body = body_bytes(msg)
-    env = handler_env(msg, os.path.abspath(broker.root), body, os.environ)
+    try:
+        body = body_bytes(msg)
+        env = handler_env(msg, msg.queue if queue is None else queue, os.path.abspath(broker.root), body,
+                          os.environ)
+    except Exception as exc:  # a value of this message's that cannot be passed on
+        return _not_started(f"cannot pass the message to the handler: {_why(exc)}")
     start = time.monotonic()
-    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, \
-            tempfile.TemporaryFile() as err:
-        stdin.write(body)
-        stdin.seek(0)
+    with contextlib.ExitStack() as files:
+        try:
+            stdin = files.enter_context(_input_file(body))
+            out = files.enter_context(tempfile.TemporaryFile())
+            err = files.enter_context(tempfile.TemporaryFile())
+        except OSError as exc:
+            if exc.errno == errno.EFBIG:  # larger than this process may write: it always will be
+                return _not_started(f"cannot write the message to the handler's stdin: {_why(exc)}")
+            raise LocalTrouble(f"cannot write the handler's stdin file in {_tmpdir()}: {_why(exc)}") from None
         if stop.signum:
             return Outcome("interrupted", None, "interrupted before the handler started", "", "", 0.0)
         try:
             proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, env=env,
                                     start_new_session=True)
         except OSError as exc:
-            return Outcome("failed", None, f"cannot run handler: {exc.strerror or exc}", "", "", 0.0)
+            if exc.errno in SPAWN_LOCAL_ERRNOS:
+                raise LocalTrouble(f"cannot start the handler: {_why(exc)}") from None
+            return _not_started(f"cannot run handler: {_why(exc)}")
+        except Exception as exc:  # ValueError (a NUL byte), UnicodeEncodeError, ...: this message's values
+            return _not_started(f"cannot start the handler: {_why(exc)}")
         state, detail, lease_lost = "", "", False
         next_extend = start + lease / 3
         while True:
@@ -257,7 +331,7 @@ def run_handler(argv: list[str], msg: Message, broker: Broker, lease: float,
             if not lease_lost and now >= next_extend:
                 next_extend = now + lease / 3
                 try:
-                    broker.extend(msg, lease)
+                    broker.extend(msg, lease, queue=msg.queue if queue is None else queue)
                 except LeaseLost:
                     lease_lost = True
                 except DdmqError as exc:  # transient storage trouble: try again next time
@@ -324,8 +398,8 @@ class LogFile:
 
 
 # -------------------------------------------------------------- dispatching
-def settle(broker: Broker, msg: Message, outcome: Outcome) -> str:
-    """Ack or nack the message; returns what became of it.
+def settle(broker: Broker, msg: Message, outcome: Outcome, queue: str | None = None) -> str:
+    """Ack or nack the message in ``queue`` (the one it was taken from); returns what became of it.
 
     ``acked``, ``requeued``, ``dead-lettered`` (requeue limit reached), or
     ``lease-lost`` when the lease is no longer ours: then the message is
@@ -335,23 +409,24 @@ def settle(broker: Broker, msg: Message, outcome: Outcome) -> str:
         return "lease-lost"
     try:
         if outcome.state == "ok":
-            broker.ack(msg)
+            broker.ack(msg, queue)
             return "acked"
-        return "requeued" if broker.nack(msg) == "ready" else "dead-lettered"
+        return "requeued" if broker.nack(msg, queue) == "ready" else "dead-lettered"
     except LeaseLost:
         return "lease-lost"
 
 
-def reply(outcome: Outcome, msg: Message, disposition: str) -> dict[str, Any]:
+def reply(outcome: Outcome, msg: Message, disposition: str, queue: str | None = None) -> dict[str, Any]:
     """The result message published to ``--reply-queue``.
 
     It is published after the ack or nack, so ``disposition`` is what really
     happened: a requester can tell a failure that will be retried from a
-    final one.
+    final one. ``queue`` is the queue the request was taken from (the
+    payload's own ``queue`` field is not to be trusted).
     """
     code = outcome.returncode
     return {
-        "request_id": msg.id, "queue": msg.queue, "state": outcome.state,
+        "request_id": msg.id, "queue": msg.queue if queue is None else queue, "state": outcome.state,
         "exit_status": code if code is not None and code >= 0 else None,
         "signal": -code if code is not None and code < 0 else None,
         "disposition": disposition, "delivery_count": msg.delivery_count,
@@ -386,7 +461,11 @@ class Dispatcher:
         failing request back to back, spending its whole requeue limit within
         a minute and starving the requests behind it. Held until the end, it
         is retried by a later run; if its lease runs out first, expiry
-        requeues it just as the nack would.
+        requeues it just as the nack would. They are nacked even when the run
+        ends early on an error.
+
+        A message the handler could not be started for because of this host
+        (LocalTrouble) is released at once and ends the run (exit 1).
         """
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -394,44 +473,85 @@ class Dispatcher:
         started = time.monotonic()
         failed: list[tuple[Message, Outcome]] = []
         all_ok = True
-        for _ in range(args.max_messages):
-            if self.stop.signum or time.monotonic() - started >= args.max_seconds:
-                break
-            claimed = self.broker.consume(args.queue, 1, lease=args.lease)
-            if not claimed:
-                break
-            msg = claimed[0]
-            lease = args.lease if args.lease is not None else msg.message_timeout
-            outcome = run_handler(self.handler, msg, self.broker, lease, args.handler_timeout,
-                                  args.kill_grace, self.stop)
-            if outcome.state == "ok" or outcome.lease_lost:
-                if not self.finish(msg, outcome):
+        try:
+            for _ in range(args.max_messages):
+                if self.stop.signum or time.monotonic() - started >= args.max_seconds:
+                    break
+                claimed = self.broker.consume(args.queue, 1, lease=args.lease)
+                if not claimed:
+                    break
+                msg = claimed[0]
+                lease = args.lease if args.lease is not None else msg.message_timeout
+                try:
+                    outcome = run_handler(self.handler, msg, self.broker, lease, args.handler_timeout,
+                                          args.kill_grace, self.stop, args.queue)
+                except LocalTrouble as exc:
+                    self.give_back(msg, str(exc))
                     all_ok = False
-            else:
-                failed.append((msg, outcome))
-        for msg, outcome in failed:
-            self.finish(msg, outcome)
+                    break
+                if outcome.state == "ok" or outcome.lease_lost:
+                    if not self.finish(msg, outcome):
+                        all_ok = False
+                else:
+                    failed.append((msg, outcome))
+        finally:
+            for msg, outcome in failed:
+                self.finish(msg, outcome)
         if self.stop.signum:
             return 128 + self.stop.signum
         return EXIT_OK if all_ok and not failed else EXIT_FAILED
 
     def finish(self, msg: Message, outcome: Outcome) -> bool:
-        """Settle one message, then reply and report; True if it was acked."""
-        disposition = settle(self.broker, msg, outcome)
+        """Settle one message, then reply and report; True if it was acked.
+
+        Never raises: a message that cannot be settled is left to its lease
+        (expiry requeues it), a reply or log line that cannot be written is
+        reported, and the run goes on.
+        """
+        try:
+            disposition = settle(self.broker, msg, outcome, self.args.queue)
+        except DdmqError as exc:
+            self.report(msg, "failed", f"{outcome.detail or 'handler exited 0'}, but it could not be settled: "
+                                       f"{exc}; it will be redelivered when its lease expires")
+            return False
         if self.args.reply_queue is not None:
-            self.broker.publish(self.args.reply_queue, reply(outcome, msg, disposition))
+            try:
+                self.broker.publish(self.args.reply_queue, reply(outcome, msg, disposition, self.args.queue))
+            except (DdmqError, TypeError, ValueError) as exc:
+                print(f"{PROG}: message {msg.id}: cannot publish the reply to {self.args.reply_queue!r}: {exc}",
+                      file=sys.stderr)
         text = summary(outcome, disposition)
-        if self.log is not None:
-            state = "lease-lost" if disposition == "lease-lost" else outcome.state
-            self.log.write(msg.queue, msg.id, state, text)
+        state = "lease-lost" if disposition == "lease-lost" else outcome.state
         if disposition == "acked":
+            self.report(msg, state, text, quiet=True)
             return True
-        print(f"{PROG}: message {msg.id}: {text}", file=sys.stderr)
+        self.report(msg, state, text)
         return False
+
+    def give_back(self, msg: Message, why: str) -> None:
+        """Release a message the handler was not started for (LocalTrouble): unchanged, not counted."""
+        try:
+            self.broker.release(msg, self.args.queue)
+            what = "released, not counted as a delivery; the run stops"
+        except LeaseLost:
+            what = "its lease was lost meanwhile; the run stops"
+        except DdmqError as exc:
+            what = f"could not release it ({exc}): it is requeued when its lease expires; the run stops"
+        self.report(msg, "not-started", f"{why} ({what})")
+
+    def report(self, msg: Message, state: str, text: str, quiet: bool = False) -> None:
+        """The log line and (unless ``quiet``) the stderr line about one message."""
+        if self.log is not None:
+            try:
+                self.log.write(self.args.queue, msg.id, state, text)
+            except DdmqError as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"{PROG}: message {msg.id}: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ddmq-dispatch``; returns the exit code."""
+    """Entry point of ``ddmq-dispatch``; returns the exit code. Errors are one line, never a traceback."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -449,6 +569,12 @@ def main(argv: list[str] | None = None) -> int:
     except DdmqError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        print(f"{PROG}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # unforeseen: still one line; failed messages were nacked on the way out
+        print(f"{PROG}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import math
 
 from ddmq.errors import UsageError
-from ddmq.settings import MAX_SECONDS
+from ddmq.settings import MAX_SECONDS, MIN_SECONDS
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ MAX_COUNT = 1_000_000
 INT_RANGE = (-(2 ** 31), 2 ** 31 - 1)
 # Shortest poll interval: less would be a busy loop on the shared metadata server.
 MIN_INTERVAL = 0.001
+# Shortest lease the core accepts.
+MIN_LEASE = MIN_SECONDS
 
 
 def check_number(value: Any, what: str, *, low: float = 0, high: float = MAX_SECONDS,

@@ -7,6 +7,7 @@ input, and whether two runs of one message ever overlapped.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -436,3 +437,155 @@ def test_submit_handler_calls_sbatch_or_says_what_it_would(tmp_path: Path) -> No
         refused = subprocess.run([sys.executable, script], input=bad, env=env,
                                  capture_output=True, text=True, timeout=30)
         assert refused.returncode == 2 and refused.stderr.startswith("submit_handler: "), bad
+
+
+# ------------------------------------- a message the handler cannot be given
+def _plant_payload(root: Path, msg_id: str, in_queue: str = "q", **fields) -> None:
+    """Rewrite a ready message's payload with ``fields``, as a hostile member of the group could
+    (json.dumps escapes NUL as ``\\u0000`` and keeps lone surrogates as ``\\udXXX``)."""
+    ready = root / in_queue / "ready"
+    [name] = [n for n in os.listdir(ready) if msg_id in n]
+    raw = json.loads((ready / name).read_text())
+    raw.update(fields)
+    (ready / (name + ".new")).write_text(json.dumps(raw))
+    os.replace(ready / (name + ".new"), ready / name)
+
+
+@pytest.fixture
+def restore_signals():
+    """main() installs SIGINT/SIGTERM handlers; give the test process its own back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def test_nul_or_lone_surrogate_in_a_payload_field_does_not_stop_the_dispatcher(
+        b: Broker, root: Path, out: Path, handler, tmp_path: Path) -> None:
+    """The payload's ``queue`` field is not checked against the queue it lies in: a planted NUL or
+    lone surrogate there must neither crash the run (execve refuses NUL) nor reach the handler."""
+    b.create_queue("q")
+    b.create_queue("replies")
+    nul, surrogate, plain = (b.publish("q", f"request {i}") for i in range(3))
+    _plant_payload(root, nul.id, queue="q\u0000DDMQ_EVIL=1")
+    _plant_payload(root, surrogate.id, queue="q\ud800")
+    log = tmp_path / "dispatch.log"
+    done = dispatch(root, "q", "--handler", handler(), "--reply-queue", "replies", "--log-file", log)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    got = {r["id"]: r for r in records(out)}
+    assert set(got) == {nul.id, surrogate.id, plain.id}
+    assert {r["env"]["DDMQ_QUEUE"] for r in got.values()} == {"q"}, "the queue it was taken from"
+    assert "DDMQ_EVIL" not in got[nul.id]["env"]
+    assert b.counts("q") == {"ready": 0, "work": 0, "dead": 0}
+    replies = b.consume("replies", 10, ack=True)
+    assert sorted(m.message["queue"] for m in replies) == ["q", "q", "q"]
+    assert len(log.read_text().splitlines()) == 3
+
+
+def test_a_message_popen_refuses_is_nacked_and_the_run_goes_on(b: Broker, root: Path, out: Path, handler,
+                                                                mocker, capsys, restore_signals) -> None:
+    """Whatever the handler cannot be started with, for one message, is that message's failure: it is
+    nacked (so a poison message ends in the dead letters) and the next message is handled."""
+    from ddmq_hpc import dispatch as dispatch_mod
+
+    b.create_queue("q", requeue_limit=1)
+    poison = b.publish("q", "poison")
+    fine = b.publish("q", "fine")
+    real_popen = subprocess.Popen
+
+    def popen(argv, *args, **kwargs):
+        if kwargs.get("env", {}).get("DDMQ_MESSAGE") in ("poison", b"poison"):
+            raise ValueError("embedded null byte")
+        return real_popen(argv, *args, **kwargs)
+
+    mocker.patch("subprocess.Popen", side_effect=popen)
+    argv = ["q", "--root", str(root), "--handler", handler()]
+    assert dispatch_mod.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"ddmq-dispatch: message {poison.id}: cannot start the handler: embedded null byte (requeued)\n"
+    assert [r["id"] for r in records(out)] == [fine.id]
+    assert dispatch_mod.main(argv) == 1
+    assert capsys.readouterr().err.endswith("(dead-lettered)\n")
+    assert b.counts("q") == {"ready": 0, "work": 0, "dead": 1}
+
+
+def test_full_tmpdir_releases_the_message_and_stops_the_run(b: Broker, root: Path, out: Path, handler,
+                                                            mocker, capsys, restore_signals) -> None:
+    """ENOSPC while writing the body to the handler's stdin file in $TMPDIR is this host's trouble,
+    not the message's: the message goes back as it was (the attempt does not count against its
+    requeue limit), the run stops (the next message would meet the same full disk), exit 1."""
+    import io
+    import tempfile
+
+    from ddmq_hpc import dispatch as dispatch_mod
+
+    b.create_queue("q", requeue_limit=0)
+    first = b.publish("q", "first")
+    b.publish("q", "second")
+    before = sorted(os.listdir(root / "q" / "ready"))
+    real_tempfile = tempfile.TemporaryFile
+
+    class FullDisk(io.BufferedRandom):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    mocker.patch("tempfile.TemporaryFile", side_effect=lambda *a, **k: FullDisk(real_tempfile(*a, **k).detach()))
+    assert dispatch_mod.main(["q", "--root", str(root), "--handler", handler()]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"ddmq-dispatch: message {first.id}: ") and "No space left on device" in line, line
+    assert "released" in line, line
+    assert records(out) == []
+    assert sorted(os.listdir(root / "q" / "ready")) == before, "both back (or never taken) under their names"
+    assert b.counts("q") == {"ready": 2, "work": 0, "dead": 0}
+    mocker.stopall()
+    done = dispatch(root, "q", "--handler", handler())  # the disk has room again
+    assert (done.returncode, done.stderr) == (0, "")
+    assert sorted(r["delivery"] for r in records(out)) == ["1", "1"]
+
+
+def test_a_body_larger_than_the_file_size_limit_is_nacked(b: Broker, root: Path, out: Path, handler) -> None:
+    """A real fault: RLIMIT_FSIZE makes writing a large body to the stdin file fail (EFBIG). That is
+    the message's doing (it fails on every try), so it is nacked and the run goes on."""
+    import resource
+
+    b.create_queue("q", requeue_limit=0)
+    big = b.publish("q", "x" * (2 << 20))
+    small = b.publish("q", "small")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    done = dispatch(root, "q", "--handler", handler(), preexec_fn=limit)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"ddmq-dispatch: message {big.id}: ") and line.endswith("(dead-lettered)"), line
+    assert [r["id"] for r in records(out)] == [small.id]
+    assert b.counts("q") == {"ready": 0, "work": 0, "dead": 1}
+
+
+# ------------------------------------------------------------ numbers
+BAD_NUMBERS = [
+    ["--max-seconds", "nan"], ["--max-seconds", "inf"], ["--max-seconds", "-1"], ["--max-seconds", "1e10"],
+    ["--lease", "nan"], ["--lease", "inf"], ["--lease", "1e300"], ["--lease", "0"],
+    ["--handler-timeout", "nan"], ["--handler-timeout", "inf"], ["--handler-timeout", "-5"],
+    ["--kill-grace", "nan"], ["--kill-grace", "inf"], ["--kill-grace", "-1"], ["--kill-grace", "1e10"],
+    ["--max-messages", "99999999999"], ["--max-messages", "0"], ["--max-messages", "1e3"],
+]
+
+
+def test_numbers_out_of_range_are_one_line_usage_errors(b: Broker, root: Path, out: Path, handler) -> None:
+    b.create_queue("q")
+    b.publish("q", "keep me")
+    procs = [start(root, "q", "--handler", handler(), *args) for args in BAD_NUMBERS]
+    try:
+        results = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for args, p, (stdout, stderr) in zip(BAD_NUMBERS, procs, results):
+        assert p.returncode == 2 and stdout == "", (args, p.returncode, stderr)
+        assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, (args, stderr)
+        assert stderr.startswith("ddmq-dispatch: ") and args[0] in stderr, (args, stderr)
+    assert records(out) == [] and b.counts("q") == {"ready": 1, "work": 0, "dead": 0}
