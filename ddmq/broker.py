@@ -1171,8 +1171,20 @@ class Broker:
         if queue is None:
             root = self._rootdir
             self._remove_abandoned(root, self._lease_clock(root), abandoned_in_root)
+            refused: StorageError | None = None
             for name in self.list_queues():
-                report.add(self._clean_queue(self._paths(name), scan_ready=True))
+                try:
+                    paths = self._paths(name)
+                except StorageError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    # A queue a member broke (a link in place of its directories) is
+                    # refused, but must not stop the others being cleaned.
+                    refused = refused or exc
+                    continue
+                report.add(self._clean_queue(paths, scan_ready=True))
+            if refused is not None:
+                raise refused
         else:
             report.add(self._clean_queue(self._queue(queue), scan_ready=True))
         return report

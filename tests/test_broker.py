@@ -564,3 +564,19 @@ def test_create_exist_ok_never_says_exists_while_another_client_deletes(b: Broke
     finally:
         racer.join()
     assert false_exists == 0
+
+
+def test_clean_of_the_root_cleans_every_queue_it_can(b: Broker, root: Path, tmp_path: Path) -> None:
+    # A member replaced one queue's tmp/ by a link: that queue is refused, the others still cleaned.
+    b.create_queue("broken")
+    b.create_queue("fine")
+    b.publish("fine", "x")
+    b.consume("fine", lease=0.01)
+    time.sleep(0.05)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.rename(root / "broken" / "tmp", root / "broken" / ".tmp.aside")
+    os.symlink(elsewhere, root / "broken" / "tmp")
+    with pytest.raises(ddmq.StorageError, match="refusing to use"):
+        Broker(root).clean()
+    assert b.counts("fine") == {"ready": 1, "work": 0, "dead": 0}
