@@ -864,6 +864,10 @@ class Broker:
         msg = decode(data)
         if expected_id is not None and msg.id != expected_id:
             raise CorruptMessage(f"payload id {msg.id!r} does not match the file name")
+        # A message belongs to the queue it lies in (a state directory's parent),
+        # whatever its payload says: ack, nack and release find it there.
+        if directory.parent is not None and directory.parent.name:
+            msg.queue = directory.parent.name
         return msg
 
     def _load(self, paths: QueueDir, directory: atomic.Dir, name: str, expected_id: str,

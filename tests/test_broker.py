@@ -580,3 +580,20 @@ def test_clean_of_the_root_cleans_every_queue_it_can(b: Broker, root: Path, tmp_
     with pytest.raises(ddmq.StorageError, match="refusing to use"):
         Broker(root).clean()
     assert b.counts("fine") == {"ready": 1, "work": 0, "dead": 0}
+
+
+def test_a_message_belongs_to_the_queue_it_lies_in_whatever_its_payload_says(b: Broker, root: Path) -> None:
+    # A payload planted (or a queue directory renamed) with another queue's name in it:
+    # ack, nack and release find the message where it was claimed, so it is never stranded in work/.
+    b.create_queue("q")
+    b.create_queue("other")
+    b.publish("q", "x")
+    [name] = os.listdir(root / "q" / "ready")
+    path = root / "q" / "ready" / name
+    path.write_text(path.read_text().replace('"queue": "q"', '"queue": "other"'))
+    [peeked] = b.peek("q")
+    assert peeked.queue == "q"
+    [msg] = b.consume("q")
+    assert msg.queue == "q"
+    b.ack(msg)
+    assert b.counts("q") == {"ready": 0, "work": 0, "dead": 0}
