@@ -184,6 +184,12 @@ class Injector:
     def _describe(self, prim: str, args: tuple, kwargs: dict) -> Call | None:
         if prim in ("read", "write", "fsync", "close", "fchmod", "fstat", "ftruncate"):
             opened = self._opened(args[0]) if args else None
+            if prim == "close" and (opened is None or args[0] not in self._fds
+                                    or opened[1] & getattr(os, "O_DIRECTORY", 0)):
+                # Closing a directory changes nothing and cannot fail, and ddmq closes
+                # the directories a Broker held whenever it is garbage-collected: a
+                # step at a moment no operation decides, so not a step.
+                return None
             return Call(prim, opened[0], flags=opened[1]) if opened else None
         if prim in ("listdir", "scandir"):
             target = args[0] if args else kwargs.get("path", ".")
