@@ -100,3 +100,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def check_wait_numbers(count: Any, timeout: Any, interval: Any, max_interval: Any) -> None:
+    """The numbers of a wait (``ddmq_hpc.wait.wait`` and ``ddmq_hpc.snakemake.wait_for``), or UsageError."""
+    check_number(count, "count", low=1, high=MAX_COUNT, whole=True)
+    if timeout is not None:
+        check_number(timeout, "timeout")
+    check_number(interval, "interval", low=MIN_INTERVAL)
+    check_number(max_interval, "max_interval", low=MIN_INTERVAL)
+    if not interval <= max_interval:
+        raise UsageError("need interval <= max_interval")

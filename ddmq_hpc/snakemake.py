@@ -114,13 +114,7 @@ def _wait_options(root: PathLike | None, match: str | None, regex: str | None,
 
     if fmt not in FORMATS:
         raise UsageError(f"fmt must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    options.check_number(count, "count", low=1, high=options.MAX_COUNT, whole=True)
-    if timeout is not None:
-        options.check_number(timeout, "timeout")
-    options.check_number(interval, "interval", low=options.MIN_INTERVAL)
-    options.check_number(max_interval, "max_interval", low=options.MIN_INTERVAL)
-    if not interval <= max_interval:
-        raise UsageError("need interval <= max_interval")
+    options.check_wait_numbers(count, timeout, interval, max_interval)
     args: list[str] = []
     if root is not None:
         args.append(f"--root={os.fspath(root)}")

@@ -185,13 +185,7 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     SIGINT/SIGTERM can stop the wait even when the filesystem hangs.
     Numbers are checked as ``ddmq-wait`` checks its options (UsageError).
     """
-    options.check_number(count, "count", low=1, high=options.MAX_COUNT, whole=True)
-    if timeout is not None:
-        options.check_number(timeout, "timeout")
-    options.check_number(interval, "interval", low=options.MIN_INTERVAL)
-    options.check_number(max_interval, "max-interval", low=options.MIN_INTERVAL)
-    if not interval <= max_interval:
-        raise UsageError("need interval <= max-interval")
+    options.check_wait_numbers(count, timeout, interval, max_interval)
     check_queue_name(queue)
     b = Broker(root, create=True if create else False)
     if create:
