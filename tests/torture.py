@@ -59,6 +59,14 @@ STATE_DIRS = ("tmp", "ready", "work", "dead")
 # seconds, and files planted for good (dead-lettered like the other hostile files).
 CO_TENANT = ("link-as-state-dir", "fifo-as-settings", "alias-bomb-as-settings", "dev-zero-as-settings",
              "fifo-in-ready", "fifo-in-work", "dev-zero-link-in-ready", "dev-zero-link-in-work")
+# Two attacks succeed on sshfs whatever a client does, and are not tried in a
+# --two-mounts run (docs/protocol.md, Threat model, "sshfs"): sshfs sends
+# paths, not directory handles, to the SFTP server, which follows a link
+# planted in place of a state directory; and that server opens a FIFO renamed
+# over a file the client has cached as regular the blocking way, hanging the
+# mount for every program. New FIFOs are tried: the kernel knows them as FIFOs
+# and opens them itself, without blocking.
+SSHFS_CO_TENANT = tuple(kind for kind in CO_TENANT if kind not in ("fifo-as-settings", "link-as-state-dir"))
 WINDOW = (0.1, 0.6)
 # A directory tree outside the root, which nothing may change: the targets of
 # every planted link. Old files (housekeeping's prey), names ddmq's grammar
@@ -202,7 +210,7 @@ class Conductor:
     # -------------------------------------------------------- the hostile co-tenant
     def plant_co_tenant(self) -> None:
         """One thing a hostile member of the queue's group can do (see CO_TENANT)."""
-        kind = self.rng.choice(CO_TENANT)
+        kind = self.rng.choice(CO_TENANT if len(self.roots) == 1 else SSHFS_CO_TENANT)
         q = self.truth / "q"
         token = f"{len(self.hostile):012x}"
         if kind == "link-as-state-dir":
