@@ -18,12 +18,7 @@ from .errors import storage_error
 # command-line tool several milliseconds of start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Union
-
     from .errors import StorageError
-
-    # Paths are plain strings inside ddmq; callers may pass PathLike.
-    StrPath = Union[str, "os.PathLike[str]"]
 
 # Errors with which the loser of a rename race can come back: ENOENT (the
 # source is gone) everywhere; EEXIST/ENOTEMPTY on some network filesystems;

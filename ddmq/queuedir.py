@@ -10,7 +10,7 @@ but never make it act outside the root.
 from __future__ import annotations
 
 from . import atomic
-from .layout import CLEAN_STAMP, DEAD, QUEUE_MARKER, READY, TMP, WORK
+from .layout import CLEAN_STAMP, DEAD, READY, TMP, WORK
 
 
 class QueueDir:
@@ -38,10 +38,6 @@ class QueueDir:
         return {READY: self.ready, WORK: self.work, DEAD: self.dead, TMP: self.tmp}[name]
 
     @property
-    def settings(self) -> str:
-        """The queue's settings file, for messages."""
-        return self.dir.join(QUEUE_MARKER)
-
-    @property
     def clean_stamp(self) -> str:
+        """The clean stamp's path, for messages."""
         return self.dir.join(CLEAN_STAMP)
