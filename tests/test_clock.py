@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
+from support.capability import need
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 SRC = Path(__file__).resolve().parent.parent
@@ -23,10 +24,7 @@ SRC = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _need_faketime() -> None:
-    if not LIBFAKETIME.exists():
-        if os.environ.get("DDMQ_REQUIRE_FAKETIME") == "1":
-            pytest.fail(f"DDMQ_REQUIRE_FAKETIME=1 but {LIBFAKETIME} is missing (apt-get install faketime)")
-        pytest.skip("libfaketime not installed (apt-get install faketime)")
+    need("faketime", None if LIBFAKETIME.exists() else f"{LIBFAKETIME} is missing (apt-get install faketime)")
 
 
 def skewed(root: Path, seconds: int, code: str) -> subprocess.CompletedProcess:

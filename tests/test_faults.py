@@ -55,6 +55,7 @@ from ddmq import Broker, DdmqError, LeaseLost, StorageError
 from ddmq.cli import cli
 from ddmq.layout import WorkName, new_message_id, new_token, parse_ready, parse_work
 from ddmq.message import CorruptMessage, decode
+from support.capability import need
 
 Q = "q"
 LEASE = 0.05  # leases taken in these tests: recovery waits them out
@@ -787,10 +788,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
                               capture_output=True, text=True)
         if proc.returncode != 0:
             reason = f"cannot mount a tmpfs: {proc.stderr.strip()}"
-    if reason is not None:
-        if os.environ.get("DDMQ_REQUIRE_FUSE") == "1":
-            pytest.fail(f"DDMQ_REQUIRE_FUSE=1 but the full/read-only disk tests cannot run: {reason}")
-        pytest.skip(reason)
+    need("fuse", reason and f"the full/read-only disk tests cannot run: {reason}")
     try:
         yield mnt
     finally:

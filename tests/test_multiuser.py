@@ -18,6 +18,7 @@ from typing import Iterator
 import pytest
 
 from ddmq import Broker
+from support.capability import need
 
 SRC = Path(__file__).resolve().parent.parent / "ddmq"
 GROUP, MEMBERS, OUTSIDER = "ddmqtest", ("ddmqtest_a", "ddmqtest_b"), "ddmqtest_c"
@@ -39,10 +40,7 @@ def shared() -> Iterator[Path]:
     missing = [c for c in ("useradd", "groupadd", "runuser") if shutil.which(c) is None]
     reason = ("needs root" if os.geteuid() != 0 else f"missing {missing}" if missing
               else None if os.path.exists(SYSTEM_PYTHON) else f"no {SYSTEM_PYTHON}")
-    if reason:
-        if os.environ.get("DDMQ_REQUIRE_ROOT") == "1":
-            pytest.fail(f"DDMQ_REQUIRE_ROOT=1 but the multi-user tests cannot run: {reason}")
-        pytest.skip(reason)
+    need("root", reason and f"the multi-user tests cannot run: {reason}")
     _ensure_accounts()
     base = Path(tempfile.mkdtemp(prefix="ddmq-multiuser-", dir="/tmp"))
     try:

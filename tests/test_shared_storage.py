@@ -22,6 +22,7 @@ import pytest
 
 from ddmq import Broker
 from swarm import check_no_loss_no_overlap, run_swarm
+from support.capability import need
 
 HARNESS = Path(__file__).resolve().parent / "harness"
 BIN = Path(sys.executable).parent
@@ -46,10 +47,7 @@ def _unavailable() -> str | None:
 def mounts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(node A's view, node B's view) of one exported directory."""
     reason = _unavailable()
-    if reason:
-        if os.environ.get("DDMQ_REQUIRE_FUSE") == "1":
-            pytest.fail(f"DDMQ_REQUIRE_FUSE=1 but the sshfs harness cannot run: {reason}")
-        pytest.skip(reason)
+    need("fuse", reason and f"the sshfs harness cannot run: {reason}")
     state = tmp_path_factory.mktemp(f"sshfs-{request.param}")
     env = {**os.environ, "SSHFS_OPTS": CACHING[request.param]}
     subprocess.run([str(HARNESS / "mount-shared.sh"), str(state)], env=env, check=True,

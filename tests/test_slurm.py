@@ -25,6 +25,7 @@ import pytest
 
 from ddmq_hpc.template import render
 from jobscripts import BIN, QUEUE, events, fake_command, job_env, start, terminate, wait_for_file, write_script
+from support.capability import need
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "slurm"
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
@@ -51,12 +52,7 @@ def slurm_problem() -> str | None:
 def slurm() -> None:
     """Skip without SLURM, or fail if DDMQ_REQUIRE_SLURM=1 (as in CI) says it must be there."""
     problem = slurm_problem()
-    if problem is None:
-        return
-    message = f"SLURM is not available: {problem}. Start it as root with tests/harness/start-slurm.sh"
-    if os.environ.get("DDMQ_REQUIRE_SLURM") == "1":
-        pytest.fail(f"{message} (DDMQ_REQUIRE_SLURM=1 requires it)", pytrace=False)
-    pytest.skip(message)
+    need("slurm", problem and f"SLURM is not available: {problem}. Start it as root with tests/harness/start-slurm.sh")
 
 
 def sbatch(script: str, workdir: Path) -> str:
