@@ -289,7 +289,10 @@ class Conductor:
             except subprocess.TimeoutExpired:
                 self.hung.append(name)
                 proc.send_signal(signal.SIGKILL)
-                proc.wait()
+                try:  # a process stuck on a dead network mount may not even die: report it, do not hang too
+                    proc.wait(timeout=STOP_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    pass
                 self.killed.add(name)
                 continue
             if name[0] != "p" and code != 0:
