@@ -30,7 +30,7 @@ from .layout import (
 )
 from .message import MAX_MESSAGE_BYTES, CorruptMessage, Message, Unreadable, decode, encode
 from .queuedir import QueueDir
-from .settings import MAX_SECONDS, MIN_SECONDS, SettingsCache, dump, validate
+from .settings import MAX_SECONDS, MIN_SECONDS, SettingsCache, dump, dump_value, validate
 
 DEFAULT_ROOT = "~/.ddmq"
 # A temporary file or directory older than this was certainly abandoned by a
@@ -442,16 +442,19 @@ class Broker:
         # our rename is made again, not reported as existing (each lost race
         # means another client made progress, so the tries are bounded).
         for _ in range(100 if exist_ok else 1):
-            if exist_ok and self._is_queue(queue):
-                return
             try:
-                self._create(queue, values)
-                return
-            except QueueExists:
-                if not exist_ok:
-                    raise
-                if self._is_queue(queue):
+                if exist_ok and self._is_queue(queue):
+                    return self._same_settings(queue, values)
+                try:
+                    self._create(queue, values)
                     return
+                except QueueExists:
+                    if not exist_ok:
+                        raise
+                    if self._is_queue(queue):
+                        return self._same_settings(queue, values)
+            except QueueNotFound:
+                continue  # deleted while we looked at its settings: make it again
         raise QueueExists(f"queue {queue!r} already exists in {self._root} and is not a queue "
                           "(or other clients keep deleting and creating it)")
 
@@ -481,6 +484,21 @@ class Broker:
             atomic.remove_tree(root, staging)
             raise
         atomic.fsync_dir(root)
+
+    def _same_settings(self, queue: str, values: dict[str, Any]) -> None:
+        """With exist_ok: the existing queue must have the settings asked for, else QueueExists.
+
+        ``create --exist-ok --message-timeout 5`` on a queue with another
+        timeout would otherwise succeed and leave the old value in force.
+        """
+        if not values:
+            return
+        current = self._settings.merged((self._rootdir, ROOT_MARKER), (self._queue(queue).dir, QUEUE_MARKER))
+        differ = [f"{key} {dump_value(key, current[key])}, not {dump_value(key, value)}"
+                  for key, value in values.items() if current[key] != value]
+        if differ:
+            raise QueueExists(f"queue {queue!r} already exists with {'; '.join(differ)} "
+                              f"(change it in {self._queue(queue).dir.join(QUEUE_MARKER)})")
 
     def _is_queue(self, queue: str) -> bool:
         try:

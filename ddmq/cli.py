@@ -90,10 +90,10 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _context(root: str | None, fmt: str | None) -> tuple[str | None, str]:
+def _context(root: str | None, fmt: str | None, default_fmt: str = "plain") -> tuple[str | None, str]:
     """``--root``/``--format`` given after the subcommand win over those before it."""
     parent = click.get_current_context().find_root().params
-    return root or parent.get("root"), fmt or parent.get("fmt") or "plain"
+    return root or parent.get("root"), fmt or parent.get("fmt") or default_fmt
 
 
 def _check_names(arguments: dict[str, Any]) -> None:
@@ -159,7 +159,8 @@ def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
 @cli.command(epilog=EXIT_CODES_HELP)
 @_common
 @click.argument("queues", nargs=-1, required=True)
-@click.option("--exist-ok", is_flag=True, help="Do not fail if a queue already exists.")
+@click.option("--exist-ok", is_flag=True,
+              help="Do not fail if a queue already exists with the settings given (other settings: an error).")
 @click.option("--clean-interval", type=float, help="Seconds between consumers' housekeeping (default 30).")
 @click.option("--mode", help="Octal permission bits for the queue's files, e.g. 0660 for a group-shared queue.")
 @_setting_options
@@ -382,11 +383,12 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     if name == "consume":  # output before ack, as ddmq consume; plain output is JSON here too
         bound.apply_defaults()
         args = bound.arguments
-        root, fmt = _context(root, fmt or "json")
+        root, fmt = _context(root, fmt, default_fmt="json")
         consume_command(root, "json" if fmt == "plain" else fmt, args["queue"], args["n"], args["lease"],
                         not args["ack"])
         return
-    data = _run(name, root, fmt or "json", lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True), **request)
+    root, fmt = _context(root, fmt, default_fmt="json")
+    data = _run(name, root, fmt, lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True), **request)
     if name == "peek" and not data:
         raise Empty("")
 

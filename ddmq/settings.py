@@ -174,6 +174,11 @@ def load_file(directory: Dir, name: str) -> dict[str, Any]:
     return validate(loaded, path)
 
 
+def dump_value(key: str, value: Any) -> Any:
+    """A setting as a person writes it: ``mode`` in octal."""
+    return f"0{value:o}" if key == "mode" and value is not None else value
+
+
 def dump(values: Mapping[str, Any]) -> str:
     """YAML text for a settings file, with a header saying what it is."""
     import yaml
@@ -182,7 +187,7 @@ def dump(values: Mapping[str, Any]) -> str:
         "# ddmq settings. Keys: " + ", ".join(SCHEMA) + "\n"
         "# Root file: defaults for every queue; queue file: overrides for that queue.\n"
     )
-    shown = {k: f"0{v:o}" if k == "mode" and v is not None else v for k, v in values.items()}
+    shown = {k: dump_value(k, v) for k, v in values.items()}
     body = yaml.safe_dump(shown, default_flow_style=False, sort_keys=True) if values else ""
     return header + body
 

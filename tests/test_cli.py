@@ -822,3 +822,21 @@ def test_script_env_root_default_root_and_json_stdin(script, tmp_path):
     assert (home / ".ddmq" / "q" / "ddmq.yaml").is_file()
     proc = run_script(script, "consume", "q", home=home, env={"DDMQ_ROOT": str(home / ".ddmq")})
     assert proc.returncode == 0 and proc.stdout == "hi\n", proc.stderr
+
+
+def test_json_command_honours_a_format_given_before_it(b, root):
+    b.create_queue("q")
+    out = ok(ddmq_("-r", root, "-f", "yaml", "json", '{"cmd": "view"}'))
+    assert yaml.safe_load(out) == [{"queue": "q", "ready": 0, "work": 0, "dead": 0}]
+    assert not out.lstrip().startswith("[")  # YAML, not the JSON default
+    assert json.loads(ok(ddmq_("-r", root, "json", '{"cmd": "view"}'))) == [
+        {"queue": "q", "ready": 0, "work": 0, "dead": 0}]
+
+
+def test_create_exist_ok_with_other_settings_is_an_error(b, root):
+    b.create_queue("q", message_timeout=60)
+    ok(ddmq_("-r", root, "create", "q", "--exist-ok", "--message-timeout", "60"))
+    ok(ddmq_("-r", root, "create", "q", "--exist-ok"))
+    fails(ddmq_("-r", root, "create", "q", "--exist-ok", "--message-timeout", "5"), 1,
+          "message_timeout", "60", "5")
+    assert b.settings("q")["message_timeout"] == 60
