@@ -76,6 +76,13 @@ class Dir:
     def lstat(self, name: str) -> os.stat_result:
         return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
 
+    def mode(self, name: str) -> int | None:
+        """``name``'s type and permission bits, a link's own; None if it cannot be looked at (gone)."""
+        try:
+            return self.lstat(name).st_mode
+        except OSError:
+            return None
+
 
 def open_root(path: str) -> Dir:
     """Open the root directory itself (the user named it, so a symlink to it is followed)."""
@@ -219,11 +226,7 @@ def move(src_dir: Dir, src: str, dst_dir: Dir, dst: str) -> bool:
 
 def exists(directory: Dir, name: str) -> bool:
     """Whether ``name`` is in ``directory`` (a link counts as itself, not as what it points to)."""
-    try:
-        directory.lstat(name)
-        return True
-    except OSError:
-        return False
+    return directory.mode(name) is not None
 
 
 def renamed(src_dir: Dir, src: str, dst_dir: Dir, dst: str) -> bool:

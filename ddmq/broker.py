@@ -300,11 +300,18 @@ class Broker:
         return None
 
     def _queue_values(self, paths: QueueDir) -> dict[str, Any]:
-        """Effective settings of a queue whose paths are known (root file, then queue file)."""
+        """Effective settings of a queue whose paths are known, read within SETTINGS_MAX_AGE."""
         values = self._checked_values(paths)
         if values is None:
-            values = self._settings.merged((self._rootdir, ROOT_MARKER), (paths.dir, QUEUE_MARKER))
+            values = self._read_settings(paths)
         return values
+
+    def _read_settings(self, paths: QueueDir, required: bool = False) -> dict[str, Any]:
+        """A queue's effective settings from its files: defaults, the root's file, then the queue's.
+
+        With ``required``, a missing queue file raises FileNotFoundError: it is the queue's marker.
+        """
+        return self._settings.merged((self._rootdir, ROOT_MARKER), (paths.dir, QUEUE_MARKER), required=required)
 
     # ---------------------------------------------------------------- queues
     def _paths(self, queue: str) -> QueueDir:
@@ -322,7 +329,7 @@ class Broker:
         try:
             directory = atomic.open_dir(root, queue)
         except (FileNotFoundError, NotADirectoryError) as exc:
-            if isinstance(exc, NotADirectoryError) and stat.S_ISLNK(self._lstat_or_dir(root, queue)):
+            if isinstance(exc, NotADirectoryError) and stat.S_ISLNK(root.mode(queue) or 0):
                 raise atomic.refused(root.join(queue), exc) from None
             raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
         except OSError as exc:
@@ -338,13 +345,6 @@ class Broker:
         except OSError as exc:
             raise atomic.refused(directory.join(exc.filename) if exc.filename else directory.path, exc) from None
 
-    @staticmethod
-    def _lstat_or_dir(directory: atomic.Dir, name: str) -> int:
-        try:
-            return directory.lstat(name).st_mode
-        except OSError:
-            return stat.S_IFDIR
-
     def _forget(self, queue: str) -> None:
         """Drop what this Broker holds of a queue: its directories (closed once unused) and caches."""
         self._queues.pop(queue, None)
@@ -353,10 +353,10 @@ class Broker:
 
     def _queue(self, queue: str) -> QueueDir:
         """The directories of an existing queue, checked now, or QueueNotFound."""
-        paths = self._paths(queue)
-        if not (self._still_there(paths) and atomic.exists(paths.dir, QUEUE_MARKER)):
+        paths = self._current(queue)
+        if not atomic.exists(paths.dir, QUEUE_MARKER):
             self._forget(queue)
-            paths = self._paths(queue)
+            paths = self._paths(queue)  # QueueNotFound, or a queue made again meanwhile
         return paths
 
     def _queue_settings(self, queue: str) -> tuple[QueueDir, dict[str, Any]]:
@@ -371,26 +371,30 @@ class Broker:
         paths = self._paths(queue)
         values = self._checked_values(paths)
         if values is None:
-            if not self._still_there(paths):
-                self._forget(queue)
-                paths = self._paths(queue)
+            paths = self._current(queue)
             try:
-                values = self._settings.merged((self._rootdir, ROOT_MARKER), (paths.dir, QUEUE_MARKER),
-                                               required=True)
+                values = self._read_settings(paths, required=True)
             except (FileNotFoundError, NotADirectoryError):
                 self._forget(queue)
                 raise QueueNotFound(f"no queue {queue!r} in {self._root}") from None
             self._checked[queue] = (time.monotonic(), values)
         return paths, values
 
-    def _still_there(self, paths: QueueDir) -> bool:
-        """Whether the directory held open is still the one called by the queue's name in the root."""
+    def _current(self, queue: str) -> QueueDir:
+        """The queue's directories, opened again if the one held open is no longer called by its name.
+
+        (Deleted, or deleted and made again, by another client.) QueueNotFound if there is none now.
+        """
+        paths = self._paths(queue)
         try:
-            named = self._rootdir.lstat(paths.name)
+            named = self._rootdir.lstat(queue)
             held = os.fstat(paths.dir.fd)
+            if (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev):
+                return paths
         except OSError:
-            return False
-        return (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev)
+            pass
+        self._forget(queue)
+        return self._paths(queue)
 
     def _existing_or_created(self, queue: str) -> tuple[QueueDir, dict[str, Any]]:
         """As _queue_settings, but a Broker made with ``create=True`` first creates a missing queue."""
@@ -426,7 +430,7 @@ class Broker:
         """Effective settings of a queue (or of the root when ``queue`` is None)."""
         if queue is None:
             return self._settings.merged((self._rootdir, ROOT_MARKER))
-        return self._settings.merged((self._rootdir, ROOT_MARKER), (self._queue(queue).dir, QUEUE_MARKER))
+        return self._read_settings(self._queue(queue))
 
     def create_queue(self, queue: str, exist_ok: bool = False, **settings: Any) -> None:
         """Create a queue, with optional settings written to its ``ddmq.yaml``.
@@ -493,12 +497,13 @@ class Broker:
         """
         if not values:
             return
-        current = self._settings.merged((self._rootdir, ROOT_MARKER), (self._queue(queue).dir, QUEUE_MARKER))
+        paths = self._queue(queue)
+        current = self._read_settings(paths)
         differ = [f"{key} {dump_value(key, current[key])}, not {dump_value(key, value)}"
                   for key, value in values.items() if current[key] != value]
         if differ:
             raise QueueExists(f"queue {queue!r} already exists with {'; '.join(differ)} "
-                              f"(change it in {self._queue(queue).dir.join(QUEUE_MARKER)})")
+                              f"(change it in {paths.dir.join(QUEUE_MARKER)})")
 
     def _is_queue(self, queue: str) -> bool:
         try:
@@ -546,17 +551,9 @@ class Broker:
             parse = checks.get(state)
             for name in atomic.listdir(directory):
                 ours = parse(name) is not None if parse else True
-                if not ours or not self._regular(directory, name):
+                if not ours or not stat.S_ISREG(directory.mode(name) or 0):
                     foreign.append(f"{state}/{name}")
         return foreign
-
-    @staticmethod
-    def _regular(directory: atomic.Dir, name: str) -> bool:
-        """Whether ``name`` is a regular file (not a link, directory, FIFO or device)."""
-        try:
-            return stat.S_ISREG(directory.lstat(name).st_mode)
-        except OSError:
-            return False
 
     def list_queues(self) -> list[str]:
         """Names of the queues in this root, sorted."""
@@ -566,12 +563,7 @@ class Broker:
     def _looks_like_queue(self, name: str) -> bool:
         """A directory (not a link to one) holding a queue marker."""
         root = self._rootdir
-        try:
-            if not stat.S_ISDIR(root.lstat(name).st_mode):
-                return False
-            return stat.S_ISREG(os.stat(f"{name}/{QUEUE_MARKER}", dir_fd=root.fd, follow_symlinks=False).st_mode)
-        except OSError:
-            return False
+        return stat.S_ISDIR(root.mode(name) or 0) and stat.S_ISREG(root.mode(f"{name}/{QUEUE_MARKER}") or 0)
 
     def counts(self, queue: str) -> dict[str, int]:
         """How many messages are ready, in work (leased) and dead."""
@@ -1144,11 +1136,10 @@ class Broker:
         directory = paths.dead if dead else paths.ready
         removed = 0
         for name in atomic.listdir(directory):
-            try:
-                is_dir = stat.S_ISDIR(directory.lstat(name).st_mode)
-            except OSError:
+            mode = directory.mode(name)
+            if mode is None:
                 continue  # gone meanwhile
-            if is_dir:
+            if stat.S_ISDIR(mode):
                 atomic.remove_tree(directory, name)  # a dead-lettered foreign directory: never left by a link
                 removed += 1
             elif atomic.remove(directory, name) and not name.endswith(REASON_SUFFIX):
