@@ -22,11 +22,11 @@ import click
 
 from . import __version__
 from .broker import Broker
-from .errors import DdmqError, UsageError
+from .errors import UsageError
 from .layout import check_queue_name
 from .ops import (
-    FORMATS, OPERATIONS, Empty, OutputFailed, broken_pipe, consume_command, failed, plain_bodies, plain_table,
-    publish_command, read_stdin, render, split,
+    FORMATS, OPERATIONS, Empty, OutputFailed, broken_pipe, consume_command, exit_code_of, failed, plain_bodies,
+    plain_table, publish_command, read_stdin, render, split,
 )
 
 EXIT_CODES_HELP = """\b
@@ -70,15 +70,11 @@ class _Group(click.Group):
             raise click.exceptions.Exit(failed(OutputFailed(exc))) from None
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            try:
-                return super().invoke(ctx)
-            except (DdmqError, KeyboardInterrupt) as exc:
-                ctx.exit(failed(exc))
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-            ctx.exit(broken_pipe())
+        result: list[Any] = []
+        code = exit_code_of(lambda: result.append(super(_Group, self).invoke(ctx)))
+        if code is not None:
+            ctx.exit(code)
+        return result[0]
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:

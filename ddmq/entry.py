@@ -11,13 +11,11 @@ also words the usage errors. Nothing is guessed: when in doubt, click decides.
 """
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
 
-from .errors import DdmqError
-from .ops import FORMATS, broken_pipe, consume_command, failed, publish_command
+from .ops import FORMATS, consume_command, exit_code_of, publish_command
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
@@ -155,22 +153,10 @@ def _parse(argv: list[str]) -> tuple[_Command, dict[str, Any]] | None:
 
 
 def _run(command: _Command, args: dict[str, Any]) -> None:
-    """Run the command; end as the click command would (``cli._Group`` and ``cli.main``).
-
-    A failure is one line on stderr and its exit code (:func:`ddmq.ops.failed`);
-    stdout refusing the output is one of them (``ddmq.ops.OutputFailed``: 141
-    quietly for a broken pipe). Any other broken pipe -- there should be none
-    -- ends the same way, never with a traceback.
-    """
-    try:
-        try:
-            command.run(**args)
-        except (DdmqError, KeyboardInterrupt) as exc:
-            sys.exit(failed(exc))
-    except OSError as exc:
-        if exc.errno != errno.EPIPE:
-            raise
-        sys.exit(broken_pipe())
+    """Run the command; end as the click command would (``cli._Group``: :func:`ddmq.ops.exit_code_of`)."""
+    code = exit_code_of(lambda: command.run(**args))
+    if code is not None:
+        sys.exit(code)
 
 
 def main() -> None:

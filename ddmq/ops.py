@@ -354,6 +354,27 @@ def broken_pipe() -> int:
     return EXIT_BROKEN_PIPE
 
 
+def exit_code_of(run: Callable[[], object]) -> int | None:
+    """Run a command; None if it succeeded, else the exit code it ends with, its failure said.
+
+    A failure is one line on stderr (:func:`failed`); stdout refusing the
+    output is one of them (:class:`OutputFailed`: 141 quietly for a broken
+    pipe). Any other broken pipe -- there should be none -- ends the same way,
+    never with a traceback. The one rule for the click commands and the
+    click-free fast path.
+    """
+    try:
+        try:
+            run()
+        except (DdmqError, KeyboardInterrupt) as exc:
+            return failed(exc)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        return broken_pipe()
+    return None
+
+
 def failed(exc: DdmqError | KeyboardInterrupt) -> int:
     """Say in one line on stderr why a command failed; return the exit code it ends with.
 
