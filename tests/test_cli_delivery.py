@@ -25,7 +25,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from click.testing import CliRunner
 
 from ddmq import Broker
 from ddmq.cli import cli
+from support.processes import wait_blocked_on_pipe
 
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
 CLICK_ONLY = "from ddmq.cli import main; main()"
@@ -157,19 +157,6 @@ def test_consume_piped_to_head_exits_141_quietly_and_loses_nothing(route, buffer
     assert ready_bodies(root) == published[acked:]
 
 
-def _wait_blocked_writing(proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
-        except OSError:
-            pytest.skip("no /proc/PID/wchan to see the process block on its output")
-        if "pipe" in wchan:  # pipe_write, or pipe_wait on older kernels
-            return
-        time.sleep(0.01)
-    raise AssertionError("the consumer never blocked writing into the full pipe")
-
-
 def test_consume_interrupted_while_the_pipe_is_full_gives_back_what_it_did_not_print(route, buffering, tmp_path):
     """Ctrl-C while ``ddmq consume q -n 3000 | slow-reader`` waits for the reader: exit 130, and
     exactly the messages whose lines are whole in the pipe were acked."""
@@ -180,7 +167,7 @@ def test_consume_interrupted_while_the_pipe_is_full_gives_back_what_it_did_not_p
                             stdin=subprocess.DEVNULL, stdout=write, stderr=subprocess.PIPE)
     os.close(write)
     try:
-        _wait_blocked_writing(proc)
+        wait_blocked_on_pipe(proc, "writing into the full pipe", timeout=30)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
         with os.fdopen(read, "rb") as pipe:

@@ -16,12 +16,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ddmq import Broker
+from support.processes import wait_blocked_on_pipe
 
 REPO = Path(__file__).resolve().parent.parent
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
@@ -205,19 +205,6 @@ def test_reader_gone_ends_as_with_click(script, tmp_path, closed):
     assert outcomes[0][3] == {"q": []}  # the ids could not be printed, so nothing was published
 
 
-def _wait_reading_stdin(proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
-        except OSError:
-            pytest.skip("no /proc/PID/wchan to see the process block on stdin")
-        if "pipe" in wchan:  # pipe_read, or pipe_wait on older kernels
-            return
-        time.sleep(0.01)
-    raise AssertionError("the command never blocked reading stdin")
-
-
 def test_ctrl_c_ends_as_with_click(script, tmp_path):
     """Interrupted while reading the message from stdin: one line, exit 130, nothing published."""
     outcomes = []
@@ -226,7 +213,7 @@ def test_ctrl_c_ends_as_with_click(script, tmp_path):
         proc = subprocess.Popen([*command, "--root", str(root), "publish", "q"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            _wait_reading_stdin(proc)
+            wait_blocked_on_pipe(proc, "reading stdin", timeout=20)
             proc.send_signal(signal.SIGINT)
             stdout, stderr = proc.communicate(timeout=30)
         finally:
