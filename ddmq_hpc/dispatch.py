@@ -37,11 +37,10 @@ later run to die on. What becomes of the message depends on whose fault it is:
   dead-lettered.)
 
 Values that come from the payload are never trusted as environment values:
-``DDMQ_QUEUE`` (and a reply's ``queue``, and the queue named in every ack,
-nack, extend and release) is the queue the message was taken from, not the
-payload's ``queue`` field, which a member of the group could have planted;
-``DDMQ_HEADERS`` is ASCII JSON; a body holding NUL reaches the handler on
-stdin only.
+``DDMQ_QUEUE`` is the queue the message was taken from (ddmq takes a
+message's queue from the directory it lies in, never from its payload, which
+a member of the group could have planted); ``DDMQ_HEADERS`` is ASCII JSON; a
+body holding NUL reaches the handler on stdin only.
 """
 from __future__ import annotations
 
@@ -168,14 +167,13 @@ def body_bytes(msg: Message) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def handler_env(msg: Message, queue: str, root: str, body: bytes, base: Mapping[str, str]) -> dict[str, Any]:
+def handler_env(msg: Message, root: str, body: bytes, base: Mapping[str, str]) -> dict[str, Any]:
     """The handler's environment: ours plus the DDMQ_* description of the message.
 
     Values are passed as data (never through a shell), and none is a string
     from the payload that could hold a NUL byte or a lone surrogate, which
-    exec cannot take: DDMQ_QUEUE is ``queue``, the queue the message was
-    taken from (the payload's own ``queue`` field is not checked against it),
-    DDMQ_MESSAGE_ID was checked against the file name by the core,
+    exec cannot take: DDMQ_QUEUE is the queue the message was taken from
+    (the core's, from the directory, not the payload's), DDMQ_MESSAGE_ID was checked against the file name by the core,
     DDMQ_HEADERS is ASCII JSON. DDMQ_MESSAGE is left out when the body holds
     a NUL byte or is too large for exec; an inherited DDMQ_MESSAGE is removed
     so it cannot pass for this message's body.
@@ -184,7 +182,7 @@ def handler_env(msg: Message, queue: str, root: str, body: bytes, base: Mapping[
     env.pop("DDMQ_MESSAGE", None)
     env.pop("DDMQ_HEADERS", None)
     env.update(
-        DDMQ_MESSAGE_ID=msg.id, DDMQ_QUEUE=queue, DDMQ_ROOT=root,
+        DDMQ_MESSAGE_ID=msg.id, DDMQ_QUEUE=msg.queue, DDMQ_ROOT=root,
         DDMQ_DELIVERY_COUNT=str(msg.delivery_count), DDMQ_RECEIPT=msg.receipt or "",
     )
     headers = json.dumps(msg.headers, sort_keys=True)  # ensure_ascii: NUL and surrogates escaped
@@ -271,7 +269,7 @@ def _not_started(detail: str) -> Outcome:
 
 
 def run_handler(argv: list[str], msg: Message, broker: Broker, lease: float,
-                timeout: float | None, grace: float, stop: StopRequest, queue: str | None = None) -> Outcome:
+                timeout: float | None, grace: float, stop: StopRequest) -> Outcome:
     """Run the handler for one message, keeping its lease alive until it exits.
 
     Input and output go through anonymous temporary files (in $TMPDIR), not
@@ -285,7 +283,7 @@ def run_handler(argv: list[str], msg: Message, broker: Broker, lease: float,
     """
     try:
         body = body_bytes(msg)
-        env = handler_env(msg, msg.queue if queue is None else queue, os.path.abspath(broker.root), body,
+        env = handler_env(msg, os.path.abspath(broker.root), body,
                           os.environ)
     except Exception as exc:  # a value of this message's that cannot be passed on
         return _not_started(f"cannot pass the message to the handler: {_why(exc)}")
@@ -331,7 +329,7 @@ def run_handler(argv: list[str], msg: Message, broker: Broker, lease: float,
             if not lease_lost and now >= next_extend:
                 next_extend = now + lease / 3
                 try:
-                    broker.extend(msg, lease, queue=msg.queue if queue is None else queue)
+                    broker.extend(msg, lease)
                 except LeaseLost:
                     lease_lost = True
                 except DdmqError as exc:  # transient storage trouble: try again next time
@@ -398,8 +396,8 @@ class LogFile:
 
 
 # -------------------------------------------------------------- dispatching
-def settle(broker: Broker, msg: Message, outcome: Outcome, queue: str | None = None) -> str:
-    """Ack or nack the message in ``queue`` (the one it was taken from); returns what became of it.
+def settle(broker: Broker, msg: Message, outcome: Outcome) -> str:
+    """Ack or nack the message; returns what became of it.
 
     ``acked``, ``requeued``, ``dead-lettered`` (requeue limit reached), or
     ``lease-lost`` when the lease is no longer ours: then the message is
@@ -409,24 +407,24 @@ def settle(broker: Broker, msg: Message, outcome: Outcome, queue: str | None = N
         return "lease-lost"
     try:
         if outcome.state == "ok":
-            broker.ack(msg, queue)
+            broker.ack(msg)
             return "acked"
-        return "requeued" if broker.nack(msg, queue) == "ready" else "dead-lettered"
+        return "requeued" if broker.nack(msg) == "ready" else "dead-lettered"
     except LeaseLost:
         return "lease-lost"
 
 
-def reply(outcome: Outcome, msg: Message, disposition: str, queue: str | None = None) -> dict[str, Any]:
+def reply(outcome: Outcome, msg: Message, disposition: str) -> dict[str, Any]:
     """The result message published to ``--reply-queue``.
 
     It is published after the ack or nack, so ``disposition`` is what really
     happened: a requester can tell a failure that will be retried from a
     final one. ``queue`` is the queue the request was taken from (the
-    payload's own ``queue`` field is not to be trusted).
+    core's, from the directory, not the payload's).
     """
     code = outcome.returncode
     return {
-        "request_id": msg.id, "queue": msg.queue if queue is None else queue, "state": outcome.state,
+        "request_id": msg.id, "queue": msg.queue, "state": outcome.state,
         "exit_status": code if code is not None and code >= 0 else None,
         "signal": -code if code is not None and code < 0 else None,
         "disposition": disposition, "delivery_count": msg.delivery_count,
@@ -484,7 +482,7 @@ class Dispatcher:
                 lease = args.lease if args.lease is not None else msg.message_timeout
                 try:
                     outcome = run_handler(self.handler, msg, self.broker, lease, args.handler_timeout,
-                                          args.kill_grace, self.stop, args.queue)
+                                          args.kill_grace, self.stop)
                 except LocalTrouble as exc:
                     self.give_back(msg, str(exc))
                     all_ok = False
@@ -509,14 +507,14 @@ class Dispatcher:
         reported, and the run goes on.
         """
         try:
-            disposition = settle(self.broker, msg, outcome, self.args.queue)
+            disposition = settle(self.broker, msg, outcome)
         except DdmqError as exc:
             self.report(msg, "failed", f"{outcome.detail or 'handler exited 0'}, but it could not be settled: "
                                        f"{exc}; it will be redelivered when its lease expires")
             return False
         if self.args.reply_queue is not None:
             try:
-                self.broker.publish(self.args.reply_queue, reply(outcome, msg, disposition, self.args.queue))
+                self.broker.publish(self.args.reply_queue, reply(outcome, msg, disposition))
             except (DdmqError, TypeError, ValueError) as exc:
                 print(f"{PROG}: message {msg.id}: cannot publish the reply to {self.args.reply_queue!r}: {exc}",
                       file=sys.stderr)
@@ -531,7 +529,7 @@ class Dispatcher:
     def give_back(self, msg: Message, why: str) -> None:
         """Release a message the handler was not started for (LocalTrouble): unchanged, not counted."""
         try:
-            self.broker.release(msg, self.args.queue)
+            self.broker.release(msg)
             what = "released, not counted as a delivery; the run stops"
         except LeaseLost:
             what = "its lease was lost meanwhile; the run stops"

@@ -228,14 +228,14 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
         raise  # the filesystem is stuck: giving back what is held would hang too; leases expire
     except BaseException:
         if not peek:
-            _release_all(b, queue, held)
+            _release_all(b, held)
         raise
-    _deliver_and_ack(b, queue, held, deliver, peek)
+    _deliver_and_ack(b, held, deliver, peek)
     return held
 
 
-def _deliver_and_ack(b: Broker, queue: str, held: list[Message],
-                     deliver: Callable[[list[Message]], None] | None, peek: bool) -> None:
+def _deliver_and_ack(b: Broker, held: list[Message], deliver: Callable[[list[Message]], None] | None,
+                     peek: bool) -> None:
     """Hand the messages over, then ack them, as one step that SIGINT/SIGTERM do not cut in half.
 
     A signal in the middle must neither leave a half-printed event whose
@@ -253,11 +253,11 @@ def _deliver_and_ack(b: Broker, queue: str, held: list[Message],
                 deliver(held)
         except BaseException:
             if not peek:
-                _release_all(b, queue, held)
+                _release_all(b, held)
             raise
         if not peek:
             for msg in held:
-                b.ack(msg, queue)
+                b.ack(msg)
         finished.append(True)
     try:
         _shielded(step, "delivering messages")
@@ -276,24 +276,19 @@ def _peek(b: Broker, queue: str, fresh: Callable[[Message], bool], count: int,
 
 def _claim(b: Broker, queue: str, fresh: Callable[[Message], bool], count: int,
            held: list[Message], seen: set[str]) -> None:
-    """One look at the queue: claim what matches, up to ``count`` in all (runs in a worker thread).
-
-    Held messages are always named with ``queue``, the queue they were taken
-    from, in ack, extend and release: a message's own ``queue`` field comes
-    from its payload, which a member of the group could have planted.
-    """
+    """One look at the queue: claim what matches, up to ``count`` in all (runs in a worker thread)."""
     for msg in held:  # a long wait must not let the leases it holds expire
         if msg.lease_expires is not None and msg.lease_expires - time.time_ns() < msg.message_timeout * 5e8:
-            b.extend(msg, queue=queue)
+            b.extend(msg)
     for msg in b.consume(queue, n=count - len(held), match=fresh):
         seen.add(msg.id)
         held.append(msg)
 
 
-def _release_all(b: Broker, queue: str, held: list[Message]) -> None:
+def _release_all(b: Broker, held: list[Message]) -> None:
     for msg in list(held):
         try:
-            b.release(msg, queue)
+            b.release(msg)
         except DdmqError as exc:
             print(f"ddmq-wait: could not release message {msg.id}: {exc}", file=sys.stderr)
 
