@@ -451,15 +451,6 @@ def _plant_payload(root: Path, msg_id: str, in_queue: str = "q", **fields) -> No
     os.replace(ready / (name + ".new"), ready / name)
 
 
-@pytest.fixture
-def restore_signals():
-    """main() installs SIGINT/SIGTERM handlers; give the test process its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 def test_nul_or_lone_surrogate_in_a_payload_field_does_not_stop_the_dispatcher(
         b: Broker, root: Path, out: Path, handler, tmp_path: Path) -> None:
     """The payload's ``queue`` field is not checked against the queue it lies in: a planted NUL or

@@ -128,16 +128,6 @@ def broker(root: Path) -> Broker:
     return Broker(root, create=True)
 
 
-@pytest.fixture
-def restore_signals():
-    """main() installs SIGINT/SIGTERM handlers; give the test process its own back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
 # -------------------------------------------------------- basic delivery
 def test_takes_a_waiting_message_prints_the_body_and_acks_it(scripts, env, root, broker):
     broker.publish("q", "hello world", create=True)
