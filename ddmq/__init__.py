@@ -6,7 +6,8 @@
     msg = b.consume(queue='queue_name')
     print(msg[0].message)
 """
-from .broker import Broker, CleanReport, broker
+from . import broker
+from .broker import Broker, CleanReport
 from .errors import (
     DdmqError, ForeignFiles, InvalidQueueName, LeaseLost, NotARoot, NotFound, QueueExists,
     QueueNotFound, RootNotFound, SettingsError, StorageError, UsageError,

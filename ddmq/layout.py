@@ -229,6 +229,23 @@ def parse_work(name: str) -> WorkName | None:
     )
 
 
+# The directories whose every entry must be a message name of their grammar.
+NAMED_STATES = (READY, WORK)
+
+
+def parse_in(state: str, name: str) -> ReadyName | WorkName | None:
+    """A name in ``state``'s directory parsed by that directory's grammar.
+
+    None when it does not fit, and always in ``dead/`` and ``tmp/``, which
+    have no message-name grammar of their own.
+    """
+    if state == READY:
+        return parse_ready(name)
+    if state == WORK:
+        return parse_work(name)
+    return None
+
+
 def parse_receipt(receipt: object) -> tuple[str, str | None]:
     """Split a receipt ``ID.TOKEN`` (or a bare message ID) into its parts.
 

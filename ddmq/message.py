@@ -42,6 +42,24 @@ _FIELDS = ("id", "queue", "message", "priority", "published", "message_timeout",
            "requeue_limit", "durable", "host", "pid", "headers", "requeues", "receipt", "lease_expires")
 
 
+class Lease:
+    """One claim of a message: its name in ``work/``, until when, and the receipt that proves it.
+
+    ``receipt`` and ``name`` are set only while this process holds the claim
+    (after consume and extend); a message peeked in ``work/``, or one this
+    process has acked or nacked, keeps only the expiry it was delivered with.
+    """
+
+    __slots__ = ("expires", "receipt", "name")
+
+    def __init__(self, expires: int, receipt: str | None = None, name: str | None = None):
+        self.expires = expires  # nanoseconds since the epoch, on the lease clock of the claimer
+        self.receipt = receipt
+        # The file name this consumer holds the message under in work/: ack,
+        # nack, extend and release find the lease by it without a listing.
+        self.name = name
+
+
 class Message:
     """One message as a consumer or a peek sees it.
 
@@ -68,12 +86,26 @@ class Message:
         self.headers = {} if headers is None else headers
         # State, from the file name:
         self.requeues = requeues
-        self.receipt = receipt  # set while this consumer holds the lease
-        self.lease_expires = lease_expires  # nanoseconds since the epoch
-        # The file name this consumer holds it under in work/ (set by consume
-        # and extend): ack, nack, extend and release find the lease by it
-        # without rebuilding the name (not a field: not compared or shown).
-        self._lease_name: str | None = None
+        self.lease: Lease | None = None if lease_expires is None else Lease(lease_expires, receipt)
+
+    @property
+    def receipt(self) -> str | None:
+        """What ack, nack, extend and release need, while this consumer holds the lease."""
+        return self.lease.receipt if self.lease is not None else None
+
+    @property
+    def lease_expires(self) -> int | None:
+        """When the lease it was delivered under expires (ns since the epoch), if it was claimed."""
+        return self.lease.expires if self.lease is not None else None
+
+    def settled(self) -> None:
+        """Acked or nacked: the lease is no longer this consumer's, but the message was delivered."""
+        if self.lease is not None:
+            self.lease = Lease(self.lease.expires)
+
+    def unclaimed(self) -> None:
+        """Released: as if it had never been claimed."""
+        self.lease = None
 
     def __repr__(self) -> str:
         return "Message(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in _FIELDS) + ")"

@@ -69,6 +69,50 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
 DEFAULTS: dict[str, Any] = {key: spec[0] for key, spec in SCHEMA.items()}
 
 
+class Settings:
+    """A queue's effective settings: one typed attribute per key of SCHEMA.
+
+    Built only from validated values, so every attribute holds a value its
+    validator accepted; a mistyped name is an AttributeError, where a
+    mistyped dict key was a silent KeyError at best. A plain slots class, not
+    a dataclass: importing dataclasses costs a command-line run more than its
+    work.
+    """
+
+    __slots__ = ("message_timeout", "priority", "requeue", "requeue_prio", "requeue_limit", "durable",
+                 "clean_interval", "mode")
+    message_timeout: float
+    priority: int
+    requeue: bool
+    requeue_prio: int
+    requeue_limit: int | None
+    durable: bool
+    clean_interval: float
+    mode: int | None
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        """``values``: one validated value per key of SCHEMA."""
+        for key in self.__slots__:
+            setattr(self, key, values[key])
+
+    def overridden(self, changes: Mapping[str, Any]) -> Settings:
+        """These settings with ``changes`` (validated values for some keys) applied."""
+        return Settings({**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable slots
+
+    def __repr__(self) -> str:
+        return f"Settings({self.as_dict()!r})"
+
+
 def _octal(value: Any) -> Any:
     """``mode`` may be written as an octal string ("0660", "0o660"); YAML reads 0660 as octal itself."""
     if isinstance(value, str):
@@ -128,8 +172,9 @@ def _yaml_loader() -> Any:
         class NoAliasLoader(yaml.SafeLoader):
             def compose_node(self, parent: Any, index: Any) -> Any:
                 if self.check_event(yaml.AliasEvent):
-                    raise yaml.composer.ComposerError(
-                        None, None, "aliases (*name) are not allowed in ddmq settings", self.peek_event().start_mark)
+                    mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                    raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in ddmq settings",
+                                                      mark)
                 return super().compose_node(parent, index)
 
         _loader = NoAliasLoader

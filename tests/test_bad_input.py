@@ -400,7 +400,7 @@ def test_cli_consume_survives_junk(b, q, root, outside):
 def test_oversized_message_is_dead_lettered(b, q, root, mocker):
     b.publish(q, "x" * 500)
     b.publish(q, "small")
-    mocker.patch("ddmq.broker.MAX_MESSAGE_BYTES", 400)
+    mocker.patch("ddmq.transitions.MAX_MESSAGE_BYTES", 400)
     assert [m.message for m in b.consume(q, n=5)] == ["small"]
     [(name, record)] = dead_entries(root, q).items()
     assert ".corrupt." in name and "larger" in record["detail"]

@@ -26,8 +26,14 @@ def test_seed_example_works_as_written(tmp_path: Path) -> None:
     assert isinstance(msg, list) and msg[0].message == "Hello World!"
 
 
-def test_broker_alias_is_the_class() -> None:
-    assert broker is Broker and ddmq.Message is not None
+def test_broker_is_the_module_and_makes_brokers(tmp_path: Path) -> None:
+    """``ddmq.broker(root)`` (the seed's spelling) makes a Broker, and ``ddmq.broker`` is the module
+    (it used to be the class, so ``import ddmq.broker; ddmq.broker.Broker`` failed)."""
+    import importlib
+
+    module = importlib.import_module("ddmq.broker")
+    assert ddmq.broker is module and module.Broker is Broker and ddmq.Message is not None
+    assert isinstance(broker(tmp_path / "r", create=True), Broker)
 
 
 def test_root_is_created_only_when_asked(tmp_path: Path) -> None:
@@ -365,7 +371,7 @@ def test_settings_errors_name_file_and_key(b: Broker, root: Path) -> None:
 
 
 def test_a_running_client_sees_settings_edits_within_settings_max_age(b: Broker, root: Path) -> None:
-    from ddmq.broker import SETTINGS_MAX_AGE
+    from ddmq.queue import SETTINGS_MAX_AGE
 
     b.create_queue("q")
     assert b.publish("q", "before").priority == 999
@@ -406,7 +412,7 @@ def test_two_brokers_share_a_queue(root: Path) -> None:
 
 
 def test_consumer_sees_new_higher_priority_within_listing_age(b: Broker) -> None:
-    from ddmq.broker import LISTING_MAX_AGE
+    from ddmq.queue import LISTING_MAX_AGE
 
     b.create_queue("q")
     for i in range(5):

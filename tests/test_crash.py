@@ -105,7 +105,7 @@ def test_crash_between_write_and_rename_leaves_no_visible_message(b: Broker, roo
 
 def test_crash_after_claim_is_redelivered_after_lease(b: Broker, root: Path, mocker) -> None:
     b.publish("q", "x", create=True)
-    mocker.patch("ddmq.broker.Broker._load", side_effect=SystemExit("killed after claim"))
+    mocker.patch("ddmq.transitions.load", side_effect=SystemExit("killed after claim"))
     with pytest.raises(SystemExit):
         b.consume("q", lease=0.05)
     mocker.stopall()

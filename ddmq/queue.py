@@ -1,0 +1,268 @@
+"""One queue as this process holds it: open directories, a settings snapshot, a listing, a clean schedule.
+
+Everything a client keeps about a queue between operations lives in one
+:class:`Queue`, so that letting a queue go (deleted by another client, made
+again, or simply least recently used) is dropping one object.
+
+The queue directory and its four state directories are opened once, without
+following symbolic links (see :class:`ddmq.atomic.Dir`), and every rename,
+unlink, create and listing inside them is made relative to those
+descriptors. A member of the sharing group who replaces ``QUEUE/tmp`` (or the
+queue itself) by a link to somebody's home can then make an operation fail,
+but never make it act outside the root.
+"""
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import stat
+import time
+
+from . import atomic
+from .clock import CLOCK_TOLERANCE
+from .errors import QueueNotFound, StorageError, storage_error
+from .layout import CLEAN_STAMP, DEAD, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK
+from .settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Iterator
+    from weakref import WeakKeyDictionary
+
+    from .clock import LeaseClock
+    from .message import Message
+    from .settings import SettingsCache
+
+    Match = Callable[[Message], bool]
+
+# A consumer re-lists ready/ at least this often, so a newly published message
+# of higher priority waits at most this long behind an older listing.
+LISTING_MAX_AGE = 1.0
+# ... unless listing it takes longer than this share of that time: a ready/ of
+# 100 000 names takes 0.1-0.2 s to list, and re-listing it every second would
+# cost a consumer more than its claims. Such a listing is kept 20x as long as
+# it took to make.
+LISTING_MAX_SHARE = 0.05
+# A client re-reads a queue's settings (a stat of each ddmq.yaml) at most this
+# often: an edit to ddmq.yaml, or a queue deleted by another client, reaches a
+# running client within this time (an operation on a deleted queue fails
+# sooner, with QueueNotFound).
+SETTINGS_MAX_AGE = 1.0
+# A directory's mtime is trusted to show that nothing entered or left it only
+# once it is this much older than the listing taken after it: a change in the
+# same timestamp tick (1 s on sshfs) as an earlier one leaves the mtime as it
+# was, and the clock it is compared with may be off by CLOCK_TOLERANCE.
+SETTLED_AFTER = CLOCK_TOLERANCE + 1.0
+
+
+class Listing:
+    """A consumer's snapshot of ready/ as a heap, so the best name pops first.
+
+    Names this process itself moves into ready/ (publish, nack, requeue) are
+    pushed in, so its own writes are never hidden behind an older listing.
+    ``stamp`` is ready/'s stat taken just before the listing, when it can
+    prove later that nothing entered or left since (see Queue.ready_names);
+    ``skip`` is the set of names filtered out of it.
+    """
+
+    def __init__(self, names: list[str], started: float, stamp: tuple[int, ...] | None,
+                 skip: set[str] | frozenset[str]):
+        heapq.heapify(names)
+        self.names = names
+        self.taken = time.monotonic()
+        self.max_age = max(LISTING_MAX_AGE, (self.taken - started) / LISTING_MAX_SHARE)
+        self.stamp = stamp
+        self.skip = skip
+
+    def pop(self) -> str:
+        return heapq.heappop(self.names)
+
+    def push(self, name: str) -> None:
+        heapq.heappush(self.names, name)
+
+    def drop(self, count: int) -> None:
+        """Leave out the next ``count`` names (seen again at the next listing)."""
+        for _ in range(min(count, len(self.names))):
+            heapq.heappop(self.names)
+
+
+def dir_stamp(directory: atomic.Dir) -> tuple[int, ...] | None:
+    """What changes when an entry is added to, removed from or renamed within a directory.
+
+    StorageError(ENOENT) for a directory that was removed while held open (a
+    deleted queue): listing it would show it empty, not gone.
+    """
+    try:
+        st = os.fstat(directory.fd)
+    except OSError:
+        return None  # the listing that follows reports the error
+    if st.st_nlink == 0:
+        raise StorageError(f"{directory.path} was removed", errno.ENOENT)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+
+
+class Queue:
+    """One queue's open directories and what this process remembers about it."""
+
+    __slots__ = ("name", "dir", "ready", "work", "dead", "tmp", "root", "clock", "listing", "clean_due",
+                 "_files", "_checked", "_rejected")
+
+    def __init__(self, root: atomic.Dir, name: str, files: SettingsCache, clock: LeaseClock):
+        """Open the queue ``name`` (a checked queue name) in ``root``.
+
+        QueueNotFound if there is none; a StorageError refusal if a link or
+        another file is in the place of one of its directories.
+        """
+        self.name = name
+        self.root = root
+        self.clock = clock
+        self._files = files
+        self.dir = _open_queue_dir(root, name)
+        try:
+            self.ready = atomic.open_dir(self.dir, READY)
+            self.work = atomic.open_dir(self.dir, WORK)
+            self.dead = atomic.open_dir(self.dir, DEAD)
+            self.tmp = atomic.open_dir(self.dir, TMP)
+        except OSError as exc:
+            raise atomic.refused(self.dir.join(exc.filename) if exc.filename else self.dir.path, exc) from None
+        self.listing: Listing | None = None
+        self.clean_due = 0.0  # monotonic time before which housekeeping is certainly not due
+        self._checked: tuple[float, Settings] | None = None
+        self._rejected: WeakKeyDictionary[Match, set[str]] | None = None  # made when first needed
+
+    def __repr__(self) -> str:
+        return f"Queue({self.dir.path!r})"
+
+    def state(self, name: str) -> atomic.Dir:
+        """The state directory called ``name`` (ready, work, dead or tmp)."""
+        return {READY: self.ready, WORK: self.work, DEAD: self.dead, TMP: self.tmp}[name]
+
+    @property
+    def clean_stamp(self) -> str:
+        """The clean stamp's path, for messages."""
+        return self.dir.join(CLEAN_STAMP)
+
+    def now(self) -> int:
+        """Now in ns on the lease clock (see :mod:`ddmq.clock`), probing in this queue's tmp/."""
+        return self.clock.now(self.tmp)
+
+    # -------------------------------------------------------------- settings
+    def read_settings(self, required: bool = False) -> Settings:
+        """Effective settings from the files: defaults, the root's file, then the queue's.
+
+        With ``required``, a missing queue file raises FileNotFoundError: it is the queue's marker.
+        """
+        return Settings(self._files.merged((self.root, ROOT_MARKER), (self.dir, QUEUE_MARKER), required=required))
+
+    def recent_settings(self) -> Settings | None:
+        """The settings if :meth:`check` read them less than SETTINGS_MAX_AGE ago."""
+        checked = self._checked
+        if checked is not None and time.monotonic() - checked[0] < SETTINGS_MAX_AGE:
+            return checked[1]
+        return None
+
+    def settings(self) -> Settings:
+        """Effective settings, read within SETTINGS_MAX_AGE."""
+        return self.recent_settings() or self.read_settings()
+
+    def check(self) -> Settings:
+        """Read the settings now, requiring the queue's marker (FileNotFoundError without it), and keep them."""
+        settings = self.read_settings(required=True)
+        self._checked = (time.monotonic(), settings)
+        return settings
+
+    def has_marker(self) -> bool:
+        return atomic.exists(self.dir, QUEUE_MARKER)
+
+    def is_named_by(self, root: atomic.Dir) -> bool:
+        """Whether the directory held open is still the one called by this queue's name in ``root``.
+
+        False once another client deleted it, or deleted it and made it again.
+        """
+        try:
+            named = root.lstat(self.name)
+            held = os.fstat(self.dir.fd)
+        except OSError:
+            return False
+        return (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev)
+
+    # --------------------------------------------------------------- listing
+    def ready_names(self, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
+        """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old (see LISTING_MAX_SHARE).
+
+        Listing a directory of 100 000 entries for every consume would make each
+        message cost O(queue); instead the sorted listing is kept and consumed
+        from the front, and re-read when it runs out or grows old. Names taken by
+        other consumers meanwhile simply fail to claim. StorageError (ENOENT)
+        once the queue was deleted.
+        """
+        listing = self.listing
+        fresh = False
+        while True:
+            if listing is None or not listing.names or time.monotonic() - listing.taken > listing.max_age:
+                if fresh and listing is not None and not listing.names:
+                    return
+                started = time.monotonic()
+                stamp = dir_stamp(self.ready)
+                if (listing is not None and not listing.names and listing.stamp is not None
+                        and listing.stamp == stamp and listing.skip is skip):
+                    # Nothing entered or left ready/ since it was last listed:
+                    # an idle waiter's poll is this one stat, not a listing
+                    # whose cost grows with the queue.
+                    return
+                if stamp is not None and self.now() - stamp[0] < SETTLED_AFTER * 1e9:
+                    stamp = None
+                names = atomic.listdir(self.ready)
+                listing = Listing([n for n in names if n not in skip] if skip else names, started, stamp, skip)
+                self.listing = listing
+                fresh = True
+                if not listing.names:
+                    return
+            yield listing.pop()
+
+    def lost_race(self) -> None:
+        """After another consumer claimed the name we tried: skip 0-3 of the next ones.
+
+        Consumers that listed ready/ at the same time pop the same names in
+        the same order, and in lockstep each name costs all but one of them a
+        failed rename (about two per message with four consumers). Skipping a
+        few at random spreads them over the queue; what one skips, the others
+        take, and it sees any left at its next listing. A lone consumer never
+        loses a race, so its order is untouched. The low bits of the clock
+        are random enough to break a lockstep.
+        """
+        if self.listing is not None:
+            self.listing.drop(time.perf_counter_ns() & 3)
+
+    def readied(self, name: str) -> None:
+        """Tell this process's listing about a message it just put into ready/."""
+        if self.listing is not None:
+            self.listing.push(name)
+
+    def rejected_by(self, match: Match) -> set[str]:
+        """Names in this queue that ``match`` rejected, kept as long as the predicate object lives."""
+        if self._rejected is None:
+            from weakref import WeakKeyDictionary  # deferred: only waiters need it
+
+            self._rejected = WeakKeyDictionary()
+        return self._rejected.setdefault(match, set())
+
+
+def _open_queue_dir(root: atomic.Dir, name: str) -> atomic.Dir:
+    """The queue directory ``name`` in ``root``, opened without following links, or QueueNotFound."""
+    try:
+        directory = atomic.open_dir(root, name)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if isinstance(exc, NotADirectoryError) and stat.S_ISLNK(root.mode(name) or 0):
+            raise atomic.refused(root.join(name), exc) from None
+        raise QueueNotFound(f"no queue {name!r} in {root.path}") from None
+    except OSError as exc:
+        raise atomic.refused(root.join(name), exc) from None
+    try:
+        directory.lstat(QUEUE_MARKER)
+    except (FileNotFoundError, NotADirectoryError):
+        raise QueueNotFound(f"no queue {name!r} in {root.path}") from None
+    except OSError as exc:
+        raise storage_error("open queue", directory.path, exc) from None
+    return directory
