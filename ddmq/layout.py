@@ -261,6 +261,35 @@ def parse_receipt(receipt: object) -> tuple[str, str | None]:
     raise UsageError(f"invalid receipt {receipt!r}: expected ID.TOKEN as printed by consume")
 
 
+class DeadName(_Name):
+    """A dead letter in ``dead/``: when and why it was moved there, and the name it had before."""
+
+    __slots__ = ("dead_at", "reason", "original")
+
+    def __init__(self, dead_at: int, reason: str, original: str):
+        self.dead_at = dead_at  # nanoseconds since the epoch, on the clock of the client that moved it
+        self.reason = reason
+        self.original = original  # cut to 160 characters; "_" appended to a name that ended in .reason
+
+    @property
+    def message(self) -> ReadyName | WorkName | None:
+        """The original name parsed, if it was a message's: id, priority and requeue count."""
+        return parse_ready(self.original) or parse_work(self.original)
+
+
+_DEAD_NAME = rf"(\d{{{_TIME_WIDTH}}})\.[0-9a-f]{{6}}\.({'|'.join(DEAD_REASONS)})\.(.+)\Z"
+
+
+def parse_dead(name: str) -> DeadName | None:
+    """A name in dead/ parsed; None for a ``.reason`` record or a name ddmq did not write."""
+    if name.endswith(REASON_SUFFIX):
+        return None
+    m = compiled(_DEAD_NAME).match(name)
+    if not m:
+        return None
+    return DeadName(int(m[1]), m[2], m[3])
+
+
 def dead_name(reason: str, original: str, now_ns: int) -> str:
     """Name of a dead letter: when, why, and (shortened) what it was called."""
     if reason not in DEAD_REASONS:
@@ -278,6 +307,7 @@ _TMP_CLOCK = rf"\.clock\.{_TOKEN}\Z"  # tmp/ or ROOT/.clock.TOKEN: the clock pro
 _TMP_REASON = rf"\d{{{_TIME_WIDTH}}}\.[0-9a-f]{{6}}\.[^/]{{1,12}}\.{_TOKEN}\.tmp\Z"
 _ROOT_STAGING = rf"\.(?:create|delete)\.{_TOKEN}\.[A-Za-z0-9_.-]{{1,{MAX_QUEUE_NAME}}}\Z"  # queue being made/removed
 _ROOT_MARKER_TMP = rf"\.ddmq\.yaml\.{_TOKEN}\Z"  # the root marker being written
+_TMP_SETTINGS = rf"\.settings\.{_TOKEN}\Z"  # tmp/.settings.TOKEN: the queue's next ddmq.yaml
 
 
 def publish_tmp_name(message_id: str) -> str:
@@ -311,9 +341,14 @@ def marker_tmp_name() -> str:
     return f".{ROOT_MARKER}.{new_token()}"
 
 
+def settings_tmp_name() -> str:
+    """A queue's new ``ddmq.yaml`` while it is written in the queue's tmp/ (then renamed over the old one)."""
+    return f".settings.{new_token()}"
+
+
 def abandoned_in_tmp(name: str) -> bool:
     """Whether ``name`` in a queue's tmp/ is one of ddmq's private files (removed once abandoned)."""
-    return any(compiled(p).match(name) for p in (_TMP_PUBLISH, _TMP_STAMP, _TMP_CLOCK, _TMP_REASON))
+    return any(compiled(p).match(name) for p in (_TMP_PUBLISH, _TMP_STAMP, _TMP_CLOCK, _TMP_REASON, _TMP_SETTINGS))
 
 
 def abandoned_in_root(name: str) -> tuple[bool, bool]:
