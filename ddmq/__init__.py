@@ -14,7 +14,7 @@ from .errors import (
 )
 from .message import MAX_DEPTH, Message, loads_body
 
-__version__ = "1.0.0.dev0"
+__version__ = "1.0.0.dev0"  # the one place it is written: pyproject.toml reads it from here
 
 __all__ = [
     "Broker", "broker", "Message", "CleanReport", "DdmqError", "UsageError", "InvalidQueueName",

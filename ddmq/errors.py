@@ -91,7 +91,7 @@ _STORAGE_REASONS = {
 }
 
 
-def storage_error(action: str, path: str | os.PathLike, exc: OSError) -> StorageError:
+def storage_error(action: str, path: str | os.PathLike[str], exc: OSError) -> StorageError:
     """Turn an ``OSError`` into a one-line :class:`StorageError` naming what failed."""
     reason = _STORAGE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
     return StorageError(f"cannot {action} {os.fspath(path)}: {reason}", exc.errno)

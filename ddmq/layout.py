@@ -110,7 +110,14 @@ class _RandomHex:
 
 _message_ids = _RandomHex(32)
 _tokens = _RandomHex(12)
-os.register_at_fork(after_in_child=lambda: (_message_ids.forget(), _tokens.forget()))
+
+
+def _forget_inherited() -> None:
+    _message_ids.forget()
+    _tokens.forget()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
 
 
 def new_message_id() -> str:

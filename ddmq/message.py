@@ -3,6 +3,13 @@
 The payload file is JSON, written once and never rewritten. What changes over
 a message's life (current priority, requeue count, lease) comes from the file
 name and is filled into the :class:`Message` when it is read.
+
+Requires CPython: a message is encoded by the json module's C accelerator,
+called directly (``json.encoder.c_make_encoder`` and ``c_encode_basestring``)
+at a fraction of what ``json.dumps`` costs a publish. There is no fallback:
+without them (PyPy, or a CPython built without ``_json``) importing ddmq
+fails. Decoding also calls the decoder's ``scan_once`` directly, but that
+one exists in pure Python too.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ MAX_MESSAGE_BYTES = 64 << 20
 # delivered: Python's JSON encoder and decoder recurse once per level, and a
 # body a few hundred levels deep would fail to print after it was claimed.
 MAX_DEPTH = 64
-_REQUIRED = {
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "id": str, "queue": str, "published": int, "priority": int, "message_timeout": (int, float),
     "requeue": bool, "requeue_prio": int, "durable": bool, "host": str, "pid": int, "headers": dict,
 }
@@ -185,13 +192,16 @@ def _unserialisable(value: Any) -> Any:
 # This is the C encoder JSONEncoder(ensure_ascii=False, sort_keys=True,
 # allow_nan=False, check_circular=False) makes; a circular body ends in a
 # RecursionError, as one nested too deeply always did.
-_C_ENCODER = json.encoder.c_make_encoder(
-    None, _unserialisable, json.encoder.c_encode_basestring, None, ": ", ", ", True, False, False)
-_QUOTE = json.encoder.c_encode_basestring
+# c_make_encoder, c_encode_basestring and scan_once are CPython's C accelerators
+# (module _json), absent from the type stubs: see the module docstring.
+_C_ENCODER = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _unserialisable, json.encoder.c_encode_basestring,  # type: ignore[attr-defined]
+    None, ": ", ", ", True, False, False)
+_QUOTE = json.encoder.c_encode_basestring  # type: ignore[attr-defined]
 # NaN and Infinity are Python's extensions to JSON, which other readers refuse:
 # in a payload they make it corrupt, in a user's --json a usage error.
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-_SCAN = _DECODER.scan_once
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]
 
 # The envelope is written from this template, the body last, and read back
 # by _ENVELOPE and the JSON scanner (see decode): encoding it as a dict took
