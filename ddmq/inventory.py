@@ -14,7 +14,7 @@ import json
 import time
 
 from . import atomic
-from .errors import NotFound, UsageError
+from .errors import NotFound, StorageError, UsageError
 from .layout import (
     DEAD, READY, REASON_SUFFIX, WORK, ReadyName, WorkName, parse_dead, parse_in, parse_ready, parse_work,
 )
@@ -92,7 +92,7 @@ def entry(q: Queue, state: str, name: str, with_message: bool = True) -> Entry:
             found.message = read(directory, name, found.id)
         except CorruptMessage as exc:
             found.problem = str(exc)
-        except atomic.StorageError as exc:  # type: ignore[attr-defined]
+        except StorageError as exc:
             found.problem = str(exc)
         if found.message is not None:
             msg = found.message

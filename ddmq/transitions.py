@@ -114,7 +114,7 @@ def publish_many(q: Queue, bodies: Iterable[Any], settings: Settings, headers: d
         for _, tmp, _ in pending:
             atomic.discard(q.tmp, tmp)
         raise
-    for done, (msg, tmp, name) in enumerate(pending):
+    for done, (_, tmp, name) in enumerate(pending):
         try:
             atomic.rename_private(q.tmp, tmp, q.ready, name)
         except StorageError as exc:

@@ -168,6 +168,7 @@ BUILDERS: dict[str, Callable[[], str]] = {
     "staging_name": lambda: layout.staging_name("q" * layout.MAX_QUEUE_NAME),
     "doomed_name": lambda: layout.doomed_name("jobs.v2"),
     "marker_tmp_name": layout.marker_tmp_name,
+    "settings_tmp_name": layout.settings_tmp_name,
 }
 
 
