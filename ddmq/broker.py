@@ -16,10 +16,10 @@ import os
 import sys
 import types
 
-from . import housekeeping, transitions
-from .errors import InvalidSetting, QueueExists, QueueNotFound, StorageError, UsageError
+from . import housekeeping, inventory, transitions
+from .errors import DdmqError, InvalidSetting, QueueExists, QueueNotFound, StorageError, UsageError
 from .housekeeping import CleanReport
-from .layout import DEAD, READY, REASON_SUFFIX, WORK, abandoned_in_root
+from .layout import DEAD, READY, WORK, abandoned_in_root
 from .message import Message
 from .root import Root
 from .settings import MAX_SECONDS, MIN_SECONDS, validate
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any, Callable, Iterable, Union
 
+    from .inventory import Entry
     from .queue import Queue
     from .settings import Settings
 
@@ -111,6 +112,18 @@ class Broker:
             return self._root.settings().as_dict()
         return self._root.checked(queue).read_settings().as_dict()
 
+    def settings_sources(self, queue: str) -> dict[str, tuple[Any, str]]:
+        """Each effective setting of a queue and where it came from: ``"default"`` or the file's path."""
+        return self._root.settings_sources(queue)
+
+    def set_settings(self, queue: str, unset: Iterable[str] = (), **settings: Any) -> None:
+        """Change what a queue's own ``ddmq.yaml`` sets (atomically): ``settings`` set, ``unset`` keys removed.
+
+        New settings apply to messages published afterwards; a message keeps
+        the timeout and requeue rules it was published with.
+        """
+        self._root.set_settings(queue, validate(settings, "set_settings", InvalidSetting), list(unset))
+
     def create_queue(self, queue: str, exist_ok: bool = False, **settings: Any) -> None:
         """Create a queue, with optional settings written to its ``ddmq.yaml``.
 
@@ -139,11 +152,31 @@ class Broker:
 
     def counts(self, queue: str) -> dict[str, int]:
         """How many messages are ready, in work (leased) and dead."""
-        from . import atomic
+        found = inventory.stats(self._root.checked(queue))
+        return {"ready": found["ready"], "work": found["work"], "dead": found["dead"]}
 
-        q = self._root.checked(queue)
-        dead = [n for n in atomic.listdir(q.dead) if not n.endswith(REASON_SUFFIX)]
-        return {"ready": len(atomic.listdir(q.ready)), "work": len(atomic.listdir(q.work)), "dead": len(dead)}
+    def stats(self, queue: str) -> dict[str, Any]:
+        """counts, plus ``oldest_ready_age`` (seconds, None if nothing is ready) and ``expired_leases``."""
+        return inventory.stats(self._root.checked(queue))
+
+    # ------------------------------------------------------------ operators
+    def entries(self, queue: str, state: str = DEAD, n: int | None = None) -> list[Entry]:
+        """Every file in a state directory, valid message or not, with its reason if dead (see :mod:`ddmq.inventory`)."""
+        if n is not None:
+            _check_count(n)
+        if state not in (READY, WORK, DEAD):
+            raise UsageError(f"state must be one of ready, work, dead; not {state!r}")
+        return inventory.entries(self._root.checked(queue), state, n)
+
+    def show(self, queue: str, message_id: str) -> Entry:
+        """One message, in whatever state it is now; NotFound if it is in none."""
+        [checked] = inventory.check_ids([message_id])
+        return inventory.find(self._root.checked(queue), checked)
+
+    def requeue_dead(self, queue: str, ids: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+        """Move dead letters back to ready (all but corrupt ones, or those ``ids``); (ids requeued, names skipped)."""
+        wanted = inventory.check_ids(ids) if ids is not None else None
+        return inventory.requeue_dead(self._root.checked(queue), wanted)
 
     def _existing_or_created(self, queue: str) -> tuple[Queue, Settings]:
         """An existing queue and its settings; a Broker made with ``create=True`` first creates a missing one."""
@@ -254,7 +287,15 @@ class Broker:
         q, settings = self._existing_or_created(queue)
         housekeeping.maybe_clean(q, settings.clean_interval)
         try:
-            return transitions.claim(q, n, lease, settings, ack, match)
+            claimed = transitions.claim(q, n, lease, settings, ack, match)
+            if len(claimed) < n and housekeeping.requeue_expired(q).requeued:
+                try:
+                    claimed += transitions.claim(q, n - len(claimed), lease, settings, ack, match)
+                except DdmqError:
+                    if not ack:
+                        transitions.give_back(q, claimed)
+                    raise
+            return claimed
         except StorageError as exc:
             raise self._root.gone(queue, exc) from None
 

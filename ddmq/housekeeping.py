@@ -29,11 +29,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
+    from .layout import WorkName
     from .queue import Queue
 
 # A temporary file or directory older than this was certainly abandoned by a
 # crashed writer: no write takes an hour between create and rename.
 ABANDONED_AFTER = 3600.0
+# A consume that finds nothing ready looks for expired leases at most this often.
+EXPIRY_CHECK_EVERY = 1.0
 
 
 class CleanReport:
@@ -101,24 +104,49 @@ def clean_queue(q: Queue, scan_ready: bool) -> CleanReport:
         if work is None:
             report.dead_lettered += dead_letter(q, q.work, name, "foreign", "file name is not a ddmq lease name")
         elif work.expires <= now:
-            try:
-                msg = read(q.work, name, work.id)
-            except CorruptMessage as exc:
-                report.dead_lettered += dead_letter_unusable(q, q.work, name, exc)
-                continue
-            if msg is None:
-                continue
-            where = retire(q, work, msg, True, "expired")
-            if where == READY:
-                logger().info("requeued %s/work/%s: its lease expired %.1f s ago", q.dir.path, name,
-                              (now - work.expires) / 1e9)
-            report.requeued += where == READY
-            report.dead_lettered += where == DEAD
+            _expired(q, name, work, now, report)
     for name in atomic.listdir(q.ready) if scan_ready else ():
         if parse_ready(name) is None:
             report.dead_lettered += dead_letter(q, q.ready, name, "foreign", "file name is not a ddmq message name")
     report.temp_removed += remove_abandoned(q.tmp, now, in_tmp)
     return report
+
+
+def requeue_expired(q: Queue) -> CleanReport:
+    """Requeue (or dead-letter) the expired leases in work/, for a consume that found nothing ready.
+
+    Without it a message whose consumer died waits for the next clean pass
+    (``clean_interval``, 30 s by default) while consumers report the queue
+    empty. Listing work/ is cheap (it holds only what is being worked on),
+    and an idle consumer does it at most once per EXPIRY_CHECK_EVERY.
+    """
+    report = CleanReport()
+    due = time.monotonic()
+    if due < q.expiry_due:
+        return report
+    q.expiry_due = due + EXPIRY_CHECK_EVERY
+    now = q.now()
+    for name in atomic.listdir(q.work):
+        work = parse_work(name)
+        if work is not None and work.expires <= now:
+            _expired(q, name, work, now, report)
+    return report
+
+
+def _expired(q: Queue, name: str, work: WorkName, now: int, report: CleanReport) -> None:
+    """Requeue, or dead-letter, the message ``name`` in work/, whose lease expired before ``now``."""
+    try:
+        msg = read(q.work, name, work.id)
+    except CorruptMessage as exc:
+        report.dead_lettered += dead_letter_unusable(q, q.work, name, exc)
+        return
+    if msg is None:
+        return
+    where = retire(q, work, msg, True, "expired")
+    if where == READY:
+        logger().info("requeued %s/work/%s: its lease expired %.1f s ago", q.dir.path, name, (now - work.expires) / 1e9)
+    report.requeued += where == READY
+    report.dead_lettered += where == DEAD
 
 
 def remove_abandoned(directory: atomic.Dir, now_ns: int, kind: Callable[[str], tuple[bool, bool]]) -> int:

@@ -105,7 +105,7 @@ def dir_stamp(directory: atomic.Dir) -> tuple[int, ...] | None:
 class Queue:
     """One queue's open directories and what this process remembers about it."""
 
-    __slots__ = ("name", "dir", "ready", "work", "dead", "tmp", "root", "clock", "listing", "clean_due",
+    __slots__ = ("name", "dir", "ready", "work", "dead", "tmp", "root", "clock", "listing", "clean_due", "expiry_due",
                  "_files", "_checked", "_rejected")
 
     def __init__(self, root: atomic.Dir, name: str, files: SettingsCache, clock: LeaseClock):
@@ -128,6 +128,7 @@ class Queue:
             raise atomic.refused(self.dir.join(exc.filename) if exc.filename else self.dir.path, exc) from None
         self.listing: Listing | None = None
         self.clean_due = 0.0  # monotonic time before which housekeeping is certainly not due
+        self.expiry_due = 0.0  # monotonic time before which no consume looks for expired leases
         self._checked: tuple[float, Settings] | None = None
         self._rejected: WeakKeyDictionary[Match, set[str]] | None = None  # made when first needed
 

@@ -20,9 +20,9 @@ from .errors import DdmqError, ForeignFiles, NotARoot, QueueExists, QueueNotFoun
     storage_error
 from .housekeeping import foreign_entries
 from .layout import QUEUE_MARKER, ROOT_MARKER, STATE_DIRS, check_queue_name, doomed_name, marker_tmp_name, \
-    staging_name
+    settings_tmp_name, staging_name
 from .queue import Queue
-from .settings import Settings, SettingsCache, dump, dump_value
+from .settings import DEFAULTS, SCHEMA, Settings, SettingsCache, dump, dump_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -175,6 +175,38 @@ class Root:
             if name != ROOT_MARKER and stat.S_ISDIR(root.mode(name) or 0)
             and stat.S_ISREG(root.mode(f"{name}/{QUEUE_MARKER}") or 0)
         )
+
+    def settings_sources(self, name: str) -> dict[str, tuple[Any, str]]:
+        """Each effective setting of a queue with where it came from: ``default``, or the file that set it."""
+        q = self.checked(name)
+        layers = [(self.files.values_in(q.dir, QUEUE_MARKER), q.dir.join(QUEUE_MARKER)),
+                  (self.files.values_in(self.dir, ROOT_MARKER), self.dir.join(ROOT_MARKER))]
+        return {key: next(((values[key], source) for values, source in layers if key in values),
+                          (default, "default"))
+                for key, default in DEFAULTS.items()}
+
+    def set_settings(self, name: str, values: dict[str, Any], unset: list[str]) -> None:
+        """Change the settings a queue's own ``ddmq.yaml`` sets: ``values`` (validated) set, ``unset`` removed.
+
+        The new file is written privately in the queue's tmp/ and renamed over
+        the old one, so every client reads either the old settings or the new.
+        Two operators changing one queue at once: the last rename wins.
+        """
+        unknown = [key for key in unset if key not in SCHEMA]
+        if unknown:
+            from .errors import UsageError
+
+            raise UsageError(f"unknown setting {unknown[0]!r} (known: {', '.join(SCHEMA)})")
+        q = self.checked(name)
+        try:
+            own = self.files.values_in(q.dir, QUEUE_MARKER, required=True)
+        except (FileNotFoundError, NotADirectoryError):
+            raise QueueNotFound(f"no queue {name!r} in {self.path}") from None
+        current = {k: v for k, v in own.items() if k not in unset}
+        current.update(values)
+        mode = current.get("mode", self.settings().mode)
+        atomic.publish_file(q.tmp, settings_tmp_name(), q.dir, QUEUE_MARKER, dump(current).encode(), durable=True,
+                            mode=mode)
 
     # ------------------------------------------------------- create, delete
     def create_queue(self, name: str, exist_ok: bool, values: dict[str, Any]) -> None:

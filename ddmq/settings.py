@@ -248,7 +248,8 @@ class SettingsCache:
     def __init__(self) -> None:
         self._files: dict[str, tuple[tuple[int, int, int] | None, dict[str, Any]]] = {}
 
-    def _file(self, directory: Dir, name: str, required: bool = False) -> dict[str, Any]:
+    def values_in(self, directory: Dir, name: str, required: bool = False) -> dict[str, Any]:
+        """The validated settings one file sets (``{}`` for a missing or empty file unless ``required``)."""
         path = directory.join(name)
         try:
             st = directory.lstat(name)
@@ -280,5 +281,5 @@ class SettingsCache:
         result = dict(DEFAULTS)
         last = len(files) - 1
         for i, (directory, name) in enumerate(files):
-            result.update(self._file(directory, name, required and i == last))
+            result.update(self.values_in(directory, name, required and i == last))
         return result

@@ -19,7 +19,7 @@ from . import atomic
 from .errors import DdmqError, LeaseLost, StorageError, UsageError, storage_error
 from .layout import (
     DEAD, READY, REASON_SUFFIX, WORK, ReadyName, WorkName, claimed_name, dead_name, lease_receipt,
-    new_message_id, new_token, parse_in, parse_ready, parse_receipt, parse_work, publish_tmp_name, ready_name,
+    new_message_id, new_token, parse_dead, parse_in, parse_ready, parse_receipt, parse_work, publish_tmp_name, ready_name,
     reason_tmp_name,
 )
 from .log import logger
@@ -165,16 +165,21 @@ def claim(q: Queue, n: int, lease: float | None, settings: Settings, ack: bool,
         except DdmqError:
             # Nothing claimed here reaches the caller: give it back now instead
             # of hiding it from every consumer until the lease expires.
-            for taken in [held] + ([] if ack else [str(m.receipt) for m in claimed]):
-                try:
-                    release(q, taken)
-                except DdmqError:
-                    pass  # best effort: otherwise the lease expires and clean requeues it
+            give_back(q, [held] + ([] if ack else claimed))
             raise
         claimed.append(msg)
         if len(claimed) >= n:
             break
     return claimed
+
+
+def give_back(q: Queue, claims: list[Message] | list[str] | list[Message | str]) -> None:
+    """Release claims that will not reach the caller, best effort: a failure leaves the lease to expire."""
+    for taken in claims:
+        try:
+            release(q, taken)
+        except DdmqError:
+            pass  # the lease expires and housekeeping requeues it
 
 
 def _fill_state(msg: Message, name: ReadyName | WorkName) -> None:
@@ -407,7 +412,11 @@ def peek(q: Queue, n: int, state: str, match: Match | None) -> list[Message]:
     for name in sorted(atomic.listdir(directory)):
         if len(found) >= n:
             break
-        parsed = parse_in(state, name)
+        if state == DEAD:  # its requeue count and priority are in the name it had before
+            dead = parse_dead(name)
+            parsed = dead.message if dead is not None else None
+        else:
+            parsed = parse_in(state, name)
         if state in (READY, WORK) and parsed is None or name.endswith(REASON_SUFFIX):
             continue
         msg = matching(q, directory, name, match) if match else peeked(directory, name, parsed)

@@ -305,14 +305,38 @@ def test_per_message_timeout_sets_the_lease(b: Broker) -> None:
 
 def test_consumers_clean_at_most_every_clean_interval(b: Broker, root: Path) -> None:
     b.create_queue("q", clean_interval=3600)
-    b.publish("q", "x")
-    b.consume("q", lease=0.01)
-    time.sleep(0.05)
-    assert b.consume("q") == []  # the first consume stamped the queue; no re-scan yet
+    b.consume("q")  # stamps the queue
+    (root / "q" / "work" / "notes.txt").write_text("only a clean pass dead-letters this")
+    assert b.consume("q") == []
+    assert b.counts("q")["dead"] == 0  # the first consume stamped the queue; no clean pass yet
     os.utime(root / "q" / "clean.stamp", (0, 0))
     # A client reads the stamp only when the queue can be due, and other clients
     # only make it newer; a stamp made old by hand is seen by a new client.
-    assert [m.message for m in Broker(root).consume("q")] == ["x"]
+    assert Broker(root).consume("q") == []
+    assert b.counts("q")["dead"] == 1
+
+
+def test_consume_that_finds_nothing_ready_requeues_expired_leases(b: Broker) -> None:
+    """Without waiting for the next clean pass (clean_interval): a lease of 2 s used to come back after 24 s."""
+    b.create_queue("q", clean_interval=3600)
+    b.publish("q", "x")
+    b.consume("q", lease=0.01)
+    time.sleep(0.05)
+    [again] = b.consume("q")
+    assert again.message == "x" and again.requeues == 1
+
+
+def test_consume_looks_for_expired_leases_at_most_once_a_second(b: Broker) -> None:
+    from ddmq.housekeeping import EXPIRY_CHECK_EVERY
+
+    b.create_queue("q", clean_interval=3600)
+    assert b.consume("q") == []  # looked, found none
+    b.publish("q", "x")
+    b.consume("q", lease=0.01)
+    time.sleep(0.05)
+    assert b.consume("q") == []  # looked less than a second ago
+    time.sleep(EXPIRY_CHECK_EVERY)
+    assert [m.message for m in b.consume("q")] == ["x"]
 
 
 def test_purge(b: Broker) -> None:
