@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
-from support.processes import wait_blocked_on_pipe
+from tests.support.processes import wait_blocked_on_pipe
 
 REPO = Path(__file__).resolve().parent.parent
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
