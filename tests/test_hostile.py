@@ -17,9 +17,10 @@ Which error a refusing command gives (StorageError, SettingsError, exit 1)
 is not asserted: refusing and skipping are both safe.
 
 Steps that need two users run as real users with the system Python, as in
-tests/test_multiuser.py, whose fixture (accounts, a copy of the source, and
-the rule: skip without root unless DDMQ_REQUIRE_ROOT=1) is reused. Tests that
-need only one user run as whoever runs the suite.
+tests/test_multiuser.py, with its fixture from tests.support.multiuser
+(accounts, a copy of the source, and the rule: skip without root unless
+DDMQ_REQUIRE_ROOT=1). Tests that need only one user run as whoever runs the
+suite.
 """
 from __future__ import annotations
 
@@ -172,7 +173,7 @@ def fake_queue(queue: str) -> Tree:
 # ------------------------------------------------------------------ a group-shared root
 @pytest.fixture(scope="module")
 def users(shared: Path) -> Path:
-    """test_multiuser's shared base, plus click beside the ddmq copy (the system Python has none)."""
+    """The multi-user ``shared`` base, plus click beside the ddmq copy (the system Python has none)."""
     import click
 
     dest = shared / "src" / "click"
