@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Two ddmq source trees side by side: did a change make ddmq faster?
 
-    python3 benchmarks/ab.py --b /path/to/patched/checkout            # A is this working tree
-    python3 benchmarks/ab.py --a /old/tree --b /new/tree --reps 7 --fs tmpfs,disk
+    python3 -m benchmarks.ab --b /path/to/patched/checkout            # A is this working tree
+    python3 -m benchmarks.ab --a /old/tree --b /new/tree --reps 7 --fs tmpfs,disk
 
 Each tree is copied and installed (non-editable) into its own venv under the
 benchmark cache. Then, alternating A and B within every repetition:
@@ -20,30 +20,28 @@ import os
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as bench  # noqa: E402
+from benchmarks import provision, workloads
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--a", default=str(bench.REPO), help="tree A (default: this working tree)")
+    ap.add_argument("--a", default=str(provision.REPO), help="tree A (default: this working tree)")
     ap.add_argument("--b", required=True, help="tree B")
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cli-reps", type=int, default=15)
     ap.add_argument("--fs", default="tmpfs")
-    bench.add_cache_option(ap)
+    provision.add_cache_option(ap)
     args = ap.parse_args()
-    cache = bench.enter_cache(args.cache)
+    cache = provision.enter_cache(args.cache)
     venvs, described = {}, {}
     for side, tree in (("A", args.a), ("B", args.b)):
-        venv = bench.ensure_venv(cache, f"ab-{side.lower()}")
-        described[side] = bench.install_working_tree(cache, venv, Path(tree).resolve())["describe"] or tree
+        venv = provision.ensure_venv(cache, f"ab-{side.lower()}")
+        described[side] = provision.install_working_tree(cache, venv, Path(tree).resolve())["describe"] or tree
         venvs[side] = venv
     dirs = {"disk": cache / f"ab-queues-{os.getpid()}", "tmpfs": Path("/dev/shm") / f"ddmq-ab-{os.getpid()}"}
     rows: dict[tuple, dict[str, list[float]]] = {}
@@ -56,7 +54,7 @@ def main() -> None:
                     for side in sides:
                         root = dirs[fs] / f"{side}{rep}{int(durable)}"
                         os.sync()
-                        out = bench.run([str(venvs[side] / "bin" / "python"), str(bench.WORKER), "w1", "--impl",
+                        out = provision.run_command([str(venvs[side] / "bin" / "python"), str(workloads.WORKER), "w1", "--impl",
                                          "ddmq", "--root", str(root), "--n", str(n),
                                          *(["--durable"] if durable else [])], capture_output=True)
                         shutil.rmtree(root, ignore_errors=True)
@@ -70,19 +68,19 @@ def main() -> None:
                 for side in (["A", "B"] if rep % 2 == 0 else ["B", "A"]):
                     root = dirs[fs] / f"{side}{rep}w3"
                     os.sync()
-                    out = bench.run([str(venvs[side] / "bin" / "python"), str(bench.WORKER), "w3", "--impl", "ddmq",
+                    out = provision.run_command([str(venvs[side] / "bin" / "python"), str(workloads.WORKER), "w3", "--impl", "ddmq",
                                      "--root", str(root), "--n", str(args.n), "--consumers", "4"], capture_output=True)
                     shutil.rmtree(root, ignore_errors=True)
                     r = __import__("json").loads(out.stdout)
                     assert r["ok"], r
                     rows.setdefault(("W3 durable:false, 4 consumers (µs/msg)", fs),
                                     {"A": [], "B": []})[side].append(r["total_s"] / args.n * 1e6)
-                bench.log(f"{fs} rep {rep} done")
+                provision.log(f"{fs} rep {rep} done")
             # command line
             root = dirs[fs] / "cli"
             for side in ("A", "B"):
                 py = str(venvs[side] / "bin" / "python")
-                bench.run([py, "-c", "import sys; from ddmq import Broker; b = Broker(sys.argv[1], create=True)\n"
+                provision.run_command([py, "-c", "import sys; from ddmq import Broker; b = Broker(sys.argv[1], create=True)\n"
                            "b.create_queue('cli')\nfor i in range(int(sys.argv[2])): b.publish('cli', 'm')",
                            str(root / side), str(args.cli_reps + 5)])
             cmds = {}
@@ -94,14 +92,14 @@ def main() -> None:
                 cmds[("ddmq publish", side)] = ([str(b / "ddmq"), "publish", "cli", "hi"], env)
                 cmds[("ddmq consume", side)] = ([str(b / "ddmq"), "consume", "cli"], env)
             for cmd, env in cmds.values():
-                bench.run(cmd, check=False, env=env, capture_output=True)
+                provision.run_command(cmd, check=False, env=env, capture_output=True)
             for rep in range(args.cli_reps):
                 keys = list(cmds)
                 random.Random(rep).shuffle(keys)
                 for key in keys:
                     cmd, env = cmds[key]
                     t0 = time.perf_counter()
-                    bench.run(cmd, check=False, env=env, capture_output=True)
+                    provision.run_command(cmd, check=False, env=env, capture_output=True)
                     rows.setdefault((f"{key[0]} (ms)", fs), {"A": [], "B": []})[key[1]].append(
                         (time.perf_counter() - t0) * 1e3)
             shutil.rmtree(root, ignore_errors=True)
@@ -113,14 +111,14 @@ def main() -> None:
                     for size in (0, 1000):
                         root = dirs["tmpfs"] / f"sys{side}{size}"
                         summary = Path(tempfile.mkstemp(suffix=".strace")[1])
-                        bench.run(["strace", "-f", "-c", "-o", str(summary), str(venvs[side] / "bin" / "python"),
-                                   str(bench.WORKER), "w1", "--impl", "ddmq", "--root", str(root), "--n", str(size),
+                        provision.run_command(["strace", "-f", "-c", "-o", str(summary), str(venvs[side] / "bin" / "python"),
+                                   str(workloads.WORKER), "w1", "--impl", "ddmq", "--root", str(root), "--n", str(size),
                                    *(["--durable"] if durable else [])], capture_output=True)
-                        counts[size] = bench.parse_strace_summary(summary.read_text())
+                        counts[size] = workloads.parse_strace_summary(summary.read_text())
                         summary.unlink()
                         shutil.rmtree(root, ignore_errors=True)
                     per = sum(counts[1000].values()) - sum(counts[0].values())
-                    fs_per = sum(v - counts[0].get(k, 0) for k, v in counts[1000].items() if k in bench.FS_SYSCALLS)
+                    fs_per = sum(v - counts[0].get(k, 0) for k, v in counts[1000].items() if k in workloads.FS_SYSCALLS)
                     rows.setdefault((f"W1 durable:{str(durable).lower()} syscalls/msg", "tmpfs"),
                                     {"A": [], "B": []})[side].append(per / 1000)
                     rows.setdefault((f"W1 durable:{str(durable).lower()} fs syscalls/msg", "tmpfs"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where one message's time goes between its system calls.
 
-    python3 benchmarks/steps.py [--n 5000] [--dir /dev/shm]
+    python3 -m benchmarks.steps [--n 5000] [--dir /dev/shm]   # from the checkout: its ddmq is measured
 
 Profilers hook every Python call and inflate exactly the small steps this is
 about, and ``timeit`` runs a step with warm caches, which it never has in
@@ -20,17 +20,13 @@ import heapq
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ddmq import Broker, atomic  # noqa: E402
-from ddmq.broker import _HOST  # noqa: E402
-from ddmq.layout import claimed_name, lease_receipt, new_message_id, new_token, parse_ready, ready_name  # noqa: E402
-from ddmq.message import Message, decode, encode  # noqa: E402
+from ddmq import Broker, atomic
+from ddmq.broker import _HOST
+from ddmq.layout import claimed_name, lease_receipt, new_message_id, new_token, parse_ready, ready_name
+from ddmq.message import Message, decode, encode
 
 
 def publish_steps(b: Broker, n: int) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """One measurement, run inside the virtual environment of the implementation measured.
 
-``benchmarks/run.py`` starts this script once per measurement with the
+``benchmarks.workloads`` starts this script (by its path) once per measurement with the
 interpreter of the right venv, so every implementation runs in its own
 environment and a measurement never shares a process with another one:
 

@@ -33,7 +33,7 @@ from click.testing import CliRunner
 
 from ddmq import Broker
 from ddmq.cli import cli
-from support.processes import wait_blocked_on_pipe
+from tests.support.processes import wait_blocked_on_pipe
 
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
 CLICK_ONLY = "from ddmq.cli import main; main()"

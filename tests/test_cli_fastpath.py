@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
-from support.processes import wait_blocked_on_pipe
+from tests.support.processes import wait_blocked_on_pipe
 
-REPO = Path(__file__).resolve().parent.parent
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
 CLICK_ONLY = "from ddmq.cli import main; main()"
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -280,7 +279,7 @@ def test_fast_path_imports_neither_click_nor_yaml_nor_slow_standard_modules(tmp_
     root = tmp_path / "root"
     Broker(root, create=True).publish("q", "waiting", create=True)
     argv = ["ddmq", "--root", str(root), "-f", fmt, command, "q", *(["lean"] if command == "publish" else [])]
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.argv = {argv!r}; from ddmq.entry import main; main()"
+    code = f"import sys; sys.argv = {argv!r}; from ddmq.entry import main; main()"  # ddmq: PYTHONPATH (conftest)
     proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
-from support.capability import need
+from tests.support.capability import need
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 SRC = Path(__file__).resolve().parent.parent

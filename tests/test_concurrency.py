@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
-from swarm import check_no_loss_no_overlap, run_swarm, worker
+from tests.support.swarm import check_no_loss_no_overlap, run_swarm, worker
 
 PUBLISHERS, PER_PUBLISHER, CONSUMERS = 3, 1000, 4
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
-from swarm import read_log, worker
+from tests.support.swarm import read_log, worker
 
 LEASE = 0.3
 

@@ -50,17 +50,16 @@ from typing import Any, Callable, Iterator
 import pytest
 from click.testing import CliRunner
 
-from crashpoint import ALL_STEPS, CRASH_STEPS, Call, Injector
 from ddmq import Broker, DdmqError, LeaseLost, StorageError
 from ddmq.cli import cli
 from ddmq.layout import WorkName, new_message_id, new_token, parse_ready, parse_work
 from ddmq.message import CorruptMessage, decode
-from support.capability import need
+from tests.support.capability import need
+from tests.support.crashpoint import ALL_STEPS, CRASH_STEPS, Call, Injector
 
 Q = "q"
 LEASE = 0.05  # leases taken in these tests: recovery waits them out
 OLD = 7200.0  # backdating by this makes a leftover look abandoned (clean waits an hour)
-CRASHPOINT = Path(__file__).resolve().parent / "crashpoint.py"
 
 # Files planted in a queue that are not messages, told apart by their content.
 CORRUPT = b'{"format": 1, "id": "cut off in the midd'
@@ -740,7 +739,7 @@ def test_killed_ddmq_commands_recover(root: Path, b: Broker) -> None:
     b.clean(Q)
 
     def killed(step: str, when: str, *args: str) -> str:
-        proc = subprocess.run([sys.executable, str(CRASHPOINT), str(root), "crash", step, when,
+        proc = subprocess.run([sys.executable, "-m", "tests.support.crashpoint", str(root), "crash", step, when,
                                "--", "-r", str(root), *args], capture_output=True, text=True)
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr)
         return proc.stdout

@@ -17,13 +17,13 @@ Which error a refusing command gives (StorageError, SettingsError, exit 1)
 is not asserted: refusing and skipping are both safe.
 
 Steps that need two users run as real users with the system Python, as in
-tests/test_multiuser.py, whose fixture (accounts, a copy of the source, and
-the rule: skip without root unless DDMQ_REQUIRE_ROOT=1) is reused. Tests that
-need only one user run as whoever runs the suite.
+tests/test_multiuser.py, with its fixture from tests.support.multiuser
+(accounts, a copy of the source, and the rule: skip without root unless
+DDMQ_REQUIRE_ROOT=1). Tests that need only one user run as whoever runs the
+suite.
 """
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -42,12 +42,14 @@ from typing import Callable, Iterator, Optional, Sequence
 import pytest
 
 from ddmq import Broker, DdmqError
-from test_multiuser import GROUP, MEMBERS, SYSTEM_PYTHON, shared  # noqa: F401 - shared is a fixture
+from tests.support.hostile import (MSG_ID, READY_LIKE, TMP_LIKE, WORK_LIKE, Tree, alias_bomb, changes, payload,
+                                   plant_tree, snapshot)
+from tests.support.multiuser import GROUP, MEMBERS, SYSTEM_PYTHON, user_env
+from tests.support.multiuser import shared  # noqa: F401 - a fixture
 
 ATTACKER, VICTIM = MEMBERS
 TIMEOUT = 15.0  # a command still running after this long counts as hung, and is killed
 MEMORY_LIMIT = 1 << 30  # RLIMIT_AS for commands fed a bottomless or exploding settings file
-TWO_HOURS_AGO_NS = time.time_ns() - 2 * 3600 * 10**9
 
 
 # ------------------------------------------------------------------ running commands
@@ -75,14 +77,6 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def _user_env(base: Path) -> dict[str, str]:
-    # As test_multiuser.as_user: -S keeps out site-packages (where an editable
-    # install of this checkout may sit); PyYAML comes from Debian's python3-yaml,
-    # click from the copy the `users` fixture puts beside the ddmq source.
-    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{base / 'src'}:/usr/lib/python3/dist-packages",
-            "HOME": str(base), "LANG": "C.UTF-8"}
-
-
 def start(argv: Sequence[object], user: Optional[str] = None, base: Optional[Path] = None,
           umask: Optional[int] = None, limit_memory: bool = False, what: Optional[str] = None) -> Started:
     """Start ``python ARGV`` as ``user`` (None: as this process, with this interpreter).
@@ -95,7 +89,7 @@ def start(argv: Sequence[object], user: Optional[str] = None, base: Optional[Pat
         python, env = [sys.executable], dict(os.environ)
     else:
         assert base is not None
-        python, env = [SYSTEM_PYTHON, "-S"], _user_env(base)
+        python, env = [SYSTEM_PYTHON, "-S"], user_env(base)  # click: see `users`
     cmd = [*python, *args]
     if umask is not None:
         cmd = ["/bin/sh", "-c", f'umask {umask:03o} && exec "$0" "$@"', *cmd]
@@ -152,61 +146,6 @@ def must_succeed(ran: Ran) -> Ran:
 
 
 # ------------------------------------------------------------------ trees outside the root
-FIELDS = ("type", "mode", "uid", "gid", "mtime", "size", "content")
-
-
-def snapshot(top: Path) -> dict[str, tuple]:
-    """Every entry under ``top`` (itself included): type, mode, owner, mtime, size, content or link target."""
-    tree: dict[str, tuple] = {}
-
-    def visit(path: Path, rel: str) -> None:
-        st = os.lstat(path)
-        content: object = None
-        if stat.S_ISREG(st.st_mode):
-            content = path.read_bytes()
-        elif stat.S_ISLNK(st.st_mode):
-            content = os.readlink(path)
-        is_dir = stat.S_ISDIR(st.st_mode)
-        tree[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                     st.st_mtime_ns, None if is_dir else st.st_size, content)
-        if is_dir:
-            for name in sorted(os.listdir(path)):
-                visit(path / name, f"{rel}/{name}")
-
-    visit(top, ".")
-    return tree
-
-
-def changes(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
-    found = []
-    for rel in sorted(before.keys() | after.keys()):
-        if rel not in after:
-            found.append(f"removed {rel}")
-        elif rel not in before:
-            found.append(f"created {rel}")
-        elif before[rel] != after[rel]:
-            differ = [field for field, x, y in zip(FIELDS, before[rel], after[rel]) if x != y]
-            found.append(f"changed {rel} ({', '.join(differ)})")
-    return found
-
-
-Tree = dict  # name -> bytes (a file) or Tree (a directory)
-
-MSG_ID, LEASE_ID, TMP_ID = "b" * 32, "c" * 32, "e" * 32
-READY_LIKE = f"000999.{TWO_HOURS_AGO_NS:020d}.{MSG_ID}.0.msg"
-WORK_LIKE = f"000999.{TWO_HOURS_AGO_NS:020d}.{LEASE_ID}.0.{0:020d}.{'d' * 12}.msg"  # a lease long expired
-TMP_LIKE = f"{TMP_ID}.tmp"
-
-
-def payload(message_id: str, queue: str, body: str) -> bytes:
-    """A valid payload, so that a client that follows a link would really deliver (and ack) it."""
-    return json.dumps({
-        "format": 1, "id": message_id, "queue": queue, "published": TWO_HOURS_AGO_NS, "priority": 999,
-        "message_timeout": 600, "requeue": True, "requeue_prio": 0, "requeue_limit": None, "durable": True,
-        "host": "victim-host", "pid": 1, "headers": {}, "message": body,
-    }).encode()
-
-
 # The victim's private directory: plain files, files whose names ddmq's
 # grammar could have produced in every state directory, and a subdirectory,
 # all two hours old (older than anything housekeeping leaves alone).
@@ -231,33 +170,10 @@ def fake_queue(queue: str) -> Tree:
     }
 
 
-def plant_tree(top: Path, tree: Tree, owner: Optional[str] = None, age_ns: int = TWO_HOURS_AGO_NS) -> None:
-    """(Re)create ``top`` as exactly ``tree``: directories 0700, files 0600, owned by ``owner``, all old."""
-    if top.is_symlink() or top.is_file():
-        top.unlink()
-    elif top.exists():
-        shutil.rmtree(top)
-    ids = pwd.getpwnam(owner)[2:4] if owner else None
-
-    def make(path: Path, content: object) -> None:
-        if isinstance(content, dict):
-            path.mkdir(mode=0o700)
-            for name, inner in content.items():
-                make(path / name, inner)
-        else:
-            path.write_bytes(content)  # type: ignore[arg-type]
-        path.chmod(0o700 if path.is_dir() else 0o600)
-        if ids:
-            os.chown(path, *ids)
-        os.utime(path, ns=(age_ns, age_ns))  # after the children: their creation touched it
-
-    make(top, tree)
-
-
 # ------------------------------------------------------------------ a group-shared root
 @pytest.fixture(scope="module")
 def users(shared: Path) -> Path:
-    """test_multiuser's shared base, plus click beside the ddmq copy (the system Python has none)."""
+    """The multi-user ``shared`` base, plus click beside the ddmq copy (the system Python has none)."""
     import click
 
     dest = shared / "src" / "click"
@@ -560,19 +476,6 @@ def test_settings_file_linked_to_dev_zero_is_not_read_forever(one_queue: Path, w
     path.symlink_to("/dev/zero")
     problems = [p for ran in run_all(clients(one_queue, limit_memory=True, dispatch=False)) for p in untidy(ran)]
     assert not problems, "\n".join(problems)
-
-
-def alias_bomb(levels: int = 9, width: int = 9) -> tuple[str, str]:
-    """Two spellings of a "billion laughs" (width**levels strings from a few hundred bytes)."""
-    names = [chr(ord("a") + i) for i in range(levels)]
-    first = "[" + ",".join(['"lol"'] * width) + "]"
-    chain = [f"&{names[0]} {first}"] + [
-        f"&{name} [" + ",".join([f"*{prev}"] * width) + "]" for prev, name in zip(names, names[1:])]
-    # Under a known key: its value is the whole chain (validated, and shown in the error, first).
-    under_key = "priority: [" + ", ".join(chain) + "]\n"
-    # As anchors of other keys, then `priority: *LAST` (the issue's spelling).
-    anchors = "".join(f"{name}: {link}\n" for name, link in zip(names, chain)) + f"priority: *{names[-1]}\n"
-    return under_key, anchors
 
 
 @pytest.mark.parametrize("spelling", [0, 1], ids=["under-a-known-key", "anchors-then-alias"])

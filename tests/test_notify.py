@@ -386,8 +386,7 @@ def test_import_leaves_out_slow_standard_modules():
     dataclasses, copy, shutil (argparse's help width) and getpass each cost
     milliseconds of start-up and are not needed.
     Run without site, so an editable install's import hook does not count."""
-    repo = str(Path(__file__).resolve().parent.parent)
-    code = f"import sys; sys.path.insert(0, {repo!r}); import ddmq_hpc.notify; ddmq_hpc.notify.parser()"
+    code = "import ddmq_hpc.notify; ddmq_hpc.notify.parser()"  # ddmq_hpc: PYTHONPATH (conftest)
     proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr

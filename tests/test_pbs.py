@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from jobscripts import BIN, QUEUE, events, fake_command, job_env, run, start, terminate, terminate_job, \
-    wait_for_file, write_script
+from tests.support.jobscripts import (BIN, QUEUE, events, fake_command, job_env, run, start, terminate, terminate_job,
+                                      wait_for_file, write_script)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "pbs"
 TERM_BUDGET = 7  # ddmq_term_budget in templates/pbs.sh: PBS Pro kills 10 s after TERM

@@ -21,8 +21,8 @@ from typing import Iterator
 import pytest
 
 from ddmq import Broker
-from swarm import check_no_loss_no_overlap, run_swarm
-from support.capability import need
+from tests.support.capability import need
+from tests.support.swarm import check_no_loss_no_overlap, run_swarm
 
 HARNESS = Path(__file__).resolve().parent / "harness"
 BIN = Path(sys.executable).parent

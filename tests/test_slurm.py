@@ -24,8 +24,9 @@ from typing import Any, Iterator
 import pytest
 
 from ddmq_hpc.template import render
-from jobscripts import BIN, QUEUE, events, fake_command, job_env, start, terminate, wait_for_file, write_script
-from support.capability import need
+from tests.support.capability import need
+from tests.support.jobscripts import (BIN, QUEUE, events, fake_command, job_env, start, terminate, wait_for_file,
+                                      write_script)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "slurm"
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ddmq_hpc import template
-from jobscripts import BIN, events, job_env, run, write_script
+from tests.support.jobscripts import BIN, events, job_env, run, write_script
 
 
 def ddmq_template(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

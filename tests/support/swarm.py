@@ -12,11 +12,10 @@ from pathlib import Path
 
 from ddmq import Broker
 
-WORKER = Path(__file__).resolve().parent / "workers.py"
-
 
 def worker(*args: object) -> list[str]:
-    return [sys.executable, str(WORKER), *map(str, args)]
+    """The command line of one worker process (see tests.support.workers); needs the checkout on PYTHONPATH."""
+    return [sys.executable, "-m", "tests.support.workers", *map(str, args)]
 
 
 def read_log(path: Path) -> list[list[str]]:

@@ -23,8 +23,8 @@ without listing the steps by hand.
 
 As a script, it runs one ``ddmq`` command under an injector:
 
-    crashpoint.py ROOT SELECTION STEP WHEN [ACTION] -- DDMQ-ARGS...
-    crashpoint.py ROOT SELECTION list -- DDMQ-ARGS...   # print the numbered steps
+    python -m tests.support.crashpoint ROOT SELECTION STEP WHEN [ACTION] -- DDMQ-ARGS...
+    python -m tests.support.crashpoint ROOT SELECTION list -- DDMQ-ARGS...   # print the numbered steps
 
 SELECTION is ``crash`` (the steps that change or read files) or ``all``
 (every call, stats and listings included); STEP is a step number or
@@ -42,7 +42,6 @@ import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
 # name -> (module, attribute); "fopen" is the built-in open (also io.open, used by pathlib).
@@ -311,5 +310,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main(sys.argv[1:]))

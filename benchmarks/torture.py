@@ -1,6 +1,6 @@
 """Torture run: everything that can go wrong, at random, for minutes; then an account.
 
-    python tests/torture.py --minutes 5 [--seed 1] [--two-mounts] [--faults 0.01] [--no-hostile]
+    python -m benchmarks.torture --minutes 5 [--seed 1] [--two-mounts] [--faults 0.01] [--no-hostile]
 
 Publishers, consumers with short leases and cleaners run at once (on two sshfs
 mounts of one directory with --two-mounts, as root), while the conductor, with a
@@ -18,7 +18,9 @@ end the queue is recovered the way a cluster would (leases expire, clean,
 drain) and every message is accounted for. Exits non-zero if anything was
 lost, delivered twice after an ack, or held by two consumers at once, if
 anything outside the root changed, or if a worker hung or crashed. Not part
-of the test suite: run it by hand, results go to docs/reliability.md.
+of the test suite: run it by hand from the checkout (its workers are the
+tests' ``tests.support.workers``, run from there too), results go to
+docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -37,14 +39,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ddmq import Broker
+from tests.support.hostile import READY_LIKE, TMP_LIKE, WORK_LIKE, alias_bomb, changes, payload, plant_tree, snapshot
+from tests.support.swarm import held_twice, read_log, worker
 
-from ddmq import Broker  # noqa: E402
-from swarm import held_twice, read_log, worker  # noqa: E402
-from test_hostile import READY_LIKE, TMP_LIKE, WORK_LIKE, alias_bomb, changes, payload, plant_tree, snapshot  # noqa: E402
-
-HARNESS = Path(__file__).resolve().parent / "harness"
+HARNESS = Path(__file__).resolve().parent.parent / "tests" / "harness"
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 LEASE = 0.5
 HOSTILE = {

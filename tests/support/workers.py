@@ -1,12 +1,15 @@
-"""Worker processes for the concurrency and crash tests.
+r"""Worker processes for the concurrency and crash tests.
 
 Each worker appends one line per event to its own log and flushes it at
 once, so that a worker killed with SIGKILL leaves an exact record of what it
 had done: lines reach the kernel before the next filesystem step starts.
 
-    workers.py [--faults P] publish ROOT QUEUE TAG COUNT LOG [--priorities 1,5,9] [--durable] [--pause S]
-    workers.py [--faults P] consume ROOT QUEUE LOG STOPFILE [--lease S] [--hold S] [--batch N]
-    workers.py [--faults P] clean ROOT QUEUE STOPFILE
+    python -m tests.support.workers [--faults P] publish ROOT QUEUE TAG COUNT LOG \
+        [--priorities 1,5,9] [--durable] [--pause S]
+    python -m tests.support.workers [--faults P] consume ROOT QUEUE LOG STOPFILE [--lease S] [--hold S] [--batch N]
+    python -m tests.support.workers [--faults P] clean ROOT QUEUE STOPFILE
+
+(from the checkout, or with it on PYTHONPATH, as the tests' conftest sets it).
 
 With ``--faults P`` each write, fsync, rename and unlink fails with
 probability P with ENOSPC, EIO, EDQUOT or ESTALE (before doing anything, as a
@@ -18,13 +21,9 @@ import argparse
 import errno
 import os
 import random
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ddmq import Broker, DdmqError, LeaseLost  # noqa: E402
+from ddmq import Broker, DdmqError, LeaseLost
 
 FAULT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ESTALE)
 

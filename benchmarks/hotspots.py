@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Where ddmq's time goes: profiles to read beside the numbers of ``run.py``.
+"""Where ddmq's time goes: profiles to read beside the numbers of ``benchmarks.run``.
 
-    python3 benchmarks/profile.py [--n 5000] [--dir /dev/shm]
+    python3 -m benchmarks.hotspots [--n 5000] [--dir /dev/shm]
 
 Installs the working tree and pyinstrument into their own venv under the
 benchmark cache (``venv-prof``), then prints:
@@ -21,12 +21,10 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as bench  # noqa: E402  (the set-up helpers of the suite)
+from benchmarks import provision
 
 ONE_MESSAGE = r"""
 import os, sys
@@ -79,11 +77,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--dir", default="/dev/shm")
-    bench.add_cache_option(ap)
+    provision.add_cache_option(ap)
     args = ap.parse_args()
-    cache = bench.enter_cache(args.cache)
-    venv = bench.ensure_venv(cache, "prof")
-    version = bench.install_working_tree(cache, venv)
+    cache = provision.enter_cache(args.cache)
+    venv = provision.ensure_venv(cache, "prof")
+    version = provision.install_working_tree(cache, venv)
     py = str(venv / "bin" / "python")
     print(f"ddmq working tree at {version['describe']}"
           + (" + uncommitted changes" if version["uncommitted_changes_in_package"] else ""))
