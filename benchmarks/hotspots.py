@@ -95,14 +95,14 @@ def main() -> None:
                                       ONE_MESSAGE, str(root), durable],
                                      capture_output=True, text=True)
                 lines = out.stderr.splitlines()
-                start = next((i for i, l in enumerate(lines) if "ddmq-profile-start" in l), None)
-                end = next((i for i, l in enumerate(lines) if "ddmq-profile-end" in l), None)
+                start = next((i for i, line in enumerate(lines) if "ddmq-profile-start" in line), None)
+                end = next((i for i, line in enumerate(lines) if "ddmq-profile-end" in line), None)
                 if start is None or end is None:
                     print(out.stderr[-2000:])
                     continue
-                shown = [re.sub(str(root), "ROOT", l) for l in lines[start + 1:end]]
-                for l in shown:
-                    print("  " + (l if len(l) < 160 else l[:157] + "..."))
+                shown = [re.sub(str(root), "ROOT", line) for line in lines[start + 1:end]]
+                for line in shown:
+                    print("  " + (line if len(line) < 160 else line[:157] + "..."))
                 print(f"  -- {len(shown)} system calls")
         section(f"2a. pyinstrument: W1, {args.n} messages, durable:false, on {args.dir}")
         subprocess.run([py, "-c", W1, str(work / "w1a"), str(args.n), "pyinstrument"])
@@ -126,10 +126,10 @@ def main() -> None:
             total = med[target][1]
             print(f"  total {total / 1000:.1f} ms for {len(med)} modules")
             print("  slowest by own time:")
-            for k, (own, cum, depth) in sorted(med.items(), key=lambda kv: -kv[1][0])[:15]:
+            for k, (own, cum, _depth) in sorted(med.items(), key=lambda kv: -kv[1][0])[:15]:
                 print(f"    {own / 1000:7.1f} ms own {cum / 1000:7.1f} ms cumulative  {k}")
             print("  imported directly by ddmq / ddmq_hpc modules (cumulative):")
-            for k, (own, cum, depth) in med.items():
+            for k, (_own, cum, depth) in med.items():
                 if depth <= 4 and cum > 1000:
                     print(f"    {cum / 1000:7.1f} ms  {'  ' * (depth // 2)}{k}")
     finally:

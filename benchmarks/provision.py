@@ -101,7 +101,9 @@ def install_working_tree(cache: Path, venv: Path, tree: Path = REPO) -> dict:
         ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".benchmarks",
         "benchmarks", "tests", "workflow_examples", "docs"))
     pip(venv, "--no-deps", "--force-reinstall", str(src))
-    git = lambda *a: run_command(["git", "-C", str(tree), *a], check=False, capture_output=True).stdout.strip()
+    def git(*a: str) -> str:
+        return run_command(["git", "-C", str(tree), *a], check=False, capture_output=True).stdout.strip()
+
     dirty = [line for line in git("status", "--porcelain", "--", "ddmq", "ddmq_hpc", "pyproject.toml").splitlines()]
     # What exactly was measured: a hash of the package sources installed (equal to
     # `git archive COMMIT` of the same files when the tree was clean), and any diff.

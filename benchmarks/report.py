@@ -378,7 +378,9 @@ def render_opcosts(oc: dict) -> list[str]:
         row(name, lambda d, key=key: d["us"][key])
     row("create: CPU time (user + system, `time.process_time`)", lambda d: d["create_cpu_us"])
     row("create: system CPU time (`getrusage`)", lambda d: d["create_sys_us"])
-    floor = lambda d: sum(d["us"][k] for k in ("create", "write", "close", "unlink")) + 2 * d["us"]["rename"]
+    def floor(d):
+        return sum(d["us"][k] for k in ("create", "write", "close", "unlink")) + 2 * d["us"]["rename"]
+
     row("sum of the floor's calls: create + write + close + 2 × rename + unlink", floor)
     row("sum of floor + read's calls: the above + read", lambda d: floor(d) + d["us"]["read"])
     L.append("")

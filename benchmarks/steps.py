@@ -23,10 +23,11 @@ import shutil
 import tempfile
 import time
 
-from ddmq import Broker, atomic
-from ddmq.broker import _HOST
-from ddmq.layout import claimed_name, lease_receipt, new_message_id, new_token, parse_ready, ready_name
-from ddmq.message import Message, decode, encode
+from ddmq import Broker, atomic, housekeeping
+from ddmq.layout import claimed_name, lease_receipt, new_message_id, new_token, parse_ready, publish_tmp_name, \
+    ready_name
+from ddmq.message import Lease, Message, decode, encode
+from ddmq.transitions import HOST, _fill_state, publish_time
 
 
 def publish_steps(b: Broker, n: int) -> dict[str, float]:
@@ -35,22 +36,22 @@ def publish_steps(b: Broker, n: int) -> dict[str, float]:
                            "rename into ready/", "listing push"], 0)
     for i in range(n):
         t = [clock()]
-        paths, values = b._queue_settings("q")
+        q, settings = b._root.with_settings("q")
         t.append(clock())
-        msg = Message(new_message_id(), "q", f"message {i:07d}", values["priority"], b._publish_time(),
-                      values["message_timeout"], values["requeue"], values["requeue_prio"],
-                      values["requeue_limit"], values["durable"], _HOST, os.getpid(), {})
+        msg = Message(new_message_id(), "q", f"message {i:07d}", settings.priority, publish_time(),
+                      settings.message_timeout, settings.requeue, settings.requeue_prio,
+                      settings.requeue_limit, settings.durable, HOST, os.getpid(), {})
         t.append(clock())
         data = encode(msg)
         t.append(clock())
         name = ready_name(msg.priority, msg.published, msg.id)
-        tmp, final = f"{paths.tmp}/{msg.id}.tmp", f"{paths.ready}/{name}"
+        tmp = publish_tmp_name(msg.id)
         t.append(clock())
-        atomic.write_private(tmp, data, False, values["mode"])
+        atomic.write_private(q.tmp, tmp, data, False, settings.mode)
         t.append(clock())
-        os.rename(tmp, final)
+        os.rename(tmp, name, src_dir_fd=q.tmp.fd, dst_dir_fd=q.ready.fd)
         t.append(clock())
-        b._readied(paths, name)
+        q.readied(name)
         t.append(clock())
         for key, start, end in zip(spent, t, t[1:]):
             spent[key] += end - start
@@ -64,20 +65,20 @@ def consume_steps(b: Broker, n: int) -> dict[str, float]:
                            "ack (unlink)"], 0)
     for _ in range(n):
         t = [clock()]
-        paths, settings = b._queue_settings("q")
-        b._maybe_clean(paths, settings)
+        q, settings = b._root.with_settings("q")
+        housekeeping.maybe_clean(q, settings.clean_interval)
         t.append(clock())
-        name = next(b._ready_names("q", paths))
+        name = next(q.ready_names())
         t.append(clock())
         ready = parse_ready(name)
+        assert ready is not None
         t.append(clock())
-        expires, token = b._lease_clock(paths.tmp) + int(settings["message_timeout"] * 1e9), new_token()
+        expires, token = q.now() + int(settings.message_timeout * 1e9), new_token()
         work_name = claimed_name(name, expires, token)
-        work_path = f"{paths.work}/{work_name}"
         t.append(clock())
-        atomic.move(f"{paths.ready}/{name}", work_path)
+        atomic.move(q.ready, name, q.work, work_name)
         t.append(clock())
-        fd = os.open(work_path, atomic.READ_FLAGS)
+        fd = os.open(work_name, atomic.READ_FLAGS, dir_fd=q.work.fd)
         t.append(clock())
         data = os.read(fd, 1 << 16)
         os.read(fd, 1 << 16)
@@ -86,8 +87,8 @@ def consume_steps(b: Broker, n: int) -> dict[str, float]:
         t.append(clock())
         msg = decode(data)
         t.append(clock())
-        b._fill_state(msg, ready)
-        msg.lease_expires, msg.receipt, msg._lease_name = expires, lease_receipt(ready.id, token), work_name
+        _fill_state(msg, ready)
+        msg.lease = Lease(expires, lease_receipt(ready.id, token), work_name)
         t.append(clock())
         b.ack(msg)
         t.append(clock())

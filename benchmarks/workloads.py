@@ -254,7 +254,7 @@ class Suite:
         }
         times: dict[str, list[float]] = {k: [] for k in commands}
         errors: dict[str, str] = {}
-        for name, cmd in commands.items():  # warm-up (page cache, .pyc)
+        for cmd in commands.values():  # warm-up (page cache, .pyc)
             run_command(cmd, check=False, env=env, capture_output=True)
         for rep in range(reps):
             names = list(commands)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker
+from tests.support.multiuser import shared  # noqa: F401 - a fixture: a root shared by real users
 
 TESTS = Path(__file__).resolve().parent
 

@@ -638,7 +638,7 @@ def run_faults(sc: Scenario, tmp_path: Path, mocker: Any, code: int, when: str,
             removing = inj.fired and (inj.fired.prim in ("unlink", "rmdir") or p.name.startswith(".delete."))
             if not (removing and (inj.fired.path + os.sep).startswith(str(p) + os.sep)):
                 problems.append(f"left {rel(str(p), str(root))} behind")
-        done = sc.decisive is not None and inj.performed(lambda c: sc.decisive(c, inj.root))
+        done = sc.decisive is not None and inj.performed(lambda c, inj=inj: sc.decisive(c, inj.root))
         problems += instant_problems(root, sc, done)
         if exc is None and sc.check is not None:
             problems += sc.check(root, ctx, result)

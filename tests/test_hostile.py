@@ -45,7 +45,6 @@ from ddmq import Broker, DdmqError
 from tests.support.hostile import (MSG_ID, READY_LIKE, TMP_LIKE, WORK_LIKE, Tree, alias_bomb, changes, payload,
                                    plant_tree, snapshot)
 from tests.support.multiuser import GROUP, MEMBERS, SYSTEM_PYTHON, user_env
-from tests.support.multiuser import shared  # noqa: F401 - a fixture
 
 ATTACKER, VICTIM = MEMBERS
 TIMEOUT = 15.0  # a command still running after this long counts as hung, and is killed

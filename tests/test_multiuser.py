@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ddmq import Broker
 from tests.support.multiuser import GROUP, MEMBERS, OUTSIDER, SYSTEM_PYTHON, user_env
-from tests.support.multiuser import shared  # noqa: F401 - a fixture
 
 
 def as_user(user: str, base: Path, code: str) -> subprocess.CompletedProcess:
