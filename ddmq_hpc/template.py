@@ -155,8 +155,9 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
 
     ``root`` defaults as everywhere (``$DDMQ_ROOT``, else ``~/.ddmq``) but is
     written into the script as an absolute path, as is ``notify`` (default:
-    :func:`find_notify`): a job on a compute node may have neither the
-    submitter's environment nor its PATH.
+    :func:`find_notify`; a relative path is taken from the current directory,
+    a bare name is left to the job's PATH): a job on a compute node may have
+    neither the submitter's environment nor its PATH, nor its directory.
     """
     if scheduler not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
@@ -168,6 +169,8 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
                        output=output, extra=extra_directives)
     if notify is None:
         notify = find_notify() or ""
+    if "/" in notify:  # a path, as the shell reads a command name; a bare name is looked up in PATH
+        notify = os.path.abspath(os.path.expanduser(notify))
     values = {
         "notify": shlex.quote(notify),
         "root": shlex.quote(os.path.abspath(resolve_root(root)[0])),
