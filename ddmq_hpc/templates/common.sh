@@ -1,7 +1,7 @@
 # ----------------------------------------------------------- ddmq completion event
 # When the command ends -- and also when the job is cancelled or reaches its
 # time limit -- the EXIT trap publishes a completion event (job and array ids,
-# name, host, submit dir, status, state) to queue $ddmq_queue under root
+# name, cluster, host, submit dir, status, state) to queue $ddmq_queue under root
 # $ddmq_root with ddmq-notify. The job's exit status stays the command's; a
 # failure to publish is one line on stderr.
 ddmq_notify=@@{notify}
