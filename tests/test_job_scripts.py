@@ -10,7 +10,6 @@ of test_slurm.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -60,7 +59,7 @@ def test_the_command_reads_the_jobs_stdin(tmp_path: Path, scheduler: str) -> Non
 @pytest.mark.parametrize("name, line", [
     ("align", "#SBATCH --job-name=align"),                  # as before: unquoted when it need not be
     ("my job", '#SBATCH --job-name="my job"'),
-    ("it's \"odd\" #1 \\o/", r'#SBATCH --job-name="it'"'"r's \"odd\" #1 \\o/"'),
+    ("it's \"odd\" #1 \\o/", '#SBATCH --job-name="it\'s \\"odd\\" #1 \\\\o/"'),
     ("", '#SBATCH --job-name=""'),
 ])
 def test_any_job_name_sbatch_takes_is_written_so_sbatch_reads_it_back(name: str, line: str) -> None:
