@@ -23,6 +23,21 @@ def parse_fields(pairs: Iterable[str]) -> dict[str, str]:
     return fields
 
 
+def add_fields(event: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
+    """``event`` with ``fields`` added; a field that would replace one of the event's own is an error.
+
+    Waiters match on the event's own fields (``job_id``, ``state``,
+    ``cluster``...): a field that silently replaced one would make the event
+    lie about its job. Only the fields the event has are its own, so outside
+    a job, where there is no job id, a field may give one.
+    """
+    taken = next((key for key in fields if key in event), None)
+    if taken is not None:
+        raise UsageError(f"field {taken!r} is one of the completion event's own "
+                         f"({', '.join(event)}): give yours another name")
+    return {**event, **fields}
+
+
 def as_text(value: Any) -> str:
     """A body or field value as a person (or a shell script) would write it."""
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)

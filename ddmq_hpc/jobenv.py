@@ -24,6 +24,7 @@ _SLURM = {
     "submit_dir": ("SLURM_SUBMIT_DIR",),
     "partition": ("SLURM_JOB_PARTITION",),
     "node": ("SLURMD_NODENAME",),
+    "cluster": ("SLURM_CLUSTER_NAME",),
 }
 _PBS = {
     "job_id": ("PBS_JOBID",),
@@ -34,6 +35,18 @@ _PBS = {
     "submit_dir": ("PBS_O_WORKDIR",),
     "partition": ("PBS_QUEUE",),
 }
+
+
+def _pbs_server(env: Mapping[str, str]) -> str | None:
+    """The PBS server that runs the job: PBS's name for its cluster.
+
+    PBS Pro, OpenPBS and Torque all name a job SEQUENCE.SERVER (``123.pbs01``,
+    ``88[2].pbs01``), so the job id is asked first: it is the running server's
+    own word, while PBS_SERVER and Torque's PBS_O_SERVER (where qsub sent the
+    job) may come from the submitter's environment (``qsub -V``).
+    """
+    server = env.get("PBS_JOBID", "").partition(".")[2]
+    return server or env.get("PBS_SERVER") or env.get("PBS_O_SERVER") or None
 
 
 def scheduler(env: Mapping[str, str]) -> str | None:
@@ -65,7 +78,9 @@ def completion_event(
 
     ``state`` defaults from ``status``: 0 is COMPLETED, anything else FAILED;
     with neither, the event says only that the job (or shell) got this far.
-    Outside a job it still carries host, user and time.
+    Outside a job it still carries host, user and time. ``cluster`` (SLURM's
+    ClusterName, PBS's server) tells apart jobs of two clusters that share a
+    root: their job ids repeat.
     """
     env = os.environ if env is None else env
     if state is None and status is not None:
@@ -84,6 +99,9 @@ def completion_event(
         value = next((env[v] for v in variables if env.get(v)), None)
         if value is not None:
             event[key] = value
+    server = _pbs_server(env) if event["scheduler"] == "pbs" else None
+    if server is not None:
+        event["cluster"] = server
     if event["scheduler"] is None:
         event["submit_dir"] = os.getcwd()
     return event

@@ -21,7 +21,7 @@ from ddmq.errors import UsageError
 from ddmq.layout import MAX_PRIORITY, check_queue_name
 
 from . import options
-from .fields import parse_fields
+from .fields import add_fields, parse_fields
 from .jobenv import STATES, completion_event
 from .retry import retry
 
@@ -47,7 +47,7 @@ def build_message(args: argparse.Namespace) -> Any:
     """MESSAGE as text or JSON, or the job's completion event; ``--field`` entries merged in."""
     fields = parse_fields(args.field)
     if args.message is None:
-        return {**completion_event(args.status, args.state), **fields}
+        return add_fields(completion_event(args.status, args.state), fields)
     if not args.json:
         if fields:
             raise UsageError("--field builds a JSON object: use it without MESSAGE, or with --json")

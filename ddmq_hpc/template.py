@@ -29,11 +29,19 @@ from ddmq.layout import check_queue_name
 SCHEDULERS = ("slurm", "pbs")
 EXIT_USAGE = 2
 _PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS"}
+_NAMES = {"slurm": "SLURM", "pbs": "PBS"}
 # --time as each scheduler reads it: SLURM [days-]hours[:minutes[:seconds]] or
-# minutes[:seconds] or hours:minutes:seconds; PBS [[hours:]minutes:]seconds.
+# minutes[:seconds] or hours:minutes:seconds, or no limit (sbatch takes these
+# words in any case, and -1); PBS Pro and Torque [[hours:]minutes:]seconds[.fraction]
+# (rounded to the nearest second; there is no word for no limit).
 _TIME = {
     "slurm": re.compile(r"(?:(?P<days>[0-9]+)-)?(?P<clock>[0-9]+(?::[0-9]+){0,2})"),
-    "pbs": re.compile(r"(?P<clock>[0-9]+(?::[0-9]+){0,2})"),
+    "pbs": re.compile(r"(?P<clock>[0-9]+(?::[0-9]+){0,2})(?:\.(?P<fraction>[0-9]*))?"),
+}
+_SLURM_NO_LIMIT = ("unlimited", "infinite", "-1")
+_TIME_FORMATS = {
+    "slurm": "minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]] or UNLIMITED",
+    "pbs": "seconds, minutes:seconds or hours:minutes:seconds, with an optional .fraction",
 }
 
 
@@ -49,11 +57,11 @@ def limit_seconds(scheduler: str, text: str) -> int | None:
     The rendered script compares it with its own run time to tell a time-out
     from a cancellation when the scheduler cannot be asked.
     """
+    if scheduler == "slurm" and text.lower() in _SLURM_NO_LIMIT:
+        return None
     m = _TIME[scheduler].fullmatch(text)
     if m is None:
-        formats = ("minutes, minutes:seconds, hours:minutes:seconds or days-hours[:minutes[:seconds]]"
-                   if scheduler == "slurm" else "seconds, minutes:seconds or hours:minutes:seconds")
-        raise UsageError(f"--time {text!r}: use {formats}")
+        raise UsageError(f"--time {text!r}: use {_TIME_FORMATS[scheduler]}: {_NAMES[scheduler]} reads no other")
     fields = [int(f) for f in m.group("clock").split(":")]
     if m.groupdict().get("days") is not None:
         hours, minutes, seconds = (fields + [0, 0])[:3]
@@ -64,14 +72,38 @@ def limit_seconds(scheduler: str, text: str) -> int | None:
         total = 0
         for field in fields:
             total = total * 60 + field
+    if (m.groupdict().get("fraction") or "0")[0] >= "5":
+        total += 1
     return total or None
 
 
 def _word(option: str, value: str) -> str:
-    """A directive value must be one word: the directive parsers differ in how they read quotes."""
-    if not value or any(c.isspace() or c in "'\"\\" for c in value):
-        raise UsageError(f"{option} {value!r}: must be one word, without quotes or backslashes")
+    """A ``#PBS`` value: one word, because qsub ends it at white space (and PBS takes no job
+    name with any), and without quotes or backslashes, which PBS versions read differently."""
+    if not value or any(c.isspace() for c in value):
+        raise UsageError(f"{option} {value!r}: must be one word: qsub ends a #PBS value at white space")
+    if any(c in "'\"\\" for c in value):
+        raise UsageError(f"{option} {value!r}: must be without quotes or backslashes: PBS versions read "
+                         "them differently in a #PBS line, so they cannot be written in safely")
     return value
+
+
+def _sbatch_value(option: str, value: str) -> str:
+    """A value as sbatch reads it back from an ``#SBATCH`` line, whatever it holds.
+
+    sbatch splits the line with its own tokenizer: white space separates words
+    unless quoted (with ' or "), a backslash escapes the next character, even
+    in quotes, and an unquoted ``#`` starts a comment. A value holding any of
+    those is written in double quotes with backslashes before ``"`` and ``\\``.
+    Only what would end the line cannot be written in.
+    """
+    if "\0" in value:
+        raise UsageError(f"{option} {value!r}: a NUL cannot be written into an #SBATCH line")
+    if "\n" in value or "\r" in value:
+        raise UsageError(f"{option} {value!r}: a line break cannot be written into an #SBATCH line")
+    if value and not any(c.isspace() or c in "'\"\\#" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def directives(scheduler: str, *, job_name: str | None = None, time: str | None = None,
@@ -80,7 +112,8 @@ def directives(scheduler: str, *, job_name: str | None = None, time: str | None 
     """The ``#SBATCH``/``#PBS`` lines; ``extra`` (raw lines) come last so they can override."""
     given = {"--job-name": job_name, "--partition": partition, "--time": time, "--array": array,
              "--output": output}
-    values = {option: _word(option, value) for option, value in given.items() if value is not None}
+    value_of = _sbatch_value if scheduler == "slurm" else _word
+    values = {option: value_of(option, value) for option, value in given.items() if value is not None}
     if scheduler == "slurm":  # ddmq-template's options are named after SLURM's
         lines = [f"#SBATCH {option}={value}" for option, value in values.items()]
     else:
@@ -122,8 +155,9 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
 
     ``root`` defaults as everywhere (``$DDMQ_ROOT``, else ``~/.ddmq``) but is
     written into the script as an absolute path, as is ``notify`` (default:
-    :func:`find_notify`): a job on a compute node may have neither the
-    submitter's environment nor its PATH.
+    :func:`find_notify`; a relative path is taken from the current directory,
+    a bare name is left to the job's PATH): a job on a compute node may have
+    neither the submitter's environment nor its PATH, nor its directory.
     """
     if scheduler not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
@@ -135,6 +169,8 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
                        output=output, extra=extra_directives)
     if notify is None:
         notify = find_notify() or ""
+    if "/" in notify:  # a path, as the shell reads a command name; a bare name is looked up in PATH
+        notify = os.path.abspath(os.path.expanduser(notify))
     values = {
         "notify": shlex.quote(notify),
         "root": shlex.quote(os.path.abspath(resolve_root(root)[0])),

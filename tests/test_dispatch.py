@@ -431,7 +431,8 @@ def test_submit_handler_calls_sbatch_or_says_what_it_would(tmp_path: Path) -> No
         "--wrap", "echo 'hi'; date"]
     nowhere = subprocess.run([sys.executable, script], input=request, env={"PATH": str(tmp_path / "none")},
                              capture_output=True, text=True, timeout=30)
-    assert nowhere.returncode == 0 and nowhere.stdout.startswith("would run: sbatch --parsable ")
+    assert nowhere.returncode == 127 and nowhere.stdout == ""  # no silent dry run: see test_job_scripts.py
+    assert nowhere.stderr.startswith("submit_handler: sbatch not found in PATH")
     for bad in ['{"options": {}}', '"just a string"', 'not json',
                 '{"command": "x", "options": {"wrap": "y"}}', '{"command": "x", "options": {"a b": 1}}']:
         refused = subprocess.run([sys.executable, script], input=bad, env=env,

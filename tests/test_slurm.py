@@ -248,3 +248,27 @@ def run_and_terminate(tmp_path: Path, bin_dir: Path, after: float = 0, **options
     assert event["job_id"] == "77"
     return event["state"], event["status"]
 
+
+
+# ------------------------------- issue 11: what a real sbatch makes of a script
+def cluster_name() -> str:
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    [name] = [line.split("=", 1)[1].strip() for line in out.splitlines() if line.startswith("ClusterName ")]
+    return name
+
+
+def test_a_job_reads_its_input_and_says_which_cluster_ran_it(jobs: Jobs) -> None:
+    """``#SBATCH --input`` reaches the command; the event carries SLURM's ClusterName."""
+    (jobs.dir / "in.txt").write_text("hello\n")
+    job_id = jobs.submit(["wc", "-c"], extra_directives=[f"#SBATCH --input={jobs.dir / 'in.txt'}"])
+    [event] = wait_events(jobs.root, f"job_id={job_id}", about=jobs.dir)
+    assert (event["state"], event["cluster"]) == ("COMPLETED", cluster_name())
+    assert (jobs.dir / f"job-{job_id}.out").read_text().strip() == "6"
+
+
+def test_sbatch_reads_back_any_job_name_and_an_unlimited_time(jobs: Jobs) -> None:
+    name = "it's \"my\" job #1 \\o/"
+    job_id = jobs.submit(["true"], job_name=name, time="UNLIMITED")
+    [event] = wait_events(jobs.root, f"job_id={job_id}", about=jobs.dir)
+    assert (event["state"], event["job_name"]) == ("COMPLETED", name)
+    assert job_info(job_id)["TimeLimit"] == "UNLIMITED"

@@ -92,7 +92,7 @@ def test_the_command_runs_exactly_as_given(tmp_path: Path) -> None:
     (["slurm", "--queue", "q", "--directive=--mem=1G"], "must be one line starting with '#SBATCH '"),
     (["slurm", "--queue", "q", "--directive", "#PBS -l mem=1gb"], "must be one line starting with '#SBATCH '"),
     (["pbs", "--queue", "q", "--directive", "#PBS -m ae\nrm -rf ~"], "must be one line starting with '#PBS '"),
-    (["slurm", "--queue", "q", "--job-name", "two words"], "--job-name 'two words': must be one word"),
+    (["pbs", "--queue", "q", "--job-name", "two words"], "--job-name 'two words': must be one word"),
     (["pbs", "--queue", "q", "--output", "x\n#PBS -u root"], "--output 'x\\n#PBS -u root': must be one word"),
 ])
 def test_what_it_refuses_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -1,7 +1,7 @@
 # ----------------------------------------------------------- ddmq completion event
 # When the command ends -- and also when the job is cancelled or reaches its
 # time limit -- the EXIT trap publishes a completion event (job and array ids,
-# name, host, submit dir, status, state) to queue $ddmq_queue under root
+# name, cluster, host, submit dir, status, state) to queue $ddmq_queue under root
 # $ddmq_root with ddmq-notify. The job's exit status stays the command's; a
 # failure to publish is one line on stderr.
 ddmq_notify=@@{notify}
@@ -101,10 +101,12 @@ ddmq_on_exit() {
 # `wait`: bash (5.2) can lose the status of a child that dies while a trapped
 # signal interrupts `wait`, which is just what a scheduler's TERM to the whole
 # job does. A `sleep` in the foreground delays the trap by a second at most
-# (a tenth during the first second, for short commands).
+# (a tenth during the first second, for short commands). The command keeps
+# the job's stdin (sbatch --input, or a pipe into the script): bash would
+# give a command started with & /dev/null instead.
 ddmq_run() {
     local polls=0
-    "$@" &
+    "$@" <&0 &
     ddmq_child=$!
     while kill -0 "$ddmq_child" 2>/dev/null; do
         if [ -n "$ddmq_term_at" ] && [ $((SECONDS - ddmq_term_at)) -ge "$ddmq_grace" ]; then

@@ -17,8 +17,10 @@ ddmq_grace=5            # how long the command may take to exit after TERM
 # CANCELLED or TIMEOUT? The controller knows: a job it ends at its time limit
 # has Reason=TimeLimit and no time left (squeue prints INVALID once the limit
 # has passed; it checks limits about every 30 s, so TERM comes 0-30 s after
-# it), while scancel leaves time on the clock. If squeue does not answer, the
-# time this script has run is compared with the limit it was rendered with.
+# it), while scancel leaves time on the clock. squeue gets 8 s (a busy
+# slurmctld can take seconds; MessageTimeout is 10 s by default); if it does
+# not answer, the time this script has run is compared with the limit it was
+# rendered with.
 ddmq_term_state() {
     local out reason left
     out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" -o '%r|%L' 2>/dev/null)

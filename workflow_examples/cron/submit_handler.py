@@ -14,10 +14,14 @@ queue directory's permissions are the access control). sbatch itself is run
 without a shell, and every option is one ``--name=value`` argument, so a
 request cannot add arguments of its own to the sbatch command line.
 
-With DRY_RUN=1, or when sbatch is not on PATH, it prints the sbatch command
-it would run instead of running it. Exit status: 0 submitted (the job id is
-printed), 2 the request is malformed, otherwise sbatch's own status (so a
-slurmctld outage makes ddmq-dispatch requeue the request for a later run).
+With DRY_RUN=1 it prints the sbatch command it would run instead of running
+it, and only then: a handler that cannot find sbatch (cron's PATH is
+/usr/bin:/bin, and many sites install SLURM elsewhere) must not report
+success, or every request would be acked and none submitted. Exit status: 0
+submitted (the job id is printed), 2 the request is malformed, 127 sbatch is
+not in PATH, 126 it cannot be run, otherwise sbatch's own status. Every
+failure is one line on stderr, which cron mails, and makes ddmq-dispatch
+requeue the request for a later run (a slurmctld outage, a PATH to fix).
 Standard library only, Python 3.6+, so the system python3 cron finds will do.
 """
 import json
@@ -67,12 +71,18 @@ def main():
     except ValueError as exc:
         fail("the request is not JSON: %s" % exc)
     argv = sbatch_command(request)
-    sbatch = shutil.which("sbatch")
-    if os.environ.get("DRY_RUN") == "1" or sbatch is None:
+    if os.environ.get("DRY_RUN") == "1":
         print("would run: " + " ".join(shlex.quote(arg) for arg in argv))
         return 0
-    done = subprocess.run([sbatch] + argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True)
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        fail("sbatch not found in PATH (%s): set PATH in the crontab to include SLURM's bin directory"
+             % os.environ.get("PATH", ""), 127)
+    try:
+        done = subprocess.run([sbatch] + argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+    except OSError as exc:
+        fail("cannot run %s: %s" % (sbatch, exc.strerror or exc), 126)
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
     return done.returncode
