@@ -22,7 +22,7 @@ from ddmq import Broker
 from ddmq.errors import UsageError
 from ddmq_hpc import template
 from ddmq_hpc.jobenv import completion_event
-from jobscripts import BIN, events, job_env, write_script
+from tests.support.jobscripts import BIN, events, job_env, write_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "workflow_examples"
 TEMPLATES = Path(template.__file__).parent / "templates"
