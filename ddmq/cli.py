@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import click
 
-from . import console
+from . import __version__, console
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
@@ -46,11 +46,11 @@ def _ops() -> ops:
     return ops
 
 
-def _common(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--root``, ``--format``, ``-v`` and ``--version`` on every subcommand (the first two may also precede it)."""
+def _options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--root``, ``--format`` and ``-v`` on every subcommand; they may also precede it."""
     func = click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default=None,
                         help="Output format (default: plain).")(func)
-    return console.root_option(checked=True)(console.common_options("ddmq")(func))
+    return console.root_option(checked=True)(console.common_options("ddmq", version=False)(func))
 
 
 def _context(root: str | None, fmt: str | None, default_fmt: str = "plain") -> tuple[str | None, str]:
@@ -90,7 +90,8 @@ MESSAGE_SETTINGS = ("priority", "message_timeout", "requeue", "requeue_prio", "r
 
 
 @click.group(name="ddmq", cls=console.Group, context_settings=console.CONTEXT, epilog=EXIT_CODES_HELP)
-@_common
+@_options
+@click.version_option(__version__, "-V", "--version", prog_name="ddmq")
 def cli(root: str | None, fmt: str | None) -> None:
     """ddmq: a serverless message queue in a directory on shared storage.
 
@@ -101,7 +102,7 @@ def cli(root: str | None, fmt: str | None) -> None:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1)
 def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Show queues with their ready, in-work and dead message counts."""
@@ -110,7 +111,7 @@ def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--exist-ok", is_flag=True,
               help="Do not fail if a queue already exists with the settings given (other settings: an error).")
@@ -126,7 +127,7 @@ def create(root: str | None, fmt: str | None, queues: tuple[str, ...], exist_ok:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="Delete even if the queue holds files ddmq did not write.")
 def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bool) -> None:
@@ -135,7 +136,7 @@ def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bo
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("messages", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Parse each MESSAGE as JSON instead of publishing it as a string.")
@@ -154,7 +155,7 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many messages.")
 @click.option("--lease", type=float, help="Lease length in seconds (default: the message timeout).")
@@ -174,7 +175,7 @@ def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: fl
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many messages.")
 @click.option("--state", type=click.Choice(["ready", "work", "dead"]), default="ready", show_default=True,
@@ -187,7 +188,7 @@ def peek(root: str | None, fmt: str | None, queue: str, count: int, state: str) 
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("receipts", nargs=-1, required=True)
 def ack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...]) -> None:
@@ -196,7 +197,7 @@ def ack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...]
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("receipts", nargs=-1, required=True)
 @click.option("--requeue/--no-requeue", default=True, show_default=True,
@@ -208,7 +209,7 @@ def nack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("receipt")
 @click.option("--seconds", type=float, help="New lease length from now (default: the message timeout).")
@@ -218,7 +219,7 @@ def extend(root: str | None, fmt: str | None, queue: str, receipt: str, seconds:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--dead", is_flag=True, help="Purge the dead-letter area instead of the ready messages.")
 def purge(root: str | None, fmt: str | None, queues: tuple[str, ...], dead: bool) -> None:
@@ -228,7 +229,7 @@ def purge(root: str | None, fmt: str | None, queues: tuple[str, ...], dead: bool
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1)
 def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Housekeeping now: requeue expired leases, dead-letter foreign files, drop stale temp files.
@@ -313,7 +314,7 @@ def _check_types(name: str, request: dict[str, Any]) -> None:
 
 
 @cli.command("json", epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("command")
 def json_command(root: str | None, fmt: str | None, command: str) -> None:
     """Run a command given as a JSON object ('-' reads it from stdin).

@@ -309,7 +309,8 @@ class _OneLineErrors:
         except OSError as exc:  # only --help and --version write while the command line is parsed
             if exc.errno == errno.EPIPE:
                 raise click.exceptions.Exit(broken_pipe()) from None
-            prog = args[0] if args else self.name
+            parent = kwargs.get("parent")
+            prog = parent.find_root().info_name if parent is not None else args[0] if args else self.name
             raise click.exceptions.Exit(say(str(prog), f"cannot write output: {os_reason(exc)}") or 1) from None
 
     def invoke(self, ctx: click.Context) -> None:
@@ -338,8 +339,8 @@ def run(command: click.Command, argv: Sequence[str] | None = None) -> int:
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-def common_options(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--version``/``-V`` and ``-v``/``--verbose``, which every command has."""
+def common_options(prog: str, version: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-v``/``--verbose``, which every command has, and ``--version``/``-V`` (not on ``ddmq``'s subcommands)."""
     def add(func: Callable[..., Any]) -> Callable[..., Any]:
         from . import __version__
 
@@ -347,7 +348,7 @@ def common_options(prog: str) -> Callable[[Callable[..., Any]], Callable[..., An
                             callback=lambda ctx, param, value: log_to_stderr(prog, value),
                             help="Log what ddmq does on rare paths to stderr (-vv: more; "
                                  "or set DDMQ_LOG=debug|info|warning).")(func)
-        return click.version_option(__version__, "-V", "--version", prog_name=prog)(func)
+        return click.version_option(__version__, "-V", "--version", prog_name=prog)(func) if version else func
     return add
 
 
