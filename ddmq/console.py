@@ -294,7 +294,7 @@ class _OneLineErrors:
         except click.ClickException as exc:
             code = say(prog, exc.format_message()) or exc.exit_code
         except click.Abort:  # Ctrl-C while click parsed the command line
-            code = EXIT_INTERRUPTED
+            code = failed(prog, KeyboardInterrupt())
         except OSError as exc:  # a broken pipe while click wrote a usage error
             if exc.errno != errno.EPIPE:
                 raise
