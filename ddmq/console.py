@@ -311,7 +311,8 @@ class _OneLineErrors:
                 raise click.exceptions.Exit(broken_pipe()) from None
             parent = kwargs.get("parent")
             prog = parent.find_root().info_name if parent is not None else args[0] if args else self.name
-            raise click.exceptions.Exit(say(str(prog), f"cannot write output: {os_reason(exc)}") or 1) from None
+            code = say(str(prog), f"cannot write output: {os_reason(exc)}") or EXIT_ERROR
+            raise click.exceptions.Exit(code) from None
 
     def invoke(self, ctx: click.Context) -> None:
         """Run the command; a DdmqError (or Ctrl-C) becomes its one line and exit code."""
