@@ -1,4 +1,4 @@
 """``python -m ddmq`` runs the ddmq command."""
-from .entry import main
+from .cli import main
 
 main()

@@ -1,89 +1,59 @@
-"""The ``ddmq`` command's click interface: every queue operation from the shell.
+"""The ``ddmq`` command: every queue operation from the shell, on click.
 
 Each subcommand is a thin wrapper around one operation function (``op_*`` in
 :mod:`ddmq.ops`) that takes plain arguments and returns plain data; the
 ``json`` subcommand calls the same functions with arguments from a JSON
 object, so both routes behave identically. Foreseeable failures end with one
-line on stderr and an exit code a script can test, never a traceback. A plain
-``ddmq publish`` or ``ddmq consume`` does not come here at all: :mod:`ddmq.entry`
-runs it without importing click.
+line on stderr and an exit code a script can test, never a traceback
+(:mod:`ddmq.console`, the conventions every ddmq command shares).
+
+``ddmq publish`` ends many batch jobs and ``ddmq consume`` runs in shell
+loops, so this module imports only click at start-up: the broker, YAML and
+JSON are imported by the subcommand that needs them, when it runs.
 """
 from __future__ import annotations
 
-import errno
-import inspect
-import json
-import math
-import re
-import sys
-from typing import Any, Callable
-
 import click
 
-from . import __version__
-from .broker import Broker
-from .errors import UsageError
-from .layout import check_queue_name
-from .ops import (
-    FORMATS, OPERATIONS, Empty, OutputFailed, broken_pipe, consume_command, exit_code_of, failed, plain_bodies,
-    plain_table, publish_command, read_stdin, render, split,
-)
+from . import __version__, console
 
-EXIT_CODES_HELP = """\b
+TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from . import ops
+else:
+    class _ImportedOnUse:
+        """``ops`` to the code below, imported at its first use: ``--help`` needs no operations."""
+
+        def __getattr__(self, name: str) -> object:
+            from . import ops
+
+            return getattr(ops, name)
+
+    ops = _ImportedOnUse()
+
+FORMATS = ("plain", "json", "yaml")
+EXIT_CODES_HELP = f"""\b
 Exit codes:
-  0    success
-  1    failure (storage error, bad settings file, foreign files, output
+  {console.EXIT_OK}    success
+  {console.EXIT_ERROR}    failure (storage error, bad settings file, foreign files, output
        that could not be written: consume gives back what it did not print,
        publish publishes nothing)
-  2    usage error (bad option, invalid queue name or receipt)
-  3    nothing to consume or peek: the queue is empty
-  4    root, queue or message not found
-  5    lease lost: the message was requeued or acked by someone else
-  141  the reader of the output went away (broken pipe); nothing is said
+  {console.EXIT_USAGE}    usage error (bad option, invalid queue name or receipt)
+  {console.EXIT_EMPTY}    nothing to consume or peek: the queue is empty
+  {console.EXIT_NOT_FOUND}    root, queue or message not found
+  {console.EXIT_LEASE_LOST}    lease lost: the message was requeued or acked by someone else
+  {console.EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {console.EXIT_BROKEN_PIPE}  the reader of the output went away (broken pipe); nothing is said
 """
 
 
-# ------------------------------------------------------------------- click glue
-class _Command(click.Command):
-    """A subcommand whose help cannot end in a traceback when stdout will not take it."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except OSError as exc:  # only --help writes while the command line is parsed
-            raise click.exceptions.Exit(failed(OutputFailed(exc))) from None
-
-
-class _Group(click.Group):
-    """Turns DdmqError (or Ctrl-C) into one line on stderr and its exit code.
-
-    A broken pipe exits 141 quietly, on the fast path (:mod:`ddmq.entry`) and
-    here alike, instead of click's exit 1.
-    """
-
-    command_class = _Command
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except OSError as exc:  # --help or --version could not be written
-            raise click.exceptions.Exit(failed(OutputFailed(exc))) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        result: list[Any] = []
-        code = exit_code_of(lambda: result.append(super(_Group, self).invoke(ctx)))
-        if code is not None:
-            ctx.exit(code)
-        return result[0]
-
-
-def _common(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--root`` and ``--format`` on every subcommand (they may also precede it)."""
+def _options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--root``, ``--format`` and ``-v`` on every subcommand; they may also precede it."""
     func = click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default=None,
                         help="Output format (default: plain).")(func)
-    func = click.option("-r", "--root", type=click.Path(file_okay=False), default=None,
-                        help="Root directory (default: $DDMQ_ROOT, else ~/.ddmq).")(func)
-    return func
+    return console.root_option(checked=True)(console.common_options("ddmq", version=False)(func))
 
 
 def _context(root: str | None, fmt: str | None, default_fmt: str = "plain") -> tuple[str | None, str]:
@@ -94,46 +64,37 @@ def _context(root: str | None, fmt: str | None, default_fmt: str = "plain") -> t
 
 def _check_names(arguments: dict[str, Any]) -> None:
     """Refuse bad queue names before anything, even the root, is created."""
+    from .layout import check_queue_name
+
     if "queue" in arguments:
         check_queue_name(arguments["queue"])
     if "queues" in arguments and arguments["queues"] is not None:
-        for name in split(arguments["queues"]):
+        for name in ops.split(arguments["queues"]):
             check_queue_name(name)
 
 
 def _run(name: str, root: str | None, fmt: str | None, plain: Callable[[Any], str], /, **kwargs: Any) -> Any:
+    from .broker import Broker
+
     root, fmt = _context(root, fmt)
     _check_names(kwargs)
     b = Broker(root, create=True if name == "create" or kwargs.get("create") else None)
-    data = OPERATIONS[name](b, **kwargs)
-    render(data, fmt, plain)
+    data = ops.OPERATIONS[name](b, **kwargs)
+    ops.render(data, fmt, plain)
     return data
-
-
-def _setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The per-queue / per-message settings, for ``create`` and ``publish``."""
-    options = [
-        click.option("-p", "--priority", type=int, help="Priority, 0 is served first (default 999)."),
-        click.option("--message-timeout", type=float, help="Lease length in seconds (default 600)."),
-        click.option("--requeue/--no-requeue", default=None,
-                     help="Requeue expired or nacked messages (default) or dead-letter them."),
-        click.option("--requeue-prio", type=int, help="Priority a requeued message gets (default 0)."),
-        click.option("--requeue-limit", type=int, help="Requeues before dead-lettering (default: no limit)."),
-        click.option("--durable/--no-durable", default=None,
-                     help="fsync each message before it becomes visible (default: durable)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
 def _settings(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
-@click.version_option(__version__, "-v", "--version", prog_name="ddmq")
-@_common
+# The settings a message carries, which publish takes and create makes the queue's defaults.
+MESSAGE_SETTINGS = ("priority", "message_timeout", "requeue", "requeue_prio", "requeue_limit", "durable")
+
+
+@click.group(name="ddmq", cls=console.Group, context_settings=console.CONTEXT, epilog=EXIT_CODES_HELP)
+@_options
+@click.version_option(__version__, "-V", "--version", prog_name="ddmq")
 def cli(root: str | None, fmt: str | None) -> None:
     """ddmq: a serverless message queue in a directory on shared storage.
 
@@ -144,22 +105,20 @@ def cli(root: str | None, fmt: str | None) -> None:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1)
 def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Show queues with their ready, in-work and dead message counts."""
-    _run("view", root, fmt, lambda rows: plain_table(rows, ["queue", "ready", "work", "dead"]),
+    _run("view", root, fmt, lambda rows: ops.plain_table(rows, ["queue", "ready", "work", "dead"]),
          queues=list(queues) or None)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--exist-ok", is_flag=True,
               help="Do not fail if a queue already exists with the settings given (other settings: an error).")
-@click.option("--clean-interval", type=float, help="Seconds between consumers' housekeeping (default 30).")
-@click.option("--mode", help="Octal permission bits for the queue's files, e.g. 0660 for a group-shared queue.")
-@_setting_options
+@console.setting_options(*MESSAGE_SETTINGS, "clean_interval", "mode")
 def create(root: str | None, fmt: str | None, queues: tuple[str, ...], exist_ok: bool, **settings: Any) -> None:
     """Create queues (and the root, if needed); options become the queue's settings.
 
@@ -171,7 +130,7 @@ def create(root: str | None, fmt: str | None, queues: tuple[str, ...], exist_ok:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="Delete even if the queue holds files ddmq did not write.")
 def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bool) -> None:
@@ -180,13 +139,13 @@ def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bo
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("messages", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Parse each MESSAGE as JSON instead of publishing it as a string.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE", help="Add a header (repeatable).")
 @click.option("-c", "--create", is_flag=True, help="Create the queue if it does not exist.")
-@_setting_options
+@console.setting_options(*MESSAGE_SETTINGS)
 def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, ...], as_json: bool,
             headers: tuple[str, ...], create: bool, **settings: Any) -> None:
     """Publish MESSAGES to QUEUE (read one message from stdin if none or '-').
@@ -195,11 +154,11 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
     the ids cannot be printed, nothing is published.
     """
     root, fmt = _context(root, fmt)
-    publish_command(root, fmt, queue, messages, as_json, headers, create, **settings)
+    ops.publish_command(root, fmt, queue, messages, as_json, headers, create, **settings)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many messages.")
 @click.option("--lease", type=float, help="Lease length in seconds (default: the message timeout).")
@@ -215,24 +174,24 @@ def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: fl
     Exit 3 if the queue is empty.
     """
     root, fmt = _context(root, fmt)
-    consume_command(root, fmt, queue, count, lease, no_ack)
+    ops.consume_command(root, fmt, queue, count, lease, no_ack)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many messages.")
 @click.option("--state", type=click.Choice(["ready", "work", "dead"]), default="ready", show_default=True,
               help="Which messages to look at.")
 def peek(root: str | None, fmt: str | None, queue: str, count: int, state: str) -> None:
     """Print up to N messages from QUEUE without claiming them. Exit 3 if none."""
-    rows = _run("peek", root, fmt, plain_bodies, queue=queue, n=count, state=state)
+    rows = _run("peek", root, fmt, ops.plain_bodies, queue=queue, n=count, state=state)
     if not rows:
-        raise Empty("")
+        raise console.Empty("")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("receipts", nargs=-1, required=True)
 def ack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...]) -> None:
@@ -241,7 +200,7 @@ def ack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...]
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("receipts", nargs=-1, required=True)
 @click.option("--requeue/--no-requeue", default=True, show_default=True,
@@ -253,7 +212,7 @@ def nack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queue")
 @click.argument("receipt")
 @click.option("--seconds", type=float, help="New lease length from now (default: the message timeout).")
@@ -263,7 +222,7 @@ def extend(root: str | None, fmt: str | None, queue: str, receipt: str, seconds:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--dead", is_flag=True, help="Purge the dead-letter area instead of the ready messages.")
 def purge(root: str | None, fmt: str | None, queues: tuple[str, ...], dead: bool) -> None:
@@ -273,7 +232,7 @@ def purge(root: str | None, fmt: str | None, queues: tuple[str, ...], dead: bool
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("queues", nargs=-1)
 def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Housekeeping now: requeue expired leases, dead-letter foreign files, drop stale temp files.
@@ -282,7 +241,7 @@ def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     cron if a queue may sit with no consumer.
     """
     _run("clean", root, fmt,
-         lambda rows: plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
+         lambda rows: ops.plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
          queues=list(queues) or None)
 
 
@@ -290,7 +249,11 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON number")
 
 
-_REQUEST = json.JSONDecoder(parse_constant=_not_json)
+def _finite(value: Any) -> bool:
+    import math
+
+    return math.isfinite(value)
+
 
 # What an argument of a ``ddmq json`` command may be, by the name of a type in
 # the annotations of the op_* functions (strings: ops has postponed annotations).
@@ -299,7 +262,7 @@ _JSON_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v), "a number"),
     "dict": (lambda v: isinstance(v, dict), "an object"),
     "None": (lambda v: v is None, "null"),
     "Any": (lambda v: True, "any JSON value"),
@@ -312,6 +275,8 @@ def expected_types(annotation: Any) -> list[tuple[Callable[[Any], bool], str]]:
     Empty if the annotation names a type not in _JSON_TYPES: such an argument
     is refused, and a test checks that no operation has one.
     """
+    import re
+
     if not isinstance(annotation, str):
         return []
     names = [re.sub(r"^dict\[.*\]$", "dict", name.strip()) for name in annotation.split("|")]
@@ -320,6 +285,8 @@ def expected_types(annotation: Any) -> list[tuple[Callable[[Any], bool], str]]:
 
 def _shown(value: Any) -> str:
     """A JSON value for an error message, cut short."""
+    import json
+
     try:
         text = json.dumps(value, ensure_ascii=False)
     except RecursionError:  # nested deeper than Python's stack allows
@@ -333,7 +300,11 @@ def _check_types(name: str, request: dict[str, Any]) -> None:
     JSON has booleans and numbers of its own: "false" is not false, 1 is not
     true, "5" and 5.0 are not 5.
     """
-    params = inspect.signature(OPERATIONS[name]).parameters
+    import inspect
+
+    from .errors import UsageError
+
+    params = inspect.signature(ops.OPERATIONS[name]).parameters
     for key, value in request.items():
         param = params.get(key)
         if param is None or param.kind is param.VAR_KEYWORD:
@@ -346,7 +317,7 @@ def _check_types(name: str, request: dict[str, Any]) -> None:
 
 
 @cli.command("json", epilog=EXIT_CODES_HELP)
-@_common
+@_options
 @click.argument("command")
 def json_command(root: str | None, fmt: str | None, command: str) -> None:
     """Run a command given as a JSON object ('-' reads it from stdin).
@@ -359,9 +330,14 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     and false, numbers, strings, lists of strings. Prints the result as JSON
     unless --format says otherwise; consume acks only what it printed.
     """
-    text = read_stdin("the command") if command == "-" else command
+    import inspect
+    import json
+
+    from .errors import UsageError
+
+    text = ops.read_stdin("the command") if command == "-" else command
     try:
-        request = _REQUEST.decode(text)
+        request = json.JSONDecoder(parse_constant=_not_json).decode(text)
     except RecursionError:
         raise UsageError("not valid JSON: nested too deeply") from None
     except ValueError as exc:
@@ -369,10 +345,10 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         raise UsageError('expected a JSON object with a "cmd" key')
     name = request.pop("cmd")
-    if name not in OPERATIONS:
-        raise UsageError(f"unknown cmd {name!r}; one of: {', '.join(OPERATIONS)}")
+    if name not in ops.OPERATIONS:
+        raise UsageError(f"unknown cmd {name!r}; one of: {', '.join(ops.OPERATIONS)}")
     try:
-        bound = inspect.signature(OPERATIONS[name]).bind(None, **request)
+        bound = inspect.signature(ops.OPERATIONS[name]).bind(None, **request)
     except TypeError as exc:
         raise UsageError(f"{name}: {exc}") from None
     _check_types(name, request)
@@ -380,21 +356,15 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
         bound.apply_defaults()
         args = bound.arguments
         root, fmt = _context(root, fmt, default_fmt="json")
-        consume_command(root, "json" if fmt == "plain" else fmt, args["queue"], args["n"], args["lease"],
+        ops.consume_command(root, "json" if fmt == "plain" else fmt, args["queue"], args["n"], args["lease"],
                         not args["ack"])
         return
     root, fmt = _context(root, fmt, default_fmt="json")
     data = _run(name, root, fmt, lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True), **request)
     if name == "peek" and not data:
-        raise Empty("")
+        raise console.Empty("")
 
 
 def main() -> None:
-    """The ``ddmq`` command, all of it through click: :func:`ddmq.entry.main` hands over all
-    but a plain publish or consume, with ``sys.argv`` untouched."""
-    try:
-        cli(prog_name="ddmq")
-    except OSError as exc:  # click could not show a usage error: stderr is a broken pipe
-        if exc.errno != errno.EPIPE:
-            raise
-        sys.exit(broken_pipe())
+    """The ``ddmq`` console script (and ``python -m ddmq``)."""
+    cli.main(prog_name="ddmq")

@@ -2,10 +2,8 @@
 
 Each operation function (``op_*``) takes plain arguments and returns plain
 data; the ``ddmq`` subcommands and the ``json`` subcommand call the same
-functions, so both routes behave identically. So does the click-free fast
-path for ``ddmq publish`` and ``ddmq consume`` in :mod:`ddmq.entry`: importing
-click takes longer than a whole publish, so nothing here may import it, and
-output goes through :func:`echo` on both routes.
+functions, so both routes behave identically. Output goes through
+:func:`ddmq.console.echo`, which writes message bodies as they are.
 
 Output comes before the step it reports becomes final: ``consume`` acks a
 message only once it is printed and flushed, ``publish`` makes its messages
@@ -15,14 +13,13 @@ or never published, and the command says so (:class:`OutputFailed`).
 """
 from __future__ import annotations
 
-import codecs
 import errno
 import json
-import os
 import sys
 
 from .broker import Broker
-from .errors import _STORAGE_REASONS, DdmqError, UsageError
+from .console import EXIT_BROKEN_PIPE, Empty, body_text, echo, os_reason, parse_pairs, silence
+from .errors import DdmqError, UsageError
 from .layout import check_queue_name
 from .message import loads_body
 
@@ -32,16 +29,7 @@ if TYPE_CHECKING:
 
     from .message import Message
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY, EXIT_NOT_FOUND, EXIT_LEASE_LOST = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a process that SIGPIPE killed
 FORMATS = ("plain", "json", "yaml")
-
-
-class Empty(DdmqError):
-    """Nothing to consume: not a failure, but scripts need to tell it apart."""
-
-    exit_code = EXIT_EMPTY
 
 
 class OutputFailed(DdmqError):
@@ -58,10 +46,7 @@ class OutputFailed(DdmqError):
             self.exit_code = EXIT_BROKEN_PIPE
             super().__init__("")
             return
-        if isinstance(cause, OSError):
-            reason = _STORAGE_REASONS.get(cause.errno or 0) or cause.strerror or str(cause)
-        else:
-            reason = str(cause)
+        reason = os_reason(cause) if isinstance(cause, OSError) else str(cause)
         super().__init__(f"cannot write output: {reason}" + (f"; {outcome}" if outcome else ""))
 
     def saying(self, outcome: str) -> OutputFailed:
@@ -104,7 +89,7 @@ def op_delete(b: Broker, queues: str | list[str], force: bool = False) -> list[d
     return [{"queue": q, "deleted": True} for q in names]
 
 
-def op_publish(b: Broker, queue: str, message: Any, create: bool = False, headers: dict | None = None,
+def op_publish(b: Broker, queue: str, message: Any, create: bool = False, headers: dict[str, Any] | None = None,
                priority: int | None = None, message_timeout: float | None = None, requeue: bool | None = None,
                requeue_prio: int | None = None, requeue_limit: int | None = None,
                durable: bool | None = None) -> dict[str, Any]:
@@ -169,8 +154,7 @@ def read_stdin(what: str) -> str:
     except UnicodeError as exc:
         raise UsageError(f"cannot read {what} from stdin: {exc}") from None
     except OSError as exc:
-        reason = _STORAGE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
-        raise DdmqError(f"cannot read {what} from stdin: {reason}") from None
+        raise DdmqError(f"cannot read {what} from stdin: {os_reason(exc)}") from None
 
 
 def _stdin_message() -> str:
@@ -179,19 +163,9 @@ def _stdin_message() -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _parse_headers(pairs: Iterable[str]) -> dict[str, str] | None:
-    headers = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"invalid header {pair!r}: use KEY=VALUE")
-        headers[key] = value
-    return headers or None
-
-
 def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[str], as_json: bool = False,
                     headers: Iterable[str] = (), create: bool = False, **settings: Any) -> None:
-    """``ddmq publish`` once its command line is parsed, by click or by :mod:`ddmq.entry`.
+    """``ddmq publish`` once its command line is parsed.
 
     ``messages`` are the MESSAGE arguments ('-', or none at all, reads one
     from stdin), ``headers`` the ``KEY=VALUE`` strings. Prints the new ids
@@ -201,7 +175,7 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
     bodies = [_stdin_message() if body == "-" else body for body in list(messages) or ["-"]]
     if as_json:
         bodies = [loads_body(body, "--json") for body in bodies]
-    parsed_headers = _parse_headers(headers)
+    parsed_headers = parse_pairs(headers, "header") or None
     check_queue_name(queue)  # before the root is created
 
     def show(published: list[Message]) -> None:
@@ -282,125 +256,6 @@ def give_back(b: Broker, messages: list[Message]) -> int:
 
 
 # --------------------------------------------------------------------- output
-def _is_ascii(encoding: str) -> bool:
-    try:
-        return codecs.lookup(encoding).name == "ascii"
-    except LookupError:
-        return False
-
-
-def echo(text: str, err: bool = False, nl: bool = True) -> None:
-    """Write ``text`` to stdout (stderr if ``err``), flushed, whatever the stream's encoding.
-
-    Unlike ``click.echo``, escape sequences are not stripped when the stream
-    is not a terminal: message bodies are data, and ``ddmq consume q > file``
-    must write them as they were published. As ``click.echo`` does, a stream
-    whose encoding is ASCII (or unset) gets UTF-8, unencodable characters
-    replaced, instead of an error half-way through the output.
-
-    All of it is written or OSError is raised: an unbuffered stream
-    (``PYTHONUNBUFFERED``, ``python -u``) is a single write(2) per call, and
-    Python drops what a partial write, as into a pipe whose reader just left,
-    did not take; here the rest is written again, and fails as it should.
-    """
-    stream = sys.stderr if err else sys.stdout
-    if stream is None:  # no stream to write to, as under pythonw
-        return
-    if nl:
-        text += "\n"
-    buffer = getattr(stream, "buffer", None)
-    if buffer is None:
-        stream.write(text)
-        stream.flush()
-        return
-    encoding = getattr(stream, "encoding", None) or "ascii"
-    if _is_ascii(encoding):
-        data = text.encode("utf-8", "replace")
-    else:
-        data = text.encode(encoding, getattr(stream, "errors", None) or "strict")
-    stream.flush()  # what was written to the text layer goes first
-    view = memoryview(data)
-    while view:
-        written = buffer.write(view)
-        if written is None:  # a non-blocking stream that would block
-            raise BlockingIOError(errno.EAGAIN, "output would block")
-        view = view[written:]
-    buffer.flush()
-
-
-def silence(*streams: Any) -> None:
-    """Point the descriptors of ``streams`` at /dev/null.
-
-    After a write to one failed, what is left in its buffer would fail again
-    when Python flushes it at exit, with a traceback-like complaint on stderr
-    and exit status 120; this way it goes nowhere. A stream without a
-    descriptor of its own (as under click's CliRunner) is left alone.
-    """
-    for stream in streams:
-        try:
-            fd = stream.fileno()
-        except (AttributeError, OSError, ValueError):
-            continue
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, fd)
-        finally:
-            os.close(devnull)
-
-
-def broken_pipe() -> int:
-    """The reader of stdout or stderr went away: silence both, return exit code 141."""
-    silence(sys.stdout, sys.stderr)
-    return EXIT_BROKEN_PIPE
-
-
-def exit_code_of(run: Callable[[], object]) -> int | None:
-    """Run a command; None if it succeeded, else the exit code it ends with, its failure said.
-
-    A failure is one line on stderr (:func:`failed`); stdout refusing the
-    output is one of them (:class:`OutputFailed`: 141 quietly for a broken
-    pipe). Any other broken pipe -- there should be none -- ends the same way,
-    never with a traceback. The one rule for the click commands and the
-    click-free fast path.
-    """
-    try:
-        try:
-            run()
-        except (DdmqError, KeyboardInterrupt) as exc:
-            return failed(exc)
-    except OSError as exc:
-        if exc.errno != errno.EPIPE:
-            raise
-        return broken_pipe()
-    return None
-
-
-def failed(exc: DdmqError | KeyboardInterrupt) -> int:
-    """Say in one line on stderr why a command failed; return the exit code it ends with.
-
-    If stderr cannot take that line either, the exit code says it all: 141 if
-    stderr is a broken pipe (as for stdout), the failure's own code otherwise.
-    """
-    if isinstance(exc, OutputFailed) and exc.exit_code == EXIT_BROKEN_PIPE:
-        return broken_pipe()
-    if isinstance(exc, KeyboardInterrupt):
-        text, code = "ddmq: interrupted", EXIT_INTERRUPTED
-    else:
-        text, code = (f"ddmq: {exc}" if str(exc) else ""), exc.exit_code
-    if text:
-        try:
-            echo(text, err=True)
-        except OSError as err:
-            if err.errno == errno.EPIPE:
-                return broken_pipe()
-            silence(sys.stderr)
-    return code
-
-
-def body_text(body: Any) -> str:
-    return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, sort_keys=True)
-
-
 def write(text: str, nl: bool = True) -> None:
     """:func:`echo` to stdout; OutputFailed if stdout does not take all of it (or was closed)."""
     try:

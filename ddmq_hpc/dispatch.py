@@ -44,7 +44,6 @@ body holding NUL reaches the handler on stdin only.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import json
@@ -61,13 +60,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any, Mapping
 
-from ddmq import Broker, DdmqError, LeaseLost, Message
-from ddmq.errors import storage_error
+import click
+
+from ddmq import Broker, DdmqError, LeaseLost, Message, console, storage_error
 
 from . import options
 
 PROG = "ddmq-dispatch"
-EXIT_OK, EXIT_FAILED = 0, 1  # usage errors exit 2 through argparse
 # How much of the handler's stdout/stderr goes into the reply message.
 TAIL_BYTES = 4096
 # Linux refuses to exec a program with any one environment string above
@@ -84,40 +83,36 @@ SPAWN_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.
 
 
 # ------------------------------------------------------------------ options
-def _parser() -> argparse.ArgumentParser:
-    parser = options.Parser(
-        prog=PROG,
-        description="Run HANDLER once for each message of REQUEST_QUEUE: ack on exit 0, "
-                    "nack (requeue until the requeue limit, then dead-letter) otherwise. "
-                    "Meant to be run from cron every minute; prints nothing when all went well.",
-        epilog="The handler gets the message body on stdin and in DDMQ_MESSAGE, and "
-               "DDMQ_MESSAGE_ID, DDMQ_QUEUE, DDMQ_ROOT, DDMQ_DELIVERY_COUNT, DDMQ_RECEIPT, "
-               "DDMQ_HEADERS (JSON). Seconds are at most 1e9. Exit codes: 0 all handled messages "
-               "succeeded (or none were waiting), 1 a handler failed or could not be started, "
-               "2 usage error, 4 root or queue not found, 128+N stopped by signal N.",
-    )
-    parser.add_argument("queue", metavar="REQUEST_QUEUE", help="queue to take requests from")
-    parser.add_argument("--handler", required=True, metavar="'COMMAND ARGS'",
-                        help="command to run per message (split like a shell would, run without one)")
-    parser.add_argument("--root", help="ddmq root directory (default: $DDMQ_ROOT, else ~/.ddmq)")
-    parser.add_argument("--max-messages", type=options.count(), default=10, metavar="N",
-                        help=f"handle at most N messages per run (default 10, at most {options.MAX_COUNT})")
-    parser.add_argument("--max-seconds", type=options.seconds(), default=50.0, metavar="S",
-                        help="take no new message after S seconds (default 50, so a run started "
-                             "by cron ends before the next one); a running handler is not cut short")
-    parser.add_argument("--lease", type=options.number(low=options.MIN_LEASE), metavar="S",
-                        help="lease length in seconds, renewed every S/3 while the handler runs "
-                             "(default: the message's message_timeout)")
-    parser.add_argument("--handler-timeout", type=options.seconds(), metavar="S",
-                        help="kill a handler running longer than S seconds and nack its message "
-                             "(default: no limit)")
-    parser.add_argument("--kill-grace", type=options.seconds(positive=False), default=5.0, metavar="S",
-                        help="seconds between SIGTERM and SIGKILL when a handler is killed (default 5)")
-    parser.add_argument("--reply-queue", metavar="QUEUE",
-                        help="publish a result (JSON object) per message to this existing queue")
-    parser.add_argument("--log-file", metavar="FILE",
-                        help="append a timestamped line per message (success or failure) to FILE")
-    return parser
+@dataclass
+class Options:
+    """What one run was asked to do: ``ddmq-dispatch``'s options, the handler aside."""
+
+    queue: str
+    root: str | None = None
+    max_messages: int = 10
+    max_seconds: float = 50.0
+    lease: float | None = None
+    handler_timeout: float | None = None
+    kill_grace: float = 5.0
+    reply_queue: str | None = None
+    log_file: str | None = None
+
+
+def _handler_argv(text: str) -> list[str]:
+    """``--handler`` as an argv, checked before anything is claimed.
+
+    A typo in the crontab must not use up every message's requeue limit and
+    fill the dead letters.
+    """
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--handler") from None
+    if not argv:
+        raise click.BadParameter("empty command", param_hint="--handler")
+    if shutil.which(argv[0]) is None:
+        raise click.BadParameter(f"command not found or not executable: {argv[0]}", param_hint="--handler")
+    return argv
 
 
 # ------------------------------------------------------------- the handler
@@ -157,14 +152,13 @@ class StopRequest:
 
 
 def body_bytes(msg: Message) -> bytes:
-    """The body as the handler sees it: a string as is, any other JSON value JSON-encoded.
+    """The body as the handler sees it: :func:`ddmq.console.body_text`, as ``ddmq consume`` prints it.
 
     ``surrogatepass``: publish refuses lone surrogates, but a payload written
     by other means may hold one, and it must reach the handler rather than
     crash the dispatcher.
     """
-    text = msg.message if isinstance(msg.message, str) else json.dumps(msg.message, ensure_ascii=False)
-    return text.encode("utf-8", "surrogatepass")
+    return console.body_text(msg.message).encode("utf-8", "surrogatepass")
 
 
 def handler_env(msg: Message, root: str, body: bytes, base: Mapping[str, str]) -> dict[str, Any]:
@@ -333,7 +327,7 @@ def run_handler(argv: list[str], msg: Message, broker: Broker, lease: float,
                 except LeaseLost:
                     lease_lost = True
                 except DdmqError as exc:  # transient storage trouble: try again next time
-                    print(f"{PROG}: message {msg.id}: cannot extend lease: {exc}", file=sys.stderr)
+                    console.say(PROG, f"message {msg.id}: cannot extend lease: {exc}")
         if not state:
             if returncode == 0:
                 state = "ok"
@@ -436,7 +430,7 @@ def reply(outcome: Outcome, msg: Message, disposition: str) -> dict[str, Any]:
 class Dispatcher:
     """One run: claim, handle and settle messages one at a time until a limit is hit."""
 
-    def __init__(self, args: argparse.Namespace, handler: list[str]):
+    def __init__(self, args: Options, handler: list[str]):
         self.args = args
         self.handler = handler
         self.broker = Broker(args.root)
@@ -497,7 +491,7 @@ class Dispatcher:
                 self.finish(msg, outcome)
         if self.stop.signum:
             return 128 + self.stop.signum
-        return EXIT_OK if all_ok and not failed else EXIT_FAILED
+        return console.EXIT_OK if all_ok and not failed else console.EXIT_ERROR
 
     def finish(self, msg: Message, outcome: Outcome) -> bool:
         """Settle one message, then reply and report; True if it was acked.
@@ -516,8 +510,7 @@ class Dispatcher:
             try:
                 self.broker.publish(self.args.reply_queue, reply(outcome, msg, disposition))
             except (DdmqError, TypeError, ValueError) as exc:
-                print(f"{PROG}: message {msg.id}: cannot publish the reply to {self.args.reply_queue!r}: {exc}",
-                      file=sys.stderr)
+                console.say(PROG, f"message {msg.id}: cannot publish the reply to {self.args.reply_queue!r}: {exc}")
         text = summary(outcome, disposition)
         state = "lease-lost" if disposition == "lease-lost" else outcome.state
         if disposition == "acked":
@@ -543,36 +536,61 @@ class Dispatcher:
             try:
                 self.log.write(self.args.queue, msg.id, state, text)
             except DdmqError as exc:
-                print(f"{PROG}: {exc}", file=sys.stderr)
+                console.say(PROG, str(exc))
         if not quiet:
-            print(f"{PROG}: message {msg.id}: {text}", file=sys.stderr)
+            console.say(PROG, f"message {msg.id}: {text}")
+
+
+@click.command(
+    name=PROG, cls=console.Command, context_settings=console.CONTEXT,
+    epilog="The handler gets the message body on stdin and in DDMQ_MESSAGE (as ddmq consume prints it), and "
+           "DDMQ_MESSAGE_ID, DDMQ_QUEUE, DDMQ_ROOT, DDMQ_DELIVERY_COUNT, DDMQ_RECEIPT, DDMQ_HEADERS (JSON). "
+           f"Seconds are at most 1e9. Exit codes: {console.EXIT_OK} all handled messages succeeded (or none "
+           f"were waiting), {console.EXIT_ERROR} a handler failed or could not be started, {console.EXIT_USAGE} "
+           f"usage error, {console.EXIT_NOT_FOUND} root or queue not found, 128+N stopped by signal N.",
+)
+@click.argument("queue", metavar="REQUEST_QUEUE")
+@click.option("--handler", required=True, metavar="'COMMAND ARGS'",
+              help="Command to run per message (split like a shell would, run without one).")
+@console.root_option()
+@click.option("--max-messages", type=options.count(), default=10, metavar="N",
+              help=f"Handle at most N messages per run (default 10, at most {options.MAX_COUNT}).")
+@click.option("--max-seconds", type=options.seconds(), default=50.0, metavar="S",
+              help="Take no new message after S seconds (default 50, so a run started by cron ends before "
+                   "the next one); a running handler is not cut short.")
+@click.option("--lease", type=options.Number(low=options.MIN_LEASE), metavar="S",
+              help="Lease length in seconds, renewed every S/3 while the handler runs "
+                   "(default: the message's message_timeout).")
+@click.option("--handler-timeout", type=options.seconds(), metavar="S",
+              help="Kill a handler running longer than S seconds and nack its message (default: no limit).")
+@click.option("--kill-grace", type=options.seconds(positive=False), default=5.0, metavar="S",
+              help="Seconds between SIGTERM and SIGKILL when a handler is killed (default 5).")
+@click.option("--reply-queue", metavar="QUEUE",
+              help="Publish a result (JSON object) per message to this existing queue.")
+@click.option("--log-file", metavar="FILE",
+              help="Append a timestamped line per message (success or failure) to FILE.")
+@console.common_options(PROG)
+def command(handler: str, **given: Any) -> None:
+    """Run HANDLER once for each message of REQUEST_QUEUE: ack on exit 0, nack (requeue until the
+    requeue limit, then dead-letter) otherwise.
+
+    Meant to be run from cron every minute; prints nothing when all went well.
+    """
+    argv = _handler_argv(handler)
+    try:
+        code = Dispatcher(Options(**given), argv).run()
+    except DdmqError:
+        raise  # one line and its exit code, as for every ddmq command
+    except OSError as exc:
+        code = console.say(PROG, exc.strerror or str(exc)) or console.EXIT_ERROR
+    except Exception as exc:  # unforeseen: still one line; failed messages were nacked on the way out
+        code = console.say(PROG, f"{type(exc).__name__}: {exc}") or console.EXIT_ERROR
+    raise click.exceptions.Exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ddmq-dispatch``; returns the exit code. Errors are one line, never a traceback."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        handler = shlex.split(args.handler)
-    except ValueError as exc:
-        parser.error(f"--handler: {exc}")
-    if not handler:
-        parser.error("--handler: empty command")
-    if shutil.which(handler[0]) is None:
-        # Checked before claiming anything: a typo in the crontab must not use
-        # up every message's requeue limit and fill the dead letters.
-        parser.error(f"--handler: command not found or not executable: {handler[0]}")
-    try:
-        return Dispatcher(args, handler).run()
-    except DdmqError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        print(f"{PROG}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # unforeseen: still one line; failed messages were nacked on the way out
-        print(f"{PROG}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return console.run(command, argv)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,31 @@
 """``ddmq-notify QUEUE [MESSAGE]``: publish an event at the end of a batch job.
 
-It runs in the epilogue of thousands of jobs, so it starts fast (argparse, no
-YAML unless a settings file has content), retries the transient errors of
-network filesystems, never hangs (``--timeout`` bounds it even when the
-filesystem does not answer), and says in one line why it failed.
+It runs in the epilogue of thousands of jobs, so it starts fast (click and
+the core, no YAML unless a settings file has content), retries the transient
+errors of network filesystems, never hangs (``--timeout`` bounds it even when
+the filesystem does not answer), and says in one line why it failed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
 import time
+
+import click
+
+from ddmq import MAX_PRIORITY, Broker, DdmqError, Message, UsageError, check_queue_name, console, loads_body
+
+from . import options
+from .fields import add_fields
+from .jobenv import STATES, completion_event
+from .retry import retry
+
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
 if TYPE_CHECKING:
     from typing import Any
 
-from ddmq import Broker, DdmqError, Message, loads_body
-from ddmq.errors import UsageError
-from ddmq.layout import MAX_PRIORITY, check_queue_name
-
-from . import options
-from .fields import add_fields, parse_fields
-from .jobenv import STATES, completion_event
-from .retry import retry
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+PROG = "ddmq-notify"
 
 
 def notify(queue: str, message: Any, *, root: str | None = None, create: bool = True,
@@ -43,17 +43,18 @@ def notify(queue: str, message: Any, *, root: str | None = None, create: bool = 
     return retry(attempt, deadline=deadline)
 
 
-def build_message(args: argparse.Namespace) -> Any:
+def build_message(message: str | None, as_json: bool = False, fields: dict[str, str] | None = None,
+                  status: int | None = None, state: str | None = None) -> Any:
     """MESSAGE as text or JSON, or the job's completion event; ``--field`` entries merged in."""
-    fields = parse_fields(args.field)
-    if args.message is None:
-        return add_fields(completion_event(args.status, args.state), fields)
-    if not args.json:
+    fields = fields or {}
+    if message is None:
+        return add_fields(completion_event(status, state), fields)
+    if not as_json:
         if fields:
             raise UsageError("--field builds a JSON object: use it without MESSAGE, or with --json")
-        return args.message
+        return message
     # Strict JSON, at most MAX_DEPTH deep: what is accepted here can be published and delivered.
-    body = loads_body(args.message, "--json MESSAGE")
+    body = loads_body(message, "--json MESSAGE")
     if fields:
         if not isinstance(body, dict):
             raise UsageError("--field needs MESSAGE to be a JSON object")
@@ -61,68 +62,42 @@ def build_message(args: argparse.Namespace) -> Any:
     return body
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, sized as shutil.get_terminal_size() would, without
-    importing shutil: argparse makes one for every add_argument, and shutil
-    (which imports zlib, bz2 and lzma) costs every job's epilogue milliseconds."""
+@click.command(
+    name=PROG, cls=console.Command, context_settings=console.CONTEXT,
+    epilog=f"Exit codes: {console.EXIT_OK} published; {console.EXIT_ERROR} could not publish (reason on "
+           f"stderr); {console.EXIT_USAGE} usage error. Root: --root, else $DDMQ_ROOT, else ~/.ddmq.",
+)
+@click.argument("queue")
+@click.argument("message", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Parse MESSAGE as JSON.")
+@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE",
+              help="Add a field to the JSON object published (repeatable).")
+@click.option("--status", type=options.Number(low=options.INT_RANGE[0], high=options.INT_RANGE[1], whole=True),
+              help="Exit status of the job, recorded in the event.")
+@click.option("--state", type=click.Choice(STATES), help="Job state (default: from --status).")
+@console.setting_option("priority", type=options.Number(low=0, high=MAX_PRIORITY, whole=True),
+                        help="Message priority, 0 is served first")
+@console.root_option()
+@click.option("--no-create", is_flag=True, help="Fail if the root or queue does not exist.")
+@click.option("--timeout", type=options.seconds(), default=60.0, metavar="SECONDS",
+              help="Give up after this many seconds, retries included (default 60, at most 1e9).")
+@console.common_options(PROG)
+def command(queue: str, message: str | None, as_json: bool, fields: tuple[str, ...], status: int | None,
+            state: str | None, priority: int | None, root: str | None, no_create: bool, timeout: float) -> None:
+    """Publish MESSAGE to QUEUE (created if missing, unless --no-create).
 
-    def __init__(self, prog: str) -> None:
-        try:
-            columns = int(os.environ["COLUMNS"])
-        except (KeyError, ValueError):
-            columns = 0
-        if columns <= 0:
-            try:
-                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-            except (AttributeError, ValueError, OSError):
-                columns = 80
-        super().__init__(prog, width=columns - 2)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = options.Parser(
-        prog="ddmq-notify", formatter_class=_HelpFormatter,
-        description="Publish MESSAGE to QUEUE. With no MESSAGE, publish a JSON completion event for the "
-                    "current SLURM or PBS job (job id, array ids, name, user, host, submit dir, time, and "
-                    "--status/--state).",
-        epilog="Exit codes: 0 published; 1 could not publish (reason on stderr); 2 usage error. "
-               "Root: --root, else $DDMQ_ROOT, else ~/.ddmq.",
-    )
-    p.add_argument("queue", help="queue to publish to (created if missing, unless --no-create)")
-    p.add_argument("message", nargs="?", help="message text (default: a job completion event)")
-    p.add_argument("--json", action="store_true", help="parse MESSAGE as JSON")
-    p.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
-                   help="add a field to the JSON object published (repeatable)")
-    p.add_argument("--status", type=options.number(low=options.INT_RANGE[0], high=options.INT_RANGE[1],
-                                                   whole=True),
-                   help="exit status of the job, recorded in the event")
-    p.add_argument("--state", choices=STATES, help="job state (default: from --status)")
-    p.add_argument("--priority", type=options.number(low=0, high=MAX_PRIORITY, whole=True),
-                   help=f"message priority (0 is served first, {MAX_PRIORITY} last)")
-    p.add_argument("--root", help="ddmq root directory")
-    p.add_argument("--no-create", dest="create", action="store_false",
-                   help="fail if the root or queue does not exist")
-    p.add_argument("--timeout", type=options.seconds(), default=60.0,
-                   help="give up after this many seconds, retries included (default 60, at most 1e9)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    # parse_intermixed_args rejects "--", the only way to name a queue that starts with "-"
-    args = parser().parse_args(argv) if "--" in argv else parser().parse_intermixed_args(argv)
-    try:
-        check_queue_name(args.queue)
-        body = build_message(args)
-    except UsageError as exc:
-        print(f"ddmq-notify: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    With no MESSAGE, publish a JSON completion event for the current SLURM or
+    PBS job (job id, array ids, name, user, host, submit dir, time, and
+    --status/--state).
+    """
+    check_queue_name(queue)
+    body = build_message(message, as_json, console.parse_pairs(fields, "field"), status, state)
     outcome: dict[str, Any] = {}
 
     def publish() -> None:
         try:
-            notify(args.queue, body, root=args.root, create=args.create, priority=args.priority,
-                   deadline=time.monotonic() + args.timeout)
+            notify(queue, body, root=root, create=not no_create, priority=priority,
+                   deadline=time.monotonic() + timeout)
         except DdmqError as exc:
             outcome["error"] = exc
         except OSError as exc:
@@ -134,10 +109,18 @@ def main(argv: list[str] | None = None) -> None:
     # runs in a thread so the process can still give up and exit on time.
     worker = threading.Thread(target=publish, daemon=True)
     worker.start()
-    worker.join(args.timeout)
+    worker.join(timeout)
     if outcome.get("ok"):
         return
-    reason = outcome.get("error") or f"timed out after {args.timeout:g} s (filesystem not answering?)"
-    print(f"ddmq-notify: could not publish to {args.queue!r}: {reason}", file=sys.stderr)
+    reason = outcome.get("error") or f"timed out after {timeout:g} s (filesystem not answering?)"
+    console.say(PROG, f"could not publish to {queue!r}: {reason}")
     sys.stdout.flush()
-    os._exit(EXIT_FAILED if not isinstance(reason, UsageError) else EXIT_USAGE)
+    # os._exit: the publishing thread may be stuck in the filesystem, and a normal exit would wait for it.
+    os._exit(reason.exit_code if isinstance(reason, UsageError) else console.EXIT_ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``ddmq-notify`` console script."""
+    code = console.run(command, argv)
+    if code:
+        sys.exit(code)

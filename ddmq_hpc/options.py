@@ -1,6 +1,6 @@
-"""Numbers and usage errors on the command lines of ``ddmq-wait``, ``ddmq-dispatch`` and ``ddmq-notify``.
+"""Numbers on the command lines of ``ddmq-wait``, ``ddmq-dispatch`` and ``ddmq-notify``.
 
-Every numeric option goes through :func:`number`, so that NaN, infinities,
+Every numeric option is of type :class:`Number`, so that NaN, infinities,
 negatives where they mean nothing and absurd magnitudes are refused where
 they are typed, as a one-line usage error (exit 2), instead of failing later
 with an OverflowError from ``time.sleep`` or a lock, or, for NaN, never timing
@@ -8,20 +8,19 @@ out. Seconds are capped at the core's ``MAX_SECONDS`` (1e9, some 31 years),
 the longest lease a queue accepts; counts at :data:`MAX_COUNT`.
 
 Imported by ``ddmq-notify`` at the end of every batch job: nothing here may
-import more than the command already does (argparse is imported by the
-command itself, ddmq.settings by the broker).
+import more than the command already does (click, and ddmq's core).
 """
 from __future__ import annotations
 
-import argparse
 import math
 
-from ddmq.errors import UsageError
-from ddmq.settings import MAX_SECONDS, MIN_SECONDS
+import click
+
+from ddmq import MAX_SECONDS, MIN_SECONDS, UsageError
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
 if TYPE_CHECKING:
-    from typing import Any, Callable, NoReturn
+    from typing import Any
 
 # More messages than one wait or one dispatcher run could mean: ddmq is built for
 # messages per second, and each one held is a file and a lease.
@@ -64,42 +63,36 @@ def _fmt(value: float) -> str:
     return f"{value:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
 
 
-def number(what: str = "", *, low: float = 0, high: float = MAX_SECONDS, low_open: bool = False,
-           whole: bool = False) -> Callable[[str], Any]:
-    """An argparse ``type=`` converter for an int (``whole``) or a float option, checked by check_number."""
-    def convert(text: str) -> Any:
+class Number(click.ParamType):
+    """A click option type: an int (``whole``) or a float, checked by :func:`check_number` as it is parsed."""
+
+    def __init__(self, *, low: float = 0, high: float = MAX_SECONDS, low_open: bool = False,
+                 whole: bool = False):
+        self.low, self.high, self.low_open, self.whole = low, high, low_open, whole
+        self.name = "integer" if whole else "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = value if isinstance(value, str) else repr(value)
+        if isinstance(value, str):
+            try:
+                value = int(value) if self.whole else float(value)
+            except ValueError:
+                self.fail(f"not {'a whole number' if self.whole else 'a number'}: {text[:40]!r}", param, ctx)
         try:
-            value = int(text) if whole else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"not {'a whole number' if whole else 'a number'}: {text[:40]!r}") from None
-        try:
-            return check_number(value, "it", low=low, high=high, low_open=low_open, whole=whole)
+            return check_number(value, "it", low=self.low, high=self.high, low_open=self.low_open,
+                                whole=self.whole)
         except UsageError:
-            raise argparse.ArgumentTypeError(
-                f"must be {_describe(low, high, low_open, whole)}, not {text[:40]!r}") from None
-    convert.__name__ = what or ("int" if whole else "float")  # argparse names the type in some errors
-    return convert
+            self.fail(f"must be {_describe(self.low, self.high, self.low_open, self.whole)}, not {text[:40]!r}",
+                      param, ctx)
 
 
-def seconds(*, positive: bool = True) -> Callable[[str], float]:
+def seconds(*, positive: bool = True) -> Number:
     """Seconds: greater than 0 (``positive``) or at least 0, at most MAX_SECONDS."""
-    return number(low=0, low_open=positive)
+    return Number(low=0, low_open=positive)
 
 
-def count(low: int = 1, high: int = MAX_COUNT) -> Callable[[str], int]:
-    return number(low=low, high=high, whole=True)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``PROG: error: WHY (see PROG --help)``, exit 2.
-
-    Batch jobs and cron mail their stderr; the usage summary argparse prints
-    first would bury the reason under a screenful of options.
-    """
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+def count(low: int = 1, high: int = MAX_COUNT) -> Number:
+    return Number(low=low, high=high, whole=True)
 
 
 def check_wait_numbers(count: Any, timeout: Any, interval: Any, max_interval: Any) -> None:

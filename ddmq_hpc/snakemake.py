@@ -71,7 +71,7 @@ def _output_path(output: PathLike | Sequence[PathLike]) -> str:
         return os.fspath(output)
     paths = list(output)
     if len(paths) != 1:
-        from ddmq.errors import UsageError
+        from ddmq import UsageError
 
         raise UsageError(f"wait_for writes one file, but the rule has {len(paths)} outputs: pass one of them")
     return os.fspath(paths[0])
@@ -81,21 +81,21 @@ def _text_fields(fields: Mapping[str, Any] | None) -> dict[str, str]:
     """Field values as the text they are compared as, so ``status=0`` may be given as the int 0."""
     if not fields:
         return {}
-    from .fields import as_text
+    from ddmq.console import body_text
 
-    return {str(key): as_text(value) for key, value in fields.items()}
+    return {str(key): body_text(value) for key, value in fields.items()}
 
 
 def ddmq_wait_executable() -> str:
     """The ``ddmq-wait`` installed with the Python running Snakemake, else the one on PATH.
 
     Jobs may run with a different PATH (a module system, a cluster node), so
-    the absolute path of the script next to this interpreter is the safe
-    choice; it is not resolved, because a virtual environment's ``python`` is
-    a symlink out of it.
+    the absolute path of the script next to this interpreter
+    (:func:`ddmq.console.beside_python`) is the safe choice.
     """
-    beside = os.path.join(os.path.dirname(sys.executable), "ddmq-wait")
-    return beside if os.path.isfile(beside) and os.access(beside, os.X_OK) else "ddmq-wait"
+    from ddmq.console import beside_python
+
+    return beside_python("ddmq-wait") or "ddmq-wait"
 
 
 def _wait_options(root: PathLike | None, match: str | None, regex: str | None,
@@ -108,7 +108,7 @@ def _wait_options(root: PathLike | None, match: str | None, regex: str | None,
     as ``ddmq-wait`` would check them (UsageError), so that a NaN or infinite
     timeout fails the rule at once instead of waiting for ever.
     """
-    from ddmq.errors import UsageError
+    from ddmq import UsageError
 
     from . import options
 
@@ -191,7 +191,7 @@ def wait_for(output: PathLike | Sequence[PathLike], queue: str, *, root: PathLik
     from .wait import EXIT_TIMEOUT, WaitTimeout
 
     if done.returncode == EXIT_TIMEOUT:
-        from ddmq.broker import resolve_root
+        from ddmq import resolve_root
 
         raise WaitTimeout(f"{reason} (root {resolve_root(root)[0]}); {path} not written")
     raise DdmqError(f"waiting for queue {queue!r} failed (ddmq-wait exit {done.returncode}): {reason}; "
@@ -240,7 +240,7 @@ def notify(queue: str, message: Any = None, *, event: str | None = None, status:
     (or, in a handler, the Snakemake run) fail rather than silently not
     announce.
     """
-    from ddmq.errors import UsageError
+    from ddmq import UsageError
 
     from .jobenv import completion_event
     from .notify import notify as publish

@@ -6,28 +6,24 @@ command is skipped when the job is cancelled or times out, a command run in
 the foreground delays the TERM trap until it ends, and an unquoted command
 runs something other than what was meant. The templates in
 ``ddmq_hpc/templates/`` get this right once (their comments explain each
-step); this module fills them in. It uses argparse and ``string.Template``
-so that it starts fast on a busy login node.
+step); this module fills them in, with ``string.Template``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
-import shutil
 import string
 import sys
 from importlib import resources
-from pathlib import Path
 from typing import Sequence
 
-from ddmq.broker import resolve_root
-from ddmq.errors import UsageError
-from ddmq.layout import check_queue_name
+import click
 
+from ddmq import UsageError, check_queue_name, console, resolve_root
+
+PROG = "ddmq-template"
 SCHEDULERS = ("slurm", "pbs")
-EXIT_USAGE = 2
 _PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS"}
 _NAMES = {"slurm": "SLURM", "pbs": "PBS"}
 # --time as each scheduler reads it: SLURM [days-]hours[:minutes[:seconds]] or
@@ -134,13 +130,12 @@ def directives(scheduler: str, *, job_name: str | None = None, time: str | None 
 def find_notify() -> str | None:
     """The ``ddmq-notify`` installed with this ``ddmq-template``, else the one in PATH.
 
-    The one beside the running interpreter is the same ddmq, and a real file
-    (PATH may hold a pyenv shim that needs the user's shell setup).
+    The one beside the running interpreter (:func:`ddmq.console.beside_python`)
+    is the same ddmq, and a real file.
     """
-    beside = Path(sys.executable).parent / "ddmq-notify"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("ddmq-notify")
+    import shutil
+
+    return console.beside_python("ddmq-notify") or shutil.which("ddmq-notify")
 
 
 def _template(name: str) -> str:
@@ -182,47 +177,49 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
         directives="\n".join(lines), common=common.rstrip("\n"), command=shlex.join(command))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ddmq-template",
-        usage="%(prog)s {slurm,pbs} --queue QUEUE [options] -- COMMAND [ARG...]",
-        description="Print a SLURM or PBS job script that runs COMMAND and then publishes a completion "
-                    "event (ddmq-notify) to QUEUE, with the command's exit status and state COMPLETED "
-                    "or FAILED, or CANCELLED or TIMEOUT when the job is cancelled or reaches its time "
-                    "limit. The job's exit status stays the command's. Submit it with sbatch or qsub.",
-        epilog="COMMAND is quoted: it runs as given, with nothing expanded; for shell syntax or job "
-               "variables use -- bash -c '...'. Root: --root, else $DDMQ_ROOT, else ~/.ddmq, written "
-               "into the script as an absolute path. Exit codes: 0 printed; 2 usage error.",
-    )
-    p.add_argument("scheduler", choices=SCHEDULERS, help="the batch system the script is for")
-    p.add_argument("--queue", required=True, help="queue the completion event is published to")
-    p.add_argument("--root", help="ddmq root directory the job publishes to")
-    p.add_argument("--job-name", help="job name (#SBATCH --job-name, #PBS -N)")
-    p.add_argument("--time", help="time limit (#SBATCH --time, #PBS -l walltime=)")
-    p.add_argument("--partition", help="partition or queue to run in (#SBATCH --partition, #PBS -q)")
-    p.add_argument("--array", help="array indices, e.g. 1-3 (#SBATCH --array, PBS Pro #PBS -J; "
-                                   "for Torque use --directive '#PBS -t 1-3')")
-    p.add_argument("--output", help="job output file, stdout and stderr (#SBATCH --output, #PBS -o + -j oe)")
-    p.add_argument("--directive", action="append", default=[], metavar="LINE",
-                   help="a raw '#SBATCH ...' or '#PBS ...' line, after the others (repeatable)")
-    p.add_argument("--notify", metavar="PATH",
-                   help="ddmq-notify on the compute nodes (default: the one installed with this command; "
-                        "the job falls back to PATH if it is not there)")
-    p.add_argument("command", nargs="+", metavar="COMMAND", help="the command the job runs, after '--'")
-    return p
+@click.command(
+    name=PROG, cls=console.Command, context_settings=console.CONTEXT,
+    epilog="COMMAND is quoted: it runs as given, with nothing expanded; for shell syntax or job variables use "
+           "-- bash -c '...'. Root: --root, else $DDMQ_ROOT, else ~/.ddmq, written into the script as an "
+           f"absolute path. Exit codes: {console.EXIT_OK} printed; {console.EXIT_USAGE} usage error.",
+)
+@click.argument("scheduler", type=click.Choice(SCHEDULERS))
+@click.argument("command", nargs=-1, required=True)
+@click.option("--queue", required=True, help="Queue the completion event is published to.")
+@console.root_option(help="ddmq root directory the job publishes to (default: $DDMQ_ROOT, else ~/.ddmq).")
+@click.option("--job-name", help="Job name (#SBATCH --job-name, #PBS -N).")
+@click.option("--time", help="Time limit (#SBATCH --time, #PBS -l walltime=).")
+@click.option("--partition", help="Partition or queue to run in (#SBATCH --partition, #PBS -q).")
+@click.option("--array", help="Array indices, e.g. 1-3 (#SBATCH --array, PBS Pro #PBS -J; "
+                              "for Torque use --directive '#PBS -t 1-3').")
+@click.option("--output", help="Job output file, stdout and stderr (#SBATCH --output, #PBS -o + -j oe).")
+@click.option("--directive", "directives", multiple=True, metavar="LINE",
+              help="A raw '#SBATCH ...' or '#PBS ...' line, after the others (repeatable).")
+@click.option("--notify", metavar="PATH",
+              help="ddmq-notify on the compute nodes (default: the one installed with this command; "
+                   "the job falls back to PATH if it is not there).")
+@console.common_options(PROG)
+def command(scheduler: str, command: tuple[str, ...], queue: str, root: str | None, job_name: str | None,
+            time: str | None, partition: str | None, array: str | None, output: str | None,
+            directives: tuple[str, ...], notify: str | None) -> None:
+    """Print a SLURM or PBS job script that runs COMMAND (given after '--') and then publishes a
+    completion event (ddmq-notify) to QUEUE.
+
+    The event has the command's exit status and state COMPLETED or FAILED, or
+    CANCELLED or TIMEOUT when the job is cancelled or reaches its time limit.
+    The job's exit status stays the command's. Submit it with sbatch or qsub.
+    """
+    if notify is None:
+        notify = find_notify()
+        if notify is None:
+            console.say(PROG, "warning: ddmq-notify not found; the job will look for it in its PATH")
+    script = render(scheduler, command, queue, root=root, job_name=job_name, time=time, partition=partition,
+                    array=array, output=output, extra_directives=directives, notify=notify or "")
+    sys.stdout.write(script)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    notify = args.notify if args.notify is not None else find_notify()
-    if notify is None:
-        print("ddmq-template: warning: ddmq-notify not found; the job will look for it in its PATH",
-              file=sys.stderr)
-    try:
-        script = render(args.scheduler, args.command, args.queue, root=args.root, job_name=args.job_name,
-                        time=args.time, partition=args.partition, array=args.array, output=args.output,
-                        extra_directives=args.directive, notify=notify or "")
-    except UsageError as exc:
-        print(f"ddmq-template: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    sys.stdout.write(script)
+    """The ``ddmq-template`` console script."""
+    code = console.run(command, argv)
+    if code:
+        sys.exit(code)

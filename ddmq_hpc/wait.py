@@ -19,27 +19,26 @@ would leave a process stuck in a system call unkillable but by SIGKILL.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import os
-import random
 import re
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-from ddmq import Broker, DdmqError, Message
-from ddmq.errors import UsageError
-from ddmq.layout import check_queue_name
+import click
+
+from ddmq import Broker, DdmqError, Message, UsageError, check_queue_name, console
+from ddmq.console import body_text
 
 from . import options
-from .fields import as_text, fields_match, parse_fields
-from .retry import is_transient
+from .fields import fields_match
+from .retry import backoff, is_transient
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 124
+PROG = "ddmq-wait"
+EXIT_TIMEOUT = 124  # as timeout(1)
 # How long a claim or a delivery under way when SIGINT/SIGTERM arrives may go
 # on before the waiter stops anyway (it takes milliseconds unless the
 # filesystem has stopped answering).
@@ -90,7 +89,7 @@ def matcher(match: str | None = None, regex: str | None = None,
         raise UsageError(f"--regex: {exc}") from None
 
     def wanted(msg: Message) -> bool:
-        text = as_text(msg.message)
+        text = body_text(msg.message)
         return ((match is None or text == match)
                 and (pattern is None or pattern.search(text) is not None)
                 and (not fields or fields_match(msg.message, fields)))
@@ -128,12 +127,13 @@ def _shielded(action: Callable[[], Any], what: str) -> tuple[Any, BaseException 
             done.set()
 
     worker = threading.Thread(target=run, name=f"ddmq-wait: {what}", daemon=True)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # the worker inherits the mask
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # the worker inherits the mask
     try:
         worker.start()
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
+    previous: set[int | signal.Signals] | None = mask
     pending: BaseException | None = None
     deadline: float | None = None
     while True:
@@ -198,7 +198,7 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
 
     deadline = None if timeout is None else time.monotonic() + timeout
     held: list[Message] = []
-    delay = interval
+    pauses = backoff(interval, max_interval)
     try:
         while True:
             try:
@@ -219,11 +219,10 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
                 raise WaitTimeout(
                     f"timed out after {timeout:g} s with {len(held)} of {count} message(s) from {queue!r}"
                 )
-            pause = delay * random.uniform(0.9, 1.1)
+            pause = next(pauses)
             if deadline is not None:
                 pause = min(pause, deadline - now)
             time.sleep(pause)
-            delay = min(delay * 2, max_interval)
     except Abandoned:
         raise  # the filesystem is stuck: giving back what is held would hang too; leases expire
     except BaseException:
@@ -290,7 +289,7 @@ def _release_all(b: Broker, held: list[Message]) -> None:
         try:
             b.release(msg)
         except DdmqError as exc:
-            print(f"ddmq-wait: could not release message {msg.id}: {exc}", file=sys.stderr)
+            console.say(PROG, f"could not release message {msg.id}: {exc}")
 
 
 def render(messages: list[Message], fmt: str) -> bytes:
@@ -315,7 +314,7 @@ def render(messages: list[Message], fmt: str) -> bytes:
                 line = json.dumps(data, ensure_ascii=True, sort_keys=True).encode("ascii")
             lines.append(line + b"\n")
         return b"".join(lines)
-    return b"".join(as_text(m.message).encode("utf-8", "surrogatepass") + b"\n" for m in messages)
+    return b"".join(body_text(m.message).encode("utf-8", "surrogatepass") + b"\n" for m in messages)
 
 
 def _token() -> str:
@@ -383,37 +382,70 @@ def _write_stdout(data: bytes) -> None:
     sys.stdout.flush()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = options.Parser(
-        prog="ddmq-wait",
-        description="Wait until matching messages are on QUEUE, print them and exit 0. By default each "
-                    "message is claimed and acked once written out (one waiter gets each event); --peek "
-                    "leaves messages for other waiters. Non-matching messages are never touched.",
-        epilog="Exit codes: 0 got them; 1 error; 2 usage error; 124 --timeout passed (messages held so far "
-               "are put back); 130/143 interrupted by SIGINT/SIGTERM (likewise). Seconds are at most 1e9. "
-               "Root: --root, else $DDMQ_ROOT, else ~/.ddmq.",
-    )
-    p.add_argument("queue")
-    p.add_argument("--match", metavar="TEXT", help="wait for a message whose body is exactly TEXT")
-    p.add_argument("--regex", metavar="RE", help="wait for a message whose body matches RE (re.search)")
-    p.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
-                   help="wait for a JSON object body with this field (repeatable, all must match)")
-    p.add_argument("--count", type=options.count(), default=1,
-                   help=f"how many messages to wait for (default 1, at most {options.MAX_COUNT})")
-    p.add_argument("--timeout", type=options.seconds(positive=False), metavar="SECONDS",
-                   help="give up after SECONDS (exit 124; 0: look once)")
-    p.add_argument("--output", type=Path, metavar="FILE", help="write the message(s) to FILE atomically")
-    p.add_argument("--format", choices=("body", "json"), default="body",
-                   help="print bodies (default) or whole messages as JSON lines")
-    p.add_argument("--peek", action="store_true", help="do not claim: leave messages for others")
-    p.add_argument("--interval", type=options.number(low=options.MIN_INTERVAL), default=1.0,
-                   help="first poll interval in seconds (default 1)")
-    p.add_argument("--max-interval", type=options.number(low=options.MIN_INTERVAL), default=30.0,
-                   help="poll interval grows to at most this (default 30)")
-    p.add_argument("--root", help="ddmq root directory")
-    p.add_argument("--no-create", dest="create", action="store_false",
-                   help="fail if the root or queue does not exist (default: create them)")
-    return p
+@click.command(
+    name=PROG, cls=console.Command, context_settings=console.CONTEXT,
+    epilog=f"Exit codes: {console.EXIT_OK} got them; {console.EXIT_ERROR} error; {console.EXIT_USAGE} usage "
+           f"error; {EXIT_TIMEOUT} --timeout passed (messages held so far are put back); 130/143 interrupted "
+           "by SIGINT/SIGTERM (likewise). Seconds are at most 1e9. Root: --root, else $DDMQ_ROOT, else ~/.ddmq.",
+)
+@click.argument("queue")
+@click.option("--match", metavar="TEXT", help="Wait for a message whose body is exactly TEXT.")
+@click.option("--regex", metavar="RE", help="Wait for a message whose body matches RE (re.search).")
+@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE",
+              help="Wait for a JSON object body with this field (repeatable, all must match).")
+@click.option("--count", type=options.count(), default=1,
+              help=f"How many messages to wait for (default 1, at most {options.MAX_COUNT}).")
+@click.option("--timeout", type=options.seconds(positive=False), metavar="SECONDS",
+              help="Give up after SECONDS (exit 124; 0: look once).")
+@click.option("--output", metavar="FILE", help="Write the message(s) to FILE atomically.")
+@click.option("--format", "fmt", type=click.Choice(("body", "json")), default="body",
+              help="Print bodies (default) or whole messages as JSON lines.")
+@click.option("--peek", is_flag=True, help="Do not claim: leave messages for others.")
+@click.option("--interval", type=options.Number(low=options.MIN_INTERVAL), default=1.0,
+              help="First poll interval in seconds (default 1).")
+@click.option("--max-interval", type=options.Number(low=options.MIN_INTERVAL), default=30.0,
+              help="Poll interval grows to at most this (default 30).")
+@console.root_option()
+@click.option("--no-create", is_flag=True, help="Fail if the root or queue does not exist (default: create them).")
+@console.common_options(PROG)
+def command(queue: str, match: str | None, regex: str | None, fields: tuple[str, ...], count: int,
+            timeout: float | None, output: str | None, fmt: str, peek: bool, interval: float,
+            max_interval: float, root: str | None, no_create: bool) -> None:
+    """Wait until matching messages are on QUEUE, print them and exit 0.
+
+    By default each message is claimed and acked once written out (one
+    waiter gets each event); --peek leaves messages for other waiters.
+    Non-matching messages are never touched.
+    """
+    where = "stdout" if output is None else output
+
+    def deliver(messages: list[Message]) -> None:
+        data = render(messages, fmt)
+        if output is not None:
+            write_atomically(output, data)
+        else:
+            _write_stdout(data)
+
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+        signal.signal(signal.SIGINT, _raise_interrupted)
+        wait(queue, root=root, match=match, regex=regex, fields=console.parse_pairs(fields, "field"),
+             count=count, timeout=timeout, peek=peek, interval=interval, max_interval=max_interval,
+             create=not no_create, deliver=deliver)
+    except Abandoned as exc:
+        # A worker thread is stuck in the filesystem: leave without waiting for it.
+        _exit_now(f"{PROG}: {exc}", 128 + exc.signum)
+    except Interrupted as exc:
+        raise click.exceptions.Exit(console.say(PROG, f"interrupted by {exc}; nothing was consumed")
+                                    or 128 + exc.signum) from None
+    except DdmqError:
+        raise  # one line and its exit code, as for every ddmq command
+    except OSError as exc:
+        raise click.exceptions.Exit(console.say(PROG, f"cannot write to {where}: {exc.strerror or exc}; "
+                                                      "nothing was consumed") or console.EXIT_ERROR) from None
+    except Exception as exc:  # a bug, or something unforeseen: still one line, messages already released
+        raise click.exceptions.Exit(console.say(PROG, f"{type(exc).__name__}: {exc}; nothing was consumed")
+                                    or console.EXIT_ERROR) from None
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
@@ -421,41 +453,10 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``ddmq-wait``: every error is one line on stderr, never a traceback."""
-    argv = sys.argv[1:] if argv is None else argv
-    # parse_intermixed_args rejects "--", the only way to name a queue that starts with "-"
-    args = parser().parse_args(argv) if "--" in argv else parser().parse_intermixed_args(argv)
-    where = "stdout" if args.output is None else str(args.output)
-
-    def deliver(messages: list[Message]) -> None:
-        data = render(messages, args.format)
-        if args.output is not None:
-            write_atomically(args.output, data)
-        else:
-            _write_stdout(data)
-
-    try:
-        signal.signal(signal.SIGTERM, _raise_interrupted)
-        signal.signal(signal.SIGINT, _raise_interrupted)
-        wait(args.queue, root=args.root, match=args.match, regex=args.regex,
-             fields=parse_fields(args.field), count=args.count, timeout=args.timeout, peek=args.peek,
-             interval=args.interval, max_interval=args.max_interval, create=args.create, deliver=deliver)
-    except Abandoned as exc:
-        # A worker thread is stuck in the filesystem: leave without waiting for it.
-        _exit_now(f"ddmq-wait: {exc}", 128 + exc.signum)
-    except Interrupted as exc:
-        print(f"ddmq-wait: interrupted by {exc}; nothing was consumed", file=sys.stderr)
-        sys.exit(128 + exc.signum)
-    except DdmqError as exc:
-        print(f"ddmq-wait: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        print(f"ddmq-wait: cannot write to {where}: {exc.strerror or exc}; nothing was consumed",
-              file=sys.stderr)
-        sys.exit(EXIT_FAILED)
-    except Exception as exc:  # a bug, or something unforeseen: still one line, messages already released
-        print(f"ddmq-wait: {type(exc).__name__}: {exc}; nothing was consumed", file=sys.stderr)
-        sys.exit(EXIT_FAILED)
+    """The ``ddmq-wait`` console script: every error is one line on stderr, never a traceback."""
+    code = console.run(command, argv)
+    if code:
+        sys.exit(code)
 
 
 def _exit_now(line: str, code: int) -> None:

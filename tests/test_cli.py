@@ -69,8 +69,11 @@ def fails(result, code: int, *fragments: str) -> str:
 
 
 def click_usage_error(result) -> None:
+    """A command line click refuses: exit 2, one line ``ddmq: error: ...``, no usage summary, no hint."""
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert "Error" in result.stderr and "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddmq: error: "), result.stderr
 
 
 def jout(result):
@@ -127,7 +130,7 @@ def test_subcommand_help(name, flag, root):
     assert not root.exists()  # help touches nothing
 
 
-@pytest.mark.parametrize("flag", ["-v", "--version"])
+@pytest.mark.parametrize("flag", ["-V", "--version"])
 def test_version(flag, tmp_path):
     out = ok(ddmq_(flag))
     assert ddmq.__version__ in out and "ddmq" in out
@@ -840,3 +843,103 @@ def test_create_exist_ok_with_other_settings_is_an_error(b, root):
     fails(ddmq_("-r", root, "create", "q", "--exist-ok", "--message-timeout", "5"), 1,
           "message_timeout", "60", "5")
     assert b.settings("q")["message_timeout"] == 60
+
+
+# ------------------------------------------- conventions every command shares
+COMMANDS = {"ddmq": "ddmq.cli:cli", "ddmq-notify": "ddmq_hpc.notify:command", "ddmq-wait": "ddmq_hpc.wait:command",
+            "ddmq-template": "ddmq_hpc.template:command", "ddmq-dispatch": "ddmq_hpc.dispatch:command"}
+LOGS = """
+import sys
+from importlib import import_module
+from ddmq import console
+module, name = sys.argv[1].split(":")
+command = getattr(import_module(module), name)
+# fails once the options are processed (a missing argument; for ddmq, a missing root): nothing else is said
+args = sys.argv[2:] + (["--root", "/nonexistent/root", "view"] if module == "ddmq.cli" else [])
+console.run(command, args)
+print("logging imported" if "logging" in sys.modules else "logging not imported")
+if "logging" in sys.modules:
+    import logging
+
+    logger = logging.getLogger("ddmq")
+    logger.debug("a debug record")
+    logger.info("an info record")
+    logger.warning("a warning record")
+"""
+
+
+def _logs(command: str, *args: str, env: dict | None = None) -> tuple[str, list[str]]:
+    proc = subprocess.run([sys.executable, "-c", LOGS, COMMANDS[command], *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout.splitlines()[-1], [line for line in proc.stderr.splitlines() if "DDMQ_LOG" in line
+                                          or line.endswith(" record")]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_verbose_shows_the_ddmq_logger_on_stderr(command):
+    """-v: info, -vv: debug, one line each as PROG: message; without it logging is not even imported."""
+    assert _logs(command) == ("logging not imported", [])
+    assert _logs(command, "-v") == ("logging imported", [f"{command}: an info record", f"{command}: a warning record"])
+    assert _logs(command, "-vv")[1] == [f"{command}: a debug record", f"{command}: an info record",
+                                        f"{command}: a warning record"]
+    assert _logs(command, "--verbose", "--verbose")[1][0] == f"{command}: a debug record"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_ddmq_log_sets_the_level_without_verbose(command):
+    assert _logs(command, env={"DDMQ_LOG": "warning"})[1] == [f"{command}: a warning record"]
+    assert len(_logs(command, env={"DDMQ_LOG": "DEBUG"})[1]) == 3
+    imported, lines = _logs(command, env={"DDMQ_LOG": "loud"})
+    assert imported == "logging not imported"
+    assert lines == [f"{command}: warning: DDMQ_LOG='loud' ignored: use one of warning, info, debug"]
+
+
+def test_verbose_before_and_after_the_subcommand_adds_one_handler():
+    assert _logs("ddmq", "-v", "view", "-v")[1] == ["ddmq: an info record", "ddmq: a warning record"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_version_and_one_line_usage_errors(command):
+    script = Path(sys.executable).parent / command
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == f"{command}, version {ddmq.__version__}\n", proc
+    proc = subprocess.run([str(script), "--no-such-option"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"{command}: error: "), proc.stderr
+    assert "--no-such-option" in proc.stderr
+
+
+def test_options_that_mirror_settings_say_the_schema_defaults():
+    from ddmq.settings import SCHEMA
+
+    create_help = ok(ddmq_("create", "--help"))
+    publish_help = ok(ddmq_("publish", "--help"))
+    words = " ".join(create_help.split())
+    for key, (default, _, _) in SCHEMA.items():
+        option = "--" + key.replace("_", "-")
+        assert option in create_help, option
+        if isinstance(default, bool):
+            assert f"(default: --{'' if default else 'no-'}{key.replace('_', '-')})" in words, key
+        else:
+            assert f"(default: {'none' if default is None else default})" in words, key
+    assert "--clean-interval" not in publish_help and "--mode" not in publish_help  # queue-only settings
+
+
+def test_a_handler_gets_the_body_as_ddmq_consume_prints_it(b, root, tmp_path):
+    """DDMQ_MESSAGE (and the handler's stdin) is what ``ddmq consume`` prints, byte for byte."""
+    body = {"zeta": [3, {"b": None, "a": "é"}], "alpha": 1.5}
+    b.publish("printed", body, create=True)
+    b.publish("handled", body, create=True)
+    printed = subprocess.run([str(DDMQ_SCRIPT), "--root", str(root), "consume", "printed"], capture_output=True,
+                             timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    out = tmp_path / "handler.out"
+    handler = (f"{sys.executable} -c \"import os, sys; open({str(out)!r}, 'wb').write("
+               "os.environb[b'DDMQ_MESSAGE'] + b'|' + sys.stdin.buffer.read())\"")
+    dispatch = Path(sys.executable).parent / "ddmq-dispatch"
+    done = subprocess.run([str(dispatch), "handled", "--root", str(root), "--handler", handler], capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    environment, stdin = out.read_bytes().split(b"|")
+    assert environment + b"\n" == stdin + b"\n" == printed.stdout
