@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import time
 
@@ -22,6 +21,8 @@ from . import atomic
 from .clock import CLOCK_TOLERANCE
 from .errors import DdmqError
 from .layout import REASON_SUFFIX, STATE_DIRS, check_queue_name, clock_probe_name, parse_work
+from .mounts import SSHFS_DCACHE_DEFAULT, Mount, ext_journal, mount_of, parse_mountinfo, sshfs_listing_delay, \
+    sshfs_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 LISTING_DELAY_OK = 5.0  # seconds another node's publish may go unseen here before doctor says so
 NFS_ACDIRMAX_DEFAULT = 60  # seconds, nfs(5); mountinfo shows acdirmax only when it differs
-SSHFS_DCACHE_DEFAULT = 20  # seconds, sshfs(1) dcache_timeout
 # Below these a publish is about to fail; below LOW_FREE_SHARE of the total, it will before long.
 MIN_FREE_BYTES, MIN_FREE_INODES, LOW_FREE_SHARE = 100 << 20, 10_000, 0.05
 SHARED_FILESYSTEMS = {"lustre": "Lustre", "gpfs": "GPFS (Spectrum Scale)", "nfs": "NFS", "nfs4": "NFS"}
@@ -60,130 +60,6 @@ class Finding:
 
 
 # ------------------------------------------------------------------ filesystem
-class Mount:
-    """One line of /proc/self/mountinfo (see proc(5)): where, what, and with which options."""
-
-    __slots__ = ("device", "mount_point", "options", "fstype", "source", "super_options")
-    device: tuple[int, int]
-    mount_point: str
-    options: list[str]
-    fstype: str
-    source: str
-    super_options: list[str]
-
-    def __init__(self, *fields: Any):
-        for key, value in zip(self.__slots__, fields):
-            setattr(self, key, value)
-
-    def option(self, name: str) -> str | None:
-        """The value of ``name=VALUE`` (or ``name`` itself for a flag), per-mount or per-filesystem."""
-        for option in self.options + self.super_options:
-            key, _, value = option.partition("=")
-            if key == name:
-                return value or name
-        return None
-
-
-def _unescape(field: str) -> str:
-    r"""mountinfo writes space, tab, newline and backslash in paths as octal escapes (``\040``)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Every well-formed line of a mountinfo file, in its order (a later mount hides an earlier one)."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            separator = fields.index("-", 6)
-            major, minor = fields[2].split(":")
-            mounts.append(Mount((int(major), int(minor)), _unescape(fields[4]), fields[5].split(","),
-                                _unescape(fields[separator + 1]), _unescape(fields[separator + 2]),
-                                fields[separator + 3].split(",")))
-        except (ValueError, IndexError):
-            continue
-    return mounts
-
-
-def mount_of(path: str, mounts: list[Mount], device: tuple[int, int] | None = None) -> Mount | None:
-    """The mount holding ``path`` (a real path): the longest mount point above it, the last one mounted.
-
-    With ``device`` (the path's st_dev), mounts of other filesystems are left
-    out first: a mount point can also be hidden by one mounted above a parent.
-    """
-    candidates = [m for m in mounts if path == m.mount_point or path.startswith(m.mount_point.rstrip("/") + "/")]
-    same_device = [m for m in candidates if m.device == device]
-    best = None
-    for m in same_device or candidates:
-        if best is None or len(m.mount_point) >= len(best.mount_point):
-            best = m
-    return best
-
-
-def ext_journal(mount: Mount) -> bool | None:
-    """Whether an ext2/3/4 filesystem has a journal; None if this kernel does not say.
-
-    The superblock's options are no help (mountinfo shows ``rw`` either way),
-    but a journal has an entry ``DEV-INODE`` in /proc/fs/jbd2, and ext4 lists
-    ``data=`` among its options in /proc/fs/ext4/DEV only when journaling.
-    DEV is the kernel's name of the block device (``dm-0`` for an LVM volume).
-    """
-    major, minor = mount.device
-    try:
-        name = os.path.basename(os.readlink(f"/sys/dev/block/{major}:{minor}"))
-    except OSError:
-        name = os.path.basename(mount.source)
-    try:
-        with open(f"/proc/fs/ext4/{name}/options") as file:
-            options: list[str] | None = file.read().split()
-    except OSError:
-        options = None
-    try:
-        journals = os.listdir("/proc/fs/jbd2")
-    except OSError:
-        journals = []
-    if any(j.rpartition("-")[0] == name for j in journals) or any(o.startswith("data=") for o in options or ()):
-        return True
-    return False if options is not None else None
-
-
-def sshfs_options(mount_point: str) -> list[str] | None:
-    """The ``-o`` options of the sshfs process serving ``mount_point``; None if none can be read.
-
-    sshfs keeps its cache settings to itself (mountinfo shows only FUSE's
-    ``user_id``/``group_id``), so they are read from its command line.
-    """
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as file:
-                argv = [a.decode(errors="replace") for a in file.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if not argv or os.path.basename(argv[0]) != "sshfs" or mount_point not in argv:
-            continue
-        options = []
-        for i, arg in enumerate(argv):
-            if arg == "-o" and i + 1 < len(argv):
-                options += argv[i + 1].split(",")
-            elif arg.startswith("-o") and arg != "-o":
-                options += arg[2:].split(",")
-        return options
-    return None
-
-
-def sshfs_listing_delay(options: list[str]) -> float:
-    """Seconds sshfs serves a directory listing from its cache, by its documented options and defaults."""
-    values = dict(option.partition("=")[::2] for option in options)
-    if values.get("dir_cache", values.get("cache")) in ("no", "0", "false"):
-        return 0.0
-    for key in ("dcache_dir_timeout", "cache_dir_timeout", "dcache_timeout", "cache_timeout"):
-        try:
-            return float(values[key])
-        except (KeyError, ValueError):
-            continue
-    return float(SSHFS_DCACHE_DEFAULT)
-
-
 def check_filesystem(path: str, mountinfo: str | None = None) -> list[Finding]:
     """What the root's filesystem is, and whether its type or mount options hurt ddmq."""
     def found(severity: str, text: str, fix: str = "") -> Finding:
@@ -283,12 +159,16 @@ def measure_offset(directory: atomic.Dir) -> int | None:
     except OSError:
         return None
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # nothing was written through it
         atomic.discard(directory, probe)
     return stamped - (before + time.time_ns()) // 2
 
 
 def check_clock(offset: int | None, where: str) -> Finding:
+    """ddmq corrects lease times for a skewed clock by itself, but a node that needs it is misconfigured."""
     if offset is None:
         return Finding("clock", WARNING, f"not measured: cannot create a file in {where} or in any queue's tmp/",
                        "run doctor as a user who can write to the root")
@@ -308,11 +188,11 @@ def plural(n: int, thing: str) -> str:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    while n >= 1024 and len(units) > 1:
         n /= 1024
-    raise AssertionError("unreachable")
+        units.pop(0)
+    return f"{n:.1f} {units[0]}"
 
 
 def check_space(path: str) -> Finding:
@@ -398,8 +278,8 @@ def check_queue(q: Queue, settings: Settings, root_gid: int, now_ns: int) -> lis
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         findings.append(Finding("foreign files", WARNING, f"queue {q.name}: {plural(len(foreign), 'file')} ddmq did "
                                                           f"not write ({shown})",
-                                f"move them out of {q.dir.path} (ddmq clean {q.name} dead-letters those in ready/ "
-                                "and work/)", q.name))
+                                f"move {'it' if len(foreign) == 1 else 'them'} out of {q.dir.path} (ddmq clean "
+                                f"{q.name} dead-letters those in ready/ and work/)", q.name))
     expired = [now_ns - w.expires for w in map(parse_work, atomic.listdir(q.work)) if w and w.expires <= now_ns]
     if expired and max(expired) > (settings.clean_interval + CLOCK_TOLERANCE) * 1e9:
         findings.append(Finding("leases", WARNING,

@@ -3,8 +3,9 @@
 Each check is made to find something by making it true on disk (a foreign
 file, a lease left to expire, a root that is not setgid, a clock that is
 off through libfaketime, a read-only or nearly full mount), and shown to
-say ok otherwise. Mount-option parsing, for filesystems this machine cannot
-mount (NFS), is tested on lines in the format of proc(5).
+say ok otherwise, also to another member of a group-shared root. Mount-option
+parsing, for filesystems this machine cannot mount (NFS), is tested on lines
+in the format of proc(5).
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from typing import Iterator
 import pytest
 
 from ddmq import Broker
-from ddmq.doctor import OK, PROBLEM, WARNING, Finding, check_filesystem, diagnose, mount_of, parse_mountinfo, \
-    sshfs_listing_delay
+from ddmq.doctor import OK, PROBLEM, WARNING, Finding, check_filesystem, diagnose
+from ddmq.mounts import mount_of, parse_mountinfo, sshfs_listing_delay
 from support.capability import need
+from test_clock import LIBFAKETIME
+from test_multiuser import GROUP, MEMBERS, as_user, shared  # noqa: F401, F811 (shared: a fixture)
+from test_shared_storage import CACHING, HARNESS, _unavailable
 
-TESTS = Path(__file__).resolve().parent
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -321,8 +323,6 @@ def test_a_read_only_or_nearly_full_mount_is_a_problem(tmp_path: Path, mounts: l
 # ------------------------------------------------------------------ sshfs (FUSE)
 @pytest.fixture(scope="module", params=["default-cache", "no-cache"])
 def sshfs_mount(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    from test_shared_storage import CACHING, HARNESS, _unavailable
-
     reason = _unavailable()
     need("fuse", reason and f"the sshfs harness cannot run: {reason}")
     state = tmp_path_factory.mktemp(f"doctor-sshfs-{request.param}")
@@ -347,3 +347,19 @@ def test_doctor_on_sshfs_reports_its_directory_cache(sshfs_mount: tuple[str, Pat
     else:
         assert finding.severity == OK and "directory cache off" in finding.found
     assert only(diagnose(root), "clock").severity == OK, "the file server is this host"
+
+
+# ------------------------------------------------------------- a group-shared root (real users)
+# The users run Debian's Python, which has no click: the checks are run through the API.
+DIAGNOSE = "import json\nfrom ddmq.doctor import diagnose\nprint(json.dumps([f.as_dict() for f in diagnose(b.root, ['team'])]))"
+
+
+def test_another_member_finds_a_well_shared_root_healthy(shared: Path) -> None:  # noqa: F811
+    made = as_user(MEMBERS[0], shared, "b.create_queue('team'); b.publish('team', 'x')")
+    assert made.returncode == 0, made.stderr
+    member = as_user(MEMBERS[1], shared, DIAGNOSE)
+    assert member.returncode == 0, member.stderr
+    rows = {row["check"]: row for row in json.loads(member.stdout)}
+    assert rows["permissions"]["severity"] == OK, rows["permissions"]
+    assert f"is group {GROUP}, setgid, 2770; mode 0660" in rows["permissions"]["found"]
+    assert rows["clock"]["severity"] == OK and rows["queue"]["severity"] == OK
