@@ -200,7 +200,7 @@ def check_space(path: str) -> Finding:
     try:
         vfs = os.statvfs(path)
     except OSError as exc:
-        return Finding("space", WARNING, f"not checked: {exc.strerror}", "")
+        return Finding("space", WARNING, f"not checked: {exc.strerror}", "check that the filesystem is reachable")
     free, total = vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
     inodes, all_inodes = vfs.f_favail, vfs.f_files  # 0 inodes in all: this filesystem does not count them
     text = f"{_size(free)} ({free / max(total, 1):.0%}) free" + (
@@ -281,9 +281,10 @@ def check_queue(q: Queue, settings: Settings, root_gid: int, now_ns: int) -> lis
                                 f"move {'it' if len(foreign) == 1 else 'them'} out of {q.dir.path} (ddmq clean "
                                 f"{q.name} dead-letters those in ready/ and work/)", q.name))
     expired = [now_ns - w.expires for w in map(parse_work, atomic.listdir(q.work)) if w and w.expires <= now_ns]
-    if expired and max(expired) > (settings.clean_interval + CLOCK_TOLERANCE) * 1e9:
+    oldest = max(expired, default=0) / 1e9
+    if oldest > settings.clean_interval + CLOCK_TOLERANCE:
         findings.append(Finding("leases", WARNING,
-                                f"queue {q.name}: {plural(len(expired), 'expired lease')}, the oldest {max(expired) / 1e9:.0f} s "
+                                f"queue {q.name}: {plural(len(expired), 'expired lease')}, the oldest {oldest:.0f} s "
                                 f"ago, longer than clean_interval ({settings.clean_interval:g} s): no consumer or "
                                 "cleaner is running", f"ddmq clean {q.name} (or run it from cron)", q.name))
     dead = [n for n in atomic.listdir(q.dead) if not n.endswith(REASON_SUFFIX)]
@@ -327,7 +328,7 @@ def diagnose(root: str | os.PathLike[str] | None = None, queues: Iterable[str] |
     """
     from .broker import Broker
 
-    names = [check_queue_name(name) for name in queues or ()]
+    names = [check_queue_name(name) for name in ([queues] if isinstance(queues, str) else queues or ())]
     handle = Broker(root, create=False)._root  # never make a root to check it
     path, root_dir = handle.path, handle.dir
     opened = {name: _opened(handle, name) for name in names or handle.list_queues()}

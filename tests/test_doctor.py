@@ -351,7 +351,8 @@ def test_doctor_on_sshfs_reports_its_directory_cache(sshfs_mount: tuple[str, Pat
 
 # ------------------------------------------------------------- a group-shared root (real users)
 # The users run Debian's Python, which has no click: the checks are run through the API.
-DIAGNOSE = "import json\nfrom ddmq.doctor import diagnose\nprint(json.dumps([f.as_dict() for f in diagnose(b.root, ['team'])]))"
+DIAGNOSE = ("import json\nfrom ddmq.doctor import diagnose\n"
+            "print(json.dumps([f.as_dict() for f in diagnose(b.root, ['team'])]))")
 
 
 def test_another_member_finds_a_well_shared_root_healthy(shared: Path) -> None:  # noqa: F811
