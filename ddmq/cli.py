@@ -365,6 +365,37 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
         raise console.Empty("")
 
 
+@cli.command(epilog="""\b
+Exit codes:
+  0    every check is ok
+  1    at least one warning or problem (each printed with its fix)
+  2    usage error (bad option or queue name)
+  4    root or queue not found
+""")
+@_options
+@click.argument("queues", nargs=-1)
+def doctor(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
+    """Check that the root's filesystem, clock, permissions and QUEUES (default: all) suit ddmq.
+
+    \b
+    Each check says what it found, and how to fix it when it is not ok:
+      filesystem    type and mount options: ext4 without a journal, the NFS
+                    and sshfs directory caches, tmpfs, read-only mounts
+      space         free space and inodes
+      clock         this host's clock against the file server's
+      permissions   a setgid root and queue groups when `mode` shares queues
+      (per queue)   foreign files, expired leases nobody requeues, dead letters
+    Nothing is changed: the only file written is a clock probe, removed at once.
+    """
+    from .doctor import diagnose, healthy, plain
+
+    root, fmt = _context(root, fmt)
+    findings = diagnose(root, queues)
+    ops.render([f.as_dict() for f in findings], fmt, lambda rows: plain(findings))
+    if not healthy(findings):
+        raise click.exceptions.Exit(1)
+
+
 def main() -> None:
     """The ``ddmq`` console script (and ``python -m ddmq``)."""
     cli.main(prog_name="ddmq")

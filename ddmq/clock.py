@@ -39,36 +39,41 @@ class LeaseClock:
         return time.time_ns() + self._offset
 
 
-def server_offset(probe_dir: atomic.Dir) -> int:
-    """File server's clock minus ours (ns), from the mtime it gives a new file; 0 if within tolerance.
-
-    If the probe cannot be made (read-only, full), the local clock is used: a
-    lease decision must not fail for want of it.
-    """
+def measure_offset(directory: atomic.Dir) -> int | None:
+    """File server's clock minus ours (ns), from the mtime it gives a new file; None if no probe can be made."""
     probe = clock_probe_name()
     before = time.time_ns()
     try:
-        fd = os.open(probe, atomic.OPEN_FLAGS, 0o600, dir_fd=probe_dir.fd)
+        fd = os.open(probe, atomic.OPEN_FLAGS, 0o600, dir_fd=directory.fd)
     except OSError:
-        return 0
+        return None
     try:
         stamped = os.fstat(fd).st_mtime_ns
     except OSError:
-        return 0
+        return None
     finally:
         try:
             os.close(fd)
         except OSError:
             pass  # nothing was written through it
-        atomic.discard(probe_dir, probe)
-    offset = stamped - (before + time.time_ns()) // 2
-    if abs(offset) <= CLOCK_TOLERANCE * 1e9:
+        atomic.discard(directory, probe)
+    return stamped - (before + time.time_ns()) // 2
+
+
+def server_offset(probe_dir: atomic.Dir) -> int:
+    """The offset to correct lease times by: :func:`measure_offset`, or 0 within tolerance.
+
+    If the probe cannot be made (read-only, full), the local clock is used: a
+    lease decision must not fail for want of it.
+    """
+    offset = measure_offset(probe_dir)
+    if offset is None or abs(offset) <= CLOCK_TOLERANCE * 1e9:
         return 0
     logger().warning("clock correction: this host's clock differs from the file server's (%s) by %+.1f s; "
                      "leases use the server's time", probe_dir.path, -offset / 1e9)
     warnings.warn(
         f"ddmq: this host's clock differs from the file server's by {-offset / 1e9:+.1f} s; "
         "using the server's time for leases (fix NTP on this host)",
-        RuntimeWarning, stacklevel=5,
+        RuntimeWarning, stacklevel=6,
     )
     return offset

@@ -18,9 +18,9 @@ import stat
 import time
 
 from . import atomic
-from .clock import CLOCK_TOLERANCE
+from .clock import CLOCK_TOLERANCE, measure_offset
 from .errors import DdmqError
-from .layout import REASON_SUFFIX, STATE_DIRS, check_queue_name, clock_probe_name, parse_work
+from .layout import REASON_SUFFIX, STATE_DIRS, check_queue_name, parse_work
 from .mounts import SSHFS_DCACHE_DEFAULT, Mount, ext_journal, mount_of, parse_mountinfo, sshfs_listing_delay, \
     sshfs_options
 
@@ -142,31 +142,6 @@ def _sshfs(mount: Mount, where: str) -> Finding:
 
 
 # ----------------------------------------------------------------------- clock
-def measure_offset(directory: atomic.Dir) -> int | None:
-    """The file server's clock minus this host's, in ns, from the mtime it gives a new file; None if none can be made.
-
-    :func:`ddmq.clock.server_offset` measures the same way but rounds
-    anything within tolerance to 0 (and warns); doctor wants the number.
-    """
-    probe = clock_probe_name()
-    before = time.time_ns()
-    try:
-        fd = os.open(probe, atomic.OPEN_FLAGS, 0o600, dir_fd=directory.fd)
-    except OSError:
-        return None
-    try:
-        stamped = os.fstat(fd).st_mtime_ns
-    except OSError:
-        return None
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # nothing was written through it
-        atomic.discard(directory, probe)
-    return stamped - (before + time.time_ns()) // 2
-
-
 def check_clock(offset: int | None, where: str) -> Finding:
     """ddmq corrects lease times for a skewed clock by itself, but a node that needs it is misconfigured."""
     if offset is None:
@@ -319,6 +294,23 @@ def _unusable(name: str, exc: DdmqError) -> Finding:
                    else "fix what the message names, then run doctor again", name)
 
 
+def healthy(findings: list[Finding]) -> bool:
+    """Warnings count: a script running ``ddmq doctor || alert`` wants to hear of a 60 s NFS cache too."""
+    return all(f.severity == OK for f in findings)
+
+
+def plain(findings: list[Finding]) -> str:
+    """One line per finding, its fix under anything not ok, then a summary."""
+    lines = []
+    for f in findings:
+        lines.append(f"{f.severity if f.severity == OK else f.severity.upper():8} {f.check:13} {f.found}")
+        if f.fix:
+            lines.append(f"{'':22} fix: {f.fix}")
+    problems, warnings = (plural(sum(f.severity == s for f in findings), s) for s in (PROBLEM, WARNING))
+    lines.append("healthy" if healthy(findings) else f"{problems}, {warnings}")
+    return "\n".join(lines)
+
+
 def diagnose(root: str | os.PathLike[str] | None = None, queues: Iterable[str] | None = None) -> list[Finding]:
     """Run every check on ``root`` (default: $DDMQ_ROOT, else ~/.ddmq) and ``queues`` (default: all).
 
@@ -326,10 +318,11 @@ def diagnose(root: str | os.PathLike[str] | None = None, queues: Iterable[str] |
     anything, and InvalidQueueName (exit 2) for a bad name; a check that
     cannot be made is itself a finding.
     """
-    from .broker import Broker
+    from .broker import resolve_root
+    from .root import Root
 
     names = [check_queue_name(name) for name in ([queues] if isinstance(queues, str) else queues or ())]
-    handle = Broker(root, create=False)._root  # never make a root to check it
+    handle = Root(resolve_root(root)[0], create=False)  # never make a root to check it
     path, root_dir = handle.path, handle.dir
     opened = {name: _opened(handle, name) for name in names or handle.list_queues()}
     usable = {name: q for name, q in opened.items() if not isinstance(q, DdmqError)}

@@ -23,18 +23,18 @@ import pytest
 from ddmq import Broker
 from ddmq.doctor import OK, PROBLEM, WARNING, Finding, check_filesystem, diagnose
 from ddmq.mounts import mount_of, parse_mountinfo, sshfs_listing_delay
-from support.capability import need
-from test_clock import LIBFAKETIME
-from test_multiuser import GROUP, MEMBERS, as_user, shared  # noqa: F401, F811 (shared: a fixture)
-from test_shared_storage import CACHING, HARNESS, _unavailable
+from tests.support.capability import need
+from tests.support.multiuser import GROUP, MEMBERS
+from tests.test_clock import LIBFAKETIME
+from tests.test_multiuser import as_user
+from tests.test_shared_storage import CACHING, HARNESS, _unavailable
 
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``ddmq doctor ARGS`` as a separate process (the command as the lead registers it in ``ddmq``)."""
-    code = "from ddmq.doctor_cli import doctor; doctor(prog_name='ddmq doctor')"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
-                          env=env)
+    """``ddmq doctor ARGS`` as a separate process."""
+    return subprocess.run([sys.executable, "-m", "ddmq", "doctor", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
 
 
 def by_check(findings: list[Finding], check: str) -> list[Finding]:
