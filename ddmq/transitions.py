@@ -16,7 +16,7 @@ import os
 import time
 
 from . import atomic
-from .errors import DdmqError, LeaseLost, StorageError, UsageError, storage_error
+from .errors import DdmqError, LeaseLost, NotFound, StorageError, UsageError, storage_error
 from .layout import (
     DEAD, READY, REASON_SUFFIX, WORK, ReadyName, WorkName, claimed_name, dead_name, lease_receipt,
     new_message_id, new_token, parse_dead, parse_in, parse_ready, parse_receipt, parse_work, publish_tmp_name, ready_name,
@@ -208,6 +208,9 @@ def held(q: Queue, receipt: Receipt) -> WorkName:
         work = parse_work(name)
         if work is not None and work.id == msg_id and (token is None or work.token == token):
             return work
+    if token is None and not any(msg_id in name for state in (q.ready, q.dead) for name in atomic.listdir(state)):
+        # A bare id (an operator's, not a consumer's receipt) that is nowhere in the queue.
+        raise NotFound(f"no message {msg_id} in queue {q.name!r} (acked, purged, or never published here)")
     raise LeaseLost(
         f"message {msg_id} is no longer leased here: it was acked or nacked, "
         "or its lease expired and it was requeued"

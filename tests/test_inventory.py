@@ -132,3 +132,20 @@ def test_settings_show_where_each_came_from_and_change_atomically(b: Broker, q: 
         b.set_settings(q, message_timeout=-1)
     with pytest.raises(QueueNotFound):
         b.set_settings("missing", priority=1)
+
+
+def test_a_bare_id_that_is_nowhere_is_not_found_and_a_lost_lease_is_lease_lost(b: Broker, q: str) -> None:
+    from ddmq import LeaseLost
+
+    never = "0" * 32
+    for operation in (b.ack, b.release, b.nack):
+        with pytest.raises(NotFound, match="no message"):
+            operation(never, q)
+    msg = b.publish(q, "x")
+    [held] = b.consume(q, lease=0.01)
+    time.sleep(0.05)
+    b.clean(q)  # requeued: the id is in ready/ again
+    with pytest.raises(LeaseLost):
+        b.ack(msg.id, q)
+    with pytest.raises(LeaseLost):
+        b.ack(held)
