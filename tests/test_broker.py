@@ -627,3 +627,29 @@ def test_a_message_belongs_to_the_queue_it_lies_in_whatever_its_payload_says(b: 
     assert msg.queue == "q"
     b.ack(msg)
     assert b.counts("q") == {"ready": 0, "work": 0, "dead": 0}
+
+
+def test_settings_object_has_exactly_the_schema_keys_typed() -> None:
+    """Settings is built from the one schema: a key added to SCHEMA without an attribute (or the reverse) fails here."""
+    from ddmq.settings import DEFAULTS, SCHEMA, Settings
+
+    assert Settings.__slots__ == tuple(SCHEMA)
+    assert set(Settings.__annotations__) == set(SCHEMA)
+    settings = Settings(DEFAULTS)
+    assert settings.as_dict() == DEFAULTS
+    assert settings.overridden({"priority": 3}).priority == 3 and settings.priority == DEFAULTS["priority"]
+    with pytest.raises(AttributeError):
+        settings.message_timout  # noqa: B018 - a typo is an error, not a silent default
+
+
+def test_lease_fields_live_on_the_lease(b: Broker) -> None:
+    """ack and nack end the lease but keep what was delivered; release undoes the claim."""
+    b.create_queue("q")
+    for end, (receipt, expires, count) in ((b.ack, (None, True, 1)), (b.nack, (None, True, 1)),
+                                           (b.release, (None, False, 0))):
+        b.publish("q", "x")
+        [msg] = b.consume("q")
+        assert msg.receipt is not None and msg.lease is not None and msg.lease.name is not None
+        end(msg)
+        assert (msg.receipt, msg.lease_expires is not None, msg.delivery_count) == (receipt, expires, count)
+        b.purge("q")
