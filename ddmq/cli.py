@@ -75,12 +75,13 @@ def _check_names(arguments: dict[str, Any]) -> None:
 
 def _run(name: str, root: str | None, fmt: str | None, plain: Callable[[Any], str], /, **kwargs: Any) -> Any:
     from .broker import Broker
+    from .render import render
 
     root, fmt = _context(root, fmt)
     _check_names(kwargs)
     b = Broker(root, create=True if name == "create" or kwargs.get("create") else None)
     data = ops.OPERATIONS[name](b, **kwargs)
-    ops.render(data, fmt, plain)
+    render(data, fmt, plain)
     return data
 
 
@@ -90,6 +91,16 @@ def _settings(**values: Any) -> dict[str, Any]:
 
 # The settings a message carries, which publish takes and create makes the queue's defaults.
 MESSAGE_SETTINGS = ("priority", "message_timeout", "requeue", "requeue_prio", "requeue_limit", "durable")
+
+
+def _plain_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-0`` and ``--base64``: plain output that a shell loop can split, whatever the bodies hold."""
+    func = click.option("--base64", "as_base64", is_flag=True,
+                        help="Print each body as the base64 of its bytes (one line, whatever it holds; "
+                             "binary bodies published with --base64 come out as they went in).")(func)
+    return click.option("-0", "--null", is_flag=True,
+                        help="End each message with a NUL, not a newline (for bodies with newlines; "
+                             "xargs -0, read -d '').")(func)
 
 
 @click.group(name="ddmq", cls=console.Group, context_settings=console.CONTEXT, epilog=EXIT_CODES_HELP)
@@ -108,9 +119,16 @@ def cli(root: str | None, fmt: str | None) -> None:
 @_options
 @click.argument("queues", nargs=-1)
 def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
-    """Show queues with their ready, in-work and dead message counts."""
-    _run("view", root, fmt, lambda rows: ops.plain_table(rows, ["queue", "ready", "work", "dead"]),
-         queues=list(queues) or None)
+    """Show queues: ready, in-work and dead counts, what is stuck.
+
+    OLDEST is the age of the oldest ready message (nobody is consuming?),
+    EXPIRED the leases that ran out without an ack (a consumer died; the next
+    consume or clean requeues them). JSON and YAML give the age in seconds
+    (oldest_ready_age, null if none is ready) and expired_leases.
+    """
+    from .render import view_table
+
+    _run("view", root, fmt, view_table, queues=list(queues) or None)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -145,16 +163,23 @@ def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bo
 @click.option("--json", "as_json", is_flag=True, help="Parse each MESSAGE as JSON instead of publishing it as a string.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE", help="Add a header (repeatable).")
 @click.option("-c", "--create", is_flag=True, help="Create the queue if it does not exist.")
+@click.option("--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PATH",
+              help="Publish the content of PATH, exactly (repeatable: one message each).")
+@click.option("--base64", "as_base64", is_flag=True,
+              help="A binary body: --file contents are base64-encoded; a MESSAGE (or stdin) must be base64 already.")
 @console.setting_options(*MESSAGE_SETTINGS)
 def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, ...], as_json: bool,
-            headers: tuple[str, ...], create: bool, **settings: Any) -> None:
+            headers: tuple[str, ...], create: bool, files: tuple[str, ...], as_base64: bool, **settings: Any) -> None:
     """Publish MESSAGES to QUEUE (read one message from stdin if none or '-').
 
     Prints the id of each message published, before they become visible: if
-    the ids cannot be printed, nothing is published.
+    the ids cannot be printed, nothing is published. A body is text (UTF-8);
+    binary data goes with --base64, as base64 text with the header
+    content-transfer-encoding=base64: `ddmq consume --base64 | base64 -d`
+    gives the bytes back.
     """
     root, fmt = _context(root, fmt)
-    ops.publish_command(root, fmt, queue, messages, as_json, headers, create, **settings)
+    ops.publish_command(root, fmt, queue, messages, as_json, headers, create, files, as_base64, **settings)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -163,31 +188,44 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many messages.")
 @click.option("--lease", type=float, help="Lease length in seconds (default: the message timeout).")
 @click.option("--no-ack", is_flag=True,
-              help="Leave the messages in work: ack or nack them later by receipt (see --format json).")
-def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: float | None, no_ack: bool) -> None:
+              help="Leave the messages in work: ack or nack them later by RECEIPT (printed first, then a tab).")
+@_plain_options
+def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: float | None, no_ack: bool,
+            null: bool, as_base64: bool) -> None:
     """Claim, print and ack up to N messages from QUEUE, best priority first.
 
     Output before ack: a message is acked only once it is printed and flushed;
     if output fails (a closed pipe, a full disk), those not printed go back to
-    the queue. Plain output prints each body on a line; json/yaml print whole
-    messages, including the receipt needed by ack/nack/extend (with --no-ack).
-    Exit 3 if the queue is empty.
+    the queue. Plain output prints each body on a line (-0: ended by a NUL,
+    for bodies that hold newlines); with --no-ack each line is RECEIPT, a tab,
+    then the body: `ddmq ack QUEUE RECEIPT` when done. json/yaml print whole
+    messages, with the receipt. Exit 3 if the queue is empty.
     """
     root, fmt = _context(root, fmt)
-    ops.consume_command(root, fmt, queue, count, lease, no_ack)
+    ops.consume_command(root, fmt, queue, count, lease, no_ack, "\0" if null else "\n", as_base64)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @_options
 @click.argument("queue")
-@click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many messages.")
+@click.option("-n", "count", type=click.IntRange(min=1), default=None,
+              help="How many messages (default: 1; every dead letter with --state dead).")
 @click.option("--state", type=click.Choice(["ready", "work", "dead"]), default="ready", show_default=True,
               help="Which messages to look at.")
-def peek(root: str | None, fmt: str | None, queue: str, count: int, state: str) -> None:
-    """Print up to N messages from QUEUE without claiming them. Exit 3 if none."""
-    rows = _run("peek", root, fmt, ops.plain_bodies, queue=queue, n=count, state=state)
-    if not rows:
-        raise console.Empty("")
+@_plain_options
+def peek(root: str | None, fmt: str | None, queue: str, count: int | None, state: str, null: bool,
+         as_base64: bool) -> None:
+    """Print up to N messages from QUEUE without claiming them. Exit 3 if none.
+
+    Plain output is one body per line, as consume prints them. Dead letters
+    (--state dead) are a table instead: every file in dead/, readable or not,
+    with when (UTC) and why it was dead-lettered, its requeue count, its id
+    and the detail; json/yaml add the message itself (ddmq show prints one).
+    Files in ready/ or work/ that are not valid messages are counted on
+    stderr: a consumer or clean dead-letters them.
+    """
+    root, fmt = _context(root, fmt)
+    ops.peek_command(root, fmt, queue, count, state, "\0" if null else "\n", as_base64)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -240,80 +278,97 @@ def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     Consumers do this themselves every clean_interval seconds; run it from
     cron if a queue may sit with no consumer.
     """
-    _run("clean", root, fmt,
-         lambda rows: ops.plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
+    from .render import plain_table
+
+    _run("clean", root, fmt, lambda rows: plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
          queues=list(queues) or None)
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not a JSON number")
+@cli.command(epilog=EXIT_CODES_HELP)
+@_options
+@click.argument("queue")
+@click.argument("message_id", metavar="ID")
+def show(root: str | None, fmt: str | None, queue: str, message_id: str) -> None:
+    """Print one message of QUEUE by ID, in whatever state it is: ready, work or dead.
 
-
-def _finite(value: Any) -> bool:
-    import math
-
-    return math.isfinite(value)
-
-
-# What an argument of a ``ddmq json`` command may be, by the name of a type in
-# the annotations of the op_* functions (strings: ops has postponed annotations).
-_JSON_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v), "a number"),
-    "dict": (lambda v: isinstance(v, dict), "an object"),
-    "None": (lambda v: v is None, "null"),
-    "Any": (lambda v: True, "any JSON value"),
-}
-
-
-def expected_types(annotation: Any) -> list[tuple[Callable[[Any], bool], str]]:
-    """What a JSON value may be for a parameter annotated ``annotation`` (``"str | list[str] | None"``).
-
-    Empty if the annotation names a type not in _JSON_TYPES: such an argument
-    is refused, and a test checks that no operation has one.
+    \b
+    Shows its state and file, priority and requeue count, when its lease
+    expires (UTC, and how long from now) if it is in work, why and when it
+    was dead-lettered if dead, who published it and when, and its body.
+    Which consumer holds a lease is not recorded (the protocol keeps no
+    holder host or pid): a lease that expired long ago is a consumer gone.
+    Exit 4 if no state of QUEUE holds ID (acked, purged, never published).
     """
-    import re
+    import time
 
-    if not isinstance(annotation, str):
-        return []
-    names = [re.sub(r"^dict\[.*\]$", "dict", name.strip()) for name in annotation.split("|")]
-    return [_JSON_TYPES[name] for name in names] if all(name in _JSON_TYPES for name in names) else []
+    from .render import show_text
 
-
-def _shown(value: Any) -> str:
-    """A JSON value for an error message, cut short."""
-    import json
-
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except RecursionError:  # nested deeper than Python's stack allows
-        return "an object" if isinstance(value, dict) else "a list"
-    return text if len(text) <= 40 else text[:37] + "..."
+    _run("show", root, fmt, lambda row: show_text(row, time.time_ns()), queue=queue, message_id=message_id)
 
 
-def _check_types(name: str, request: dict[str, Any]) -> None:
-    """Every argument of the JSON request has the type the operation's signature says; else a usage error.
+@cli.command(epilog=EXIT_CODES_HELP)
+@_options
+@click.argument("queue")
+@click.argument("messages", nargs=-1, required=True, metavar="ID...")
+def release(root: str | None, fmt: str | None, queue: str, messages: tuple[str, ...]) -> None:
+    """Put leased messages back in ready, as they were, by ID (or RECEIPT): an operator's un-claim.
 
-    JSON has booleans and numbers of its own: "false" is not false, 1 is not
-    true, "5" and 5.0 are not 5.
+    For a message whose consumer hangs or is gone: no receipt is needed, and
+    unlike nack no requeue is spent. Its consumer, if still alive, loses the
+    lease (its ack fails with exit 5).
     """
-    import inspect
+    _run("release", root, fmt, lambda rows: "", queue=queue, messages=list(messages))
 
-    from .errors import UsageError
 
-    params = inspect.signature(ops.OPERATIONS[name]).parameters
-    for key, value in request.items():
-        param = params.get(key)
-        if param is None or param.kind is param.VAR_KEYWORD:
-            continue  # create's queue settings: checked by the settings schema
-        accepted = expected_types(param.annotation)
-        if not any(check(value) for check, _ in accepted):
-            kinds = [what for _, what in accepted] or ["(unchecked)"]
-            expected = " or ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
-            raise UsageError(f'{name}: "{key}" must be {expected}, not {_shown(value)}')
+@cli.command(epilog=EXIT_CODES_HELP)
+@_options
+@click.argument("queue")
+@click.argument("ids", nargs=-1, metavar="[ID...]")
+@click.option("--dead", is_flag=True, help="Requeue dead letters (required: the only kind there is).")
+def requeue(root: str | None, fmt: str | None, queue: str, ids: tuple[str, ...], dead: bool) -> None:
+    """Move dead letters of QUEUE back to ready: those IDs, or all but corrupt ones.
+
+    Each goes back with its priority and a fresh requeue count. Files that
+    cannot be delivered (corrupt, or not ddmq messages) are skipped and
+    named: look at them with `ddmq peek QUEUE --state dead`, remove them with
+    `ddmq purge QUEUE --dead`. Exit 4 if an ID is not a dead letter of QUEUE.
+    """
+    def plain(result: dict[str, Any]) -> str:
+        text = f"requeued {len(result['requeued'])} dead letter(s)"
+        skipped = result["skipped"]
+        return text + (f"; skipped {len(skipped)} (corrupt or not a message): {', '.join(skipped)}" if skipped else "")
+
+    _run("requeue", root, fmt, plain, queue=queue, dead=dead, ids=list(ids) or None)
+
+
+def _as_written(value: Any) -> str:
+    """A setting's value as a settings file (YAML) or ``ddmq settings KEY=VALUE`` writes it."""
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@_options
+@click.argument("queue")
+@click.argument("changes", nargs=-1, metavar="[KEY=VALUE...]")
+@click.option("--unset", multiple=True, metavar="KEY", help="Remove KEY from the queue's file (repeatable).")
+def settings(root: str | None, fmt: str | None, queue: str, changes: tuple[str, ...], unset: tuple[str, ...]) -> None:
+    """Show QUEUE's effective settings and where each comes from; KEY=VALUE changes them.
+
+    \b
+    SOURCE is "default", "root" (ROOT/ddmq.yaml: defaults for every queue)
+    or "queue" (the queue's own ddmq.yaml). KEY=VALUE writes the queue's
+    file (atomically: every client reads the old settings or the new);
+    --unset KEY removes a key from it, so the root's value or the default
+    applies again. Values as the create options take them: numbers, true or
+    false, mode in octal (0660), none for no requeue_limit. New settings
+    apply to messages published afterwards.
+    """
+    from .render import plain_table
+
+    values = {key: console.setting_value(key, text) for key, text in console.parse_pairs(changes, "setting").items()}
+    _run("settings", root, fmt, lambda rows: plain_table([{**r, "value": _as_written(r["value"]), "file": r["file"] or "-"}
+                                                          for r in rows], ["key", "value", "source", "file"]),
+         queue=queue, values=values or None, unset=list(unset) or None)
 
 
 @cli.command("json", epilog=EXIT_CODES_HELP)
@@ -330,36 +385,21 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     and false, numbers, strings, lists of strings. Prints the result as JSON
     unless --format says otherwise; consume acks only what it printed.
     """
-    import inspect
     import json
 
-    from .errors import UsageError
+    from .json_request import parse_request
 
-    text = ops.read_stdin("the command") if command == "-" else command
-    try:
-        request = json.JSONDecoder(parse_constant=_not_json).decode(text)
-    except RecursionError:
-        raise UsageError("not valid JSON: nested too deeply") from None
-    except ValueError as exc:
-        raise UsageError(f"not valid JSON: {exc}") from None
-    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-        raise UsageError('expected a JSON object with a "cmd" key')
-    name = request.pop("cmd")
-    if name not in ops.OPERATIONS:
-        raise UsageError(f"unknown cmd {name!r}; one of: {', '.join(ops.OPERATIONS)}")
-    try:
-        bound = inspect.signature(ops.OPERATIONS[name]).bind(None, **request)
-    except TypeError as exc:
-        raise UsageError(f"{name}: {exc}") from None
-    _check_types(name, request)
+    name, request = parse_request(ops.read_stdin("the command") if command == "-" else command)
+    root, fmt = _context(root, fmt, default_fmt="json")
     if name == "consume":  # output before ack, as ddmq consume; plain output is JSON here too
+        import inspect
+
+        bound = inspect.signature(ops.op_consume).bind(None, **request)
         bound.apply_defaults()
         args = bound.arguments
-        root, fmt = _context(root, fmt, default_fmt="json")
         ops.consume_command(root, "json" if fmt == "plain" else fmt, args["queue"], args["n"], args["lease"],
-                        not args["ack"])
+                            not args["ack"])
         return
-    root, fmt = _context(root, fmt, default_fmt="json")
     data = _run(name, root, fmt, lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True), **request)
     if name == "peek" and not data:
         raise console.Empty("")
@@ -388,10 +428,11 @@ def doctor(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     Nothing is changed: the only file written is a clock probe, removed at once.
     """
     from .doctor import diagnose, healthy, plain
+    from .render import render
 
     root, fmt = _context(root, fmt)
     findings = diagnose(root, queues)
-    ops.render([f.as_dict() for f in findings], fmt, lambda rows: plain(findings))
+    render([f.as_dict() for f in findings], fmt, lambda rows: plain(findings))
     if not healthy(findings):
         raise click.exceptions.Exit(1)
 
