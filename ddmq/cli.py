@@ -16,10 +16,12 @@ from __future__ import annotations
 import click
 
 from . import __version__, console
+from .cli_operator import release, requeue, settings, show
+from .subcommand import EXIT_CODES_HELP, context, options, plain_options, run
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any
 
     from . import ops
 else:
@@ -33,58 +35,6 @@ else:
 
     ops = _ImportedOnUse()
 
-FORMATS = ("plain", "json", "yaml")
-EXIT_CODES_HELP = f"""\b
-Exit codes:
-  {console.EXIT_OK}    success
-  {console.EXIT_ERROR}    failure (storage error, bad settings file, foreign files, output
-       that could not be written: consume gives back what it did not print,
-       publish publishes nothing)
-  {console.EXIT_USAGE}    usage error (bad option, invalid queue name or receipt)
-  {console.EXIT_EMPTY}    nothing to consume or peek: the queue is empty
-  {console.EXIT_NOT_FOUND}    root, queue or message not found
-  {console.EXIT_LEASE_LOST}    lease lost: the message was requeued or acked by someone else
-  {console.EXIT_INTERRUPTED}  interrupted (Ctrl-C)
-  {console.EXIT_BROKEN_PIPE}  the reader of the output went away (broken pipe); nothing is said
-"""
-
-
-def _options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--root``, ``--format`` and ``-v`` on every subcommand; they may also precede it."""
-    func = click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default=None,
-                        help="Output format (default: plain).")(func)
-    return console.root_option(checked=True)(console.common_options("ddmq", version=False)(func))
-
-
-def _context(root: str | None, fmt: str | None, default_fmt: str = "plain") -> tuple[str | None, str]:
-    """``--root``/``--format`` given after the subcommand win over those before it."""
-    parent = click.get_current_context().find_root().params
-    return root or parent.get("root"), fmt or parent.get("fmt") or default_fmt
-
-
-def _check_names(arguments: dict[str, Any]) -> None:
-    """Refuse bad queue names before anything, even the root, is created."""
-    from .layout import check_queue_name
-
-    if "queue" in arguments:
-        check_queue_name(arguments["queue"])
-    if "queues" in arguments and arguments["queues"] is not None:
-        for name in ops.split(arguments["queues"]):
-            check_queue_name(name)
-
-
-def _run(name: str, root: str | None, fmt: str | None, plain: Callable[[Any], str], /, **kwargs: Any) -> Any:
-    from .broker import Broker
-    from .render import render
-
-    root, fmt = _context(root, fmt)
-    _check_names(kwargs)
-    b = Broker(root, create=True if name == "create" or kwargs.get("create") else None)
-    data = ops.OPERATIONS[name](b, **kwargs)
-    render(data, fmt, plain)
-    return data
-
-
 def _settings(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -93,18 +43,8 @@ def _settings(**values: Any) -> dict[str, Any]:
 MESSAGE_SETTINGS = ("priority", "message_timeout", "requeue", "requeue_prio", "requeue_limit", "durable")
 
 
-def _plain_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``-0`` and ``--base64``: plain output that a shell loop can split, whatever the bodies hold."""
-    func = click.option("--base64", "as_base64", is_flag=True,
-                        help="Print each body as the base64 of its bytes (one line, whatever it holds; "
-                             "binary bodies published with --base64 come out as they went in).")(func)
-    return click.option("-0", "--null", is_flag=True,
-                        help="End each message with a NUL, not a newline (for bodies with newlines; "
-                             "xargs -0, read -d '').")(func)
-
-
 @click.group(name="ddmq", cls=console.Group, context_settings=console.CONTEXT, epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.version_option(__version__, "-V", "--version", prog_name="ddmq")
 def cli(root: str | None, fmt: str | None) -> None:
     """ddmq: a serverless message queue in a directory on shared storage.
@@ -116,7 +56,7 @@ def cli(root: str | None, fmt: str | None) -> None:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queues", nargs=-1)
 def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Show queues: ready, in-work and dead counts, what is stuck.
@@ -128,11 +68,11 @@ def view(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """
     from .render import view_table
 
-    _run("view", root, fmt, view_table, queues=list(queues) or None)
+    run("view", root, fmt, view_table, queues=list(queues) or None)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--exist-ok", is_flag=True,
               help="Do not fail if a queue already exists with the settings given (other settings: an error).")
@@ -144,20 +84,20 @@ def create(root: str | None, fmt: str | None, queues: tuple[str, ...], exist_ok:
     and setgid (chgrp GROUP ROOT; chmod 2770 ROOT) and create queues with
     --mode 0660 (or put "mode: 0660" in the root's ddmq.yaml).
     """
-    _run("create", root, fmt, lambda rows: "", queues=list(queues), exist_ok=exist_ok, **_settings(**settings))
+    run("create", root, fmt, lambda rows: "", queues=list(queues), exist_ok=exist_ok, **_settings(**settings))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="Delete even if the queue holds files ddmq did not write.")
 def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bool) -> None:
     """Delete queues with all their messages."""
-    _run("delete", root, fmt, lambda rows: "", queues=list(queues), force=force)
+    run("delete", root, fmt, lambda rows: "", queues=list(queues), force=force)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queue")
 @click.argument("messages", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Parse each MESSAGE as JSON instead of publishing it as a string.")
@@ -178,18 +118,18 @@ def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, 
     content-transfer-encoding=base64: `ddmq consume --base64 | base64 -d`
     gives the bytes back.
     """
-    root, fmt = _context(root, fmt)
+    root, fmt = context(root, fmt)
     ops.publish_command(root, fmt, queue, messages, as_json, headers, create, files, as_base64, **settings)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queue")
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many messages.")
 @click.option("--lease", type=float, help="Lease length in seconds (default: the message timeout).")
 @click.option("--no-ack", is_flag=True,
               help="Leave the messages in work: ack or nack them later by RECEIPT (printed first, then a tab).")
-@_plain_options
+@plain_options
 def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: float | None, no_ack: bool,
             null: bool, as_base64: bool) -> None:
     """Claim, print and ack up to N messages from QUEUE, best priority first.
@@ -201,18 +141,18 @@ def consume(root: str | None, fmt: str | None, queue: str, count: int, lease: fl
     then the body: `ddmq ack QUEUE RECEIPT` when done. json/yaml print whole
     messages, with the receipt. Exit 3 if the queue is empty.
     """
-    root, fmt = _context(root, fmt)
+    root, fmt = context(root, fmt)
     ops.consume_command(root, fmt, queue, count, lease, no_ack, "\0" if null else "\n", as_base64)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queue")
 @click.option("-n", "count", type=click.IntRange(min=1), default=None,
               help="How many messages (default: 1; every dead letter with --state dead).")
 @click.option("--state", type=click.Choice(["ready", "work", "dead"]), default="ready", show_default=True,
               help="Which messages to look at.")
-@_plain_options
+@plain_options
 def peek(root: str | None, fmt: str | None, queue: str, count: int | None, state: str, null: bool,
          as_base64: bool) -> None:
     """Print up to N messages from QUEUE without claiming them. Exit 3 if none.
@@ -224,53 +164,53 @@ def peek(root: str | None, fmt: str | None, queue: str, count: int | None, state
     Files in ready/ or work/ that are not valid messages are counted on
     stderr: a consumer or clean dead-letters them.
     """
-    root, fmt = _context(root, fmt)
+    root, fmt = context(root, fmt)
     ops.peek_command(root, fmt, queue, count, state, "\0" if null else "\n", as_base64)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queue")
 @click.argument("receipts", nargs=-1, required=True)
 def ack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...]) -> None:
     """Acknowledge messages consumed with --no-ack, by RECEIPT (ID.TOKEN)."""
-    _run("ack", root, fmt, lambda rows: "", queue=queue, receipts=list(receipts))
+    run("ack", root, fmt, lambda rows: "", queue=queue, receipts=list(receipts))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queue")
 @click.argument("receipts", nargs=-1, required=True)
 @click.option("--requeue/--no-requeue", default=True, show_default=True,
               help="Requeue (until the requeue limit) or dead-letter at once.")
 def nack(root: str | None, fmt: str | None, queue: str, receipts: tuple[str, ...], requeue: bool) -> None:
     """Give messages back, by RECEIPT: requeue them or dead-letter them."""
-    _run("nack", root, fmt, lambda rows: "\n".join(r["moved_to"] for r in rows),
+    run("nack", root, fmt, lambda rows: "\n".join(r["moved_to"] for r in rows),
          queue=queue, receipts=list(receipts), requeue=requeue)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queue")
 @click.argument("receipt")
 @click.option("--seconds", type=float, help="New lease length from now (default: the message timeout).")
 def extend(root: str | None, fmt: str | None, queue: str, receipt: str, seconds: float | None) -> None:
     """Extend the lease on a message still being worked on."""
-    _run("extend", root, fmt, lambda row: "", queue=queue, receipt=receipt, seconds=seconds)
+    run("extend", root, fmt, lambda row: "", queue=queue, receipt=receipt, seconds=seconds)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--dead", is_flag=True, help="Purge the dead-letter area instead of the ready messages.")
 def purge(root: str | None, fmt: str | None, queues: tuple[str, ...], dead: bool) -> None:
     """Remove all ready messages (or dead letters) from QUEUES; prints how many."""
-    _run("purge", root, fmt, lambda rows: "\n".join(f"{r['queue']}: {r['removed']}" for r in rows),
+    run("purge", root, fmt, lambda rows: "\n".join(f"{r['queue']}: {r['removed']}" for r in rows),
          queues=list(queues), dead=dead)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("queues", nargs=-1)
 def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Housekeeping now: requeue expired leases, dead-letter foreign files, drop stale temp files.
@@ -280,99 +220,12 @@ def clean(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """
     from .render import plain_table
 
-    _run("clean", root, fmt, lambda rows: plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
+    run("clean", root, fmt, lambda rows: plain_table(rows, ["queue", "requeued", "dead_lettered", "temp_removed"]),
          queues=list(queues) or None)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@_options
-@click.argument("queue")
-@click.argument("message_id", metavar="ID")
-def show(root: str | None, fmt: str | None, queue: str, message_id: str) -> None:
-    """Print one message of QUEUE by ID, in whatever state it is: ready, work or dead.
-
-    \b
-    Shows its state and file, priority and requeue count, when its lease
-    expires (UTC, and how long from now) if it is in work, why and when it
-    was dead-lettered if dead, who published it and when, and its body.
-    Which consumer holds a lease is not recorded (the protocol keeps no
-    holder host or pid): a lease that expired long ago is a consumer gone.
-    Exit 4 if no state of QUEUE holds ID (acked, purged, never published).
-    """
-    import time
-
-    from .render import show_text
-
-    _run("show", root, fmt, lambda row: show_text(row, time.time_ns()), queue=queue, message_id=message_id)
-
-
-@cli.command(epilog=EXIT_CODES_HELP)
-@_options
-@click.argument("queue")
-@click.argument("messages", nargs=-1, required=True, metavar="ID...")
-def release(root: str | None, fmt: str | None, queue: str, messages: tuple[str, ...]) -> None:
-    """Put leased messages back in ready, as they were, by ID (or RECEIPT): an operator's un-claim.
-
-    For a message whose consumer hangs or is gone: no receipt is needed, and
-    unlike nack no requeue is spent. Its consumer, if still alive, loses the
-    lease (its ack fails with exit 5).
-    """
-    _run("release", root, fmt, lambda rows: "", queue=queue, messages=list(messages))
-
-
-@cli.command(epilog=EXIT_CODES_HELP)
-@_options
-@click.argument("queue")
-@click.argument("ids", nargs=-1, metavar="[ID...]")
-@click.option("--dead", is_flag=True, help="Requeue dead letters (required: the only kind there is).")
-def requeue(root: str | None, fmt: str | None, queue: str, ids: tuple[str, ...], dead: bool) -> None:
-    """Move dead letters of QUEUE back to ready: those IDs, or all but corrupt ones.
-
-    Each goes back with its priority and a fresh requeue count. Files that
-    cannot be delivered (corrupt, or not ddmq messages) are skipped and
-    named: look at them with `ddmq peek QUEUE --state dead`, remove them with
-    `ddmq purge QUEUE --dead`. Exit 4 if an ID is not a dead letter of QUEUE.
-    """
-    def plain(result: dict[str, Any]) -> str:
-        text = f"requeued {len(result['requeued'])} dead letter(s)"
-        skipped = result["skipped"]
-        return text + (f"; skipped {len(skipped)} (corrupt or not a message): {', '.join(skipped)}" if skipped else "")
-
-    _run("requeue", root, fmt, plain, queue=queue, dead=dead, ids=list(ids) or None)
-
-
-def _as_written(value: Any) -> str:
-    """A setting's value as a settings file (YAML) or ``ddmq settings KEY=VALUE`` writes it."""
-    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-@cli.command(epilog=EXIT_CODES_HELP)
-@_options
-@click.argument("queue")
-@click.argument("changes", nargs=-1, metavar="[KEY=VALUE...]")
-@click.option("--unset", multiple=True, metavar="KEY", help="Remove KEY from the queue's file (repeatable).")
-def settings(root: str | None, fmt: str | None, queue: str, changes: tuple[str, ...], unset: tuple[str, ...]) -> None:
-    """Show QUEUE's effective settings and where each comes from; KEY=VALUE changes them.
-
-    \b
-    SOURCE is "default", "root" (ROOT/ddmq.yaml: defaults for every queue)
-    or "queue" (the queue's own ddmq.yaml). KEY=VALUE writes the queue's
-    file (atomically: every client reads the old settings or the new);
-    --unset KEY removes a key from it, so the root's value or the default
-    applies again. Values as the create options take them: numbers, true or
-    false, mode in octal (0660), none for no requeue_limit. New settings
-    apply to messages published afterwards.
-    """
-    from .render import plain_table
-
-    values = {key: console.setting_value(key, text) for key, text in console.parse_pairs(changes, "setting").items()}
-    _run("settings", root, fmt, lambda rows: plain_table([{**r, "value": _as_written(r["value"]), "file": r["file"] or "-"}
-                                                          for r in rows], ["key", "value", "source", "file"]),
-         queue=queue, values=values or None, unset=list(unset) or None)
-
-
 @cli.command("json", epilog=EXIT_CODES_HELP)
-@_options
+@options
 @click.argument("command")
 def json_command(root: str | None, fmt: str | None, command: str) -> None:
     """Run a command given as a JSON object ('-' reads it from stdin).
@@ -390,7 +243,7 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
     from .json_request import parse_request
 
     name, request = parse_request(ops.read_stdin("the command") if command == "-" else command)
-    root, fmt = _context(root, fmt, default_fmt="json")
+    root, fmt = context(root, fmt, default_fmt="json")
     if name == "consume":  # output before ack, as ddmq consume; plain output is JSON here too
         import inspect
 
@@ -400,7 +253,7 @@ def json_command(root: str | None, fmt: str | None, command: str) -> None:
         ops.consume_command(root, "json" if fmt == "plain" else fmt, args["queue"], args["n"], args["lease"],
                             not args["ack"])
         return
-    data = _run(name, root, fmt, lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True), **request)
+    data = run(name, root, fmt, lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True), **request)
     if name == "peek" and not data:
         raise console.Empty("")
 
@@ -412,7 +265,7 @@ Exit codes:
   2    usage error (bad option or queue name)
   4    root or queue not found
 """)
-@_options
+@options
 @click.argument("queues", nargs=-1)
 def doctor(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     """Check that the root's filesystem, clock, permissions and QUEUES (default: all) suit ddmq.
@@ -430,11 +283,15 @@ def doctor(root: str | None, fmt: str | None, queues: tuple[str, ...]) -> None:
     from .doctor import diagnose, healthy, plain
     from .render import render
 
-    root, fmt = _context(root, fmt)
+    root, fmt = context(root, fmt)
     findings = diagnose(root, queues)
     render([f.as_dict() for f in findings], fmt, lambda rows: plain(findings))
     if not healthy(findings):
         raise click.exceptions.Exit(1)
+
+
+for _command in (show, release, requeue, settings):
+    cli.add_command(_command)
 
 
 def main() -> None:

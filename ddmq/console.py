@@ -383,8 +383,9 @@ def common_options(prog: str, version: bool = True) -> Callable[[Callable[..., A
 
         func = click.option("-v", "--verbose", count=True, expose_value=False, is_eager=True,
                             callback=lambda ctx, param, value: log_to_stderr(prog, value),
-                            help="Log what ddmq does on rare paths to stderr (-vv: more; "
-                                 "or set DDMQ_LOG=debug|info|warning).")(func)
+                            help="Also log what ddmq does on rare paths to stderr (-vv: more; or set "
+                                 "DDMQ_LOG=debug|info|warning); warnings, such as a message dead-lettered, "
+                                 "always are.")(func)
         return click.version_option(__version__, "-V", "--version", prog_name=prog)(func) if version else func
     return add
 

@@ -26,7 +26,7 @@ from ddmq.cli import cli
 
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
 SUBCOMMANDS = ["view", "create", "delete", "publish", "consume", "peek", "ack", "nack", "extend",
-               "purge", "clean", "json"]
+               "purge", "clean", "json", "show", "release", "requeue", "settings"]
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 RECEIPT = re.compile(r"[0-9a-f]{32}\.[0-9a-f]{12}\Z")
 MESSAGE_KEYS = {"id", "queue", "message", "priority", "published", "headers", "message_timeout",
