@@ -239,9 +239,11 @@ def notify(queue: str, message: Any = None, *, event: str | None = None, status:
     ``message`` if it is a dict. Transient filesystem errors are retried for
     up to ``timeout`` seconds; any other failure raises, which makes the rule
     (or, in a handler, the Snakemake run) fail rather than silently not
-    announce.
+    announce. A missing queue is created, as ``ddmq-notify`` creates it,
+    and a line on stderr says so.
     """
     from ddmq import UsageError
+    from ddmq.console import say
 
     from .jobenv import completion_event
     from .notify import notify as publish
@@ -255,4 +257,5 @@ def notify(queue: str, message: Any = None, *, event: str | None = None, status:
         extra = {"event": event, "status": status, "state": state}
         message = {**message, **{k: v for k, v in extra.items() if v is not None}, **fields}
     return publish(queue, message, root=None if root is None else os.fspath(root), create=create,
-                   priority=priority, deadline=time.monotonic() + timeout)
+                   priority=priority, deadline=time.monotonic() + timeout,
+                   created=lambda what: say("ddmq_hpc.snakemake.notify", what))

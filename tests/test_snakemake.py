@@ -276,8 +276,10 @@ def test_wait_for_writes_output_or_times_out(root: Path, tmp_path: Path) -> None
         wait_for(out, "q", root=root, fmt="yaml")
 
 
-def test_notify_events_and_messages(root: Path) -> None:
+def test_notify_events_and_messages(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     notify("q", root=root, state="FAILED", run=3)
+    # the queue creation rule: a notifier creates the queue, and says so
+    assert capsys.readouterr().err == f"ddmq_hpc.snakemake.notify: created queue 'q' in {root}\n"
     notify("q", root=root, rule="align", event="custom")
     notify("q", {"k": 1}, root=root, extra="x")
     notify("q", "plain text", root=root)
