@@ -187,8 +187,9 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     A missing root or queue is the queue creation rule of the README: by
     default (``create`` None) the wait goes on until it appears, since the
     job that will publish to it may not have run yet, and ``missing`` is
-    called once with what is missing, so that a mistyped name does not wait in silence;
-    ``create=True`` creates them now, ``create=False`` raises NotFound.
+    called once with what is missing, so that a mistyped name does not wait
+    in silence; ``create=True`` creates them now, ``create=False`` raises
+    NotFound.
 
     Claims and ``deliver`` run in a worker thread (see _shielded), so that
     SIGINT/SIGTERM can stop the wait even when the filesystem hangs.
@@ -328,8 +329,9 @@ def _release_all(b: Broker, held: list[Message]) -> None:
 def render(messages: list[Message], fmt: str, end: bytes = b"\n") -> bytes:
     """Bodies (plain), or (json) one JSON object per message, each followed by ``end``, as UTF-8.
 
-    ``end`` is a newline, or NUL for ``--null``: a body may hold newlines,
-    and a NUL is the one byte no message body can hold.
+    ``end`` is a newline, or NUL for ``--null``: a text body often holds
+    newlines and hardly ever a NUL (JSON lines escape both, so ``--format
+    json`` output is never ambiguous).
 
     Never fails on what a consumer can be handed: bodies nested deeper than
     MAX_DEPTH are dead-lettered by the core at claim (and skipped by peek),
