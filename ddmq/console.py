@@ -227,11 +227,7 @@ def body_text(body: Any) -> str:
 
 def utc_time(ns: int | None) -> str:
     """A time (ns since the epoch) as people read it in every ddmq output: ISO 8601 UTC, ``-`` for none."""
-    if ns is None:
-        return "-"
-    import time
-
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))
+    return "-" if ns is None else iso_utc(ns // 1_000_000_000)
 
 
 def beside_python(name: str) -> str | None:
@@ -399,3 +395,27 @@ def root_option(help: str = ROOT_HELP, checked: bool = False) -> Callable[[Calla
     """
     kind = click.Path(file_okay=False) if checked else None
     return click.option("-r", "--root", type=kind, default=None, help=help)
+
+
+# ------------------------------------------------------------ exit codes help
+def exit_codes_help(meanings: dict[int, str]) -> str:
+    """A command's "Exit codes:" epilog, laid out as ``ddmq --help`` lays out its own.
+
+    The codes are the ``EXIT_*`` constants above (one table for every ddmq
+    command); ``meanings`` says what each code this command can end with
+    means for it, one short line each (the block is not re-wrapped: ``\\b``).
+    """
+    rows = [f"  {code:<4} {meanings[code]}" for code in sorted(meanings)]
+    return "\b\nExit codes:\n" + "\n".join(rows) + "\n"
+
+
+def iso_utc(seconds: float | None = None) -> str:
+    """``seconds`` since the epoch (default: now) as ISO 8601 UTC, ``2024-05-01T12:00:00Z``.
+
+    Every time a person reads (events, results, log lines) is written so,
+    whatever the host's time zone: the nodes of a cluster may disagree on
+    it, and the lines of two of them must compare as text.
+    """
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

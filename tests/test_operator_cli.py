@@ -280,8 +280,6 @@ def test_format_before_the_json_command_is_honoured(b, root):
     assert yaml.safe_load(out)[0]["message"] == "x" and not out.startswith("[")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the lead's core change (main c0933f4): a bare id in no state "
-                                       "is NotFound; remove this mark once merged")
 def test_ack_or_release_of_an_id_that_never_existed_is_not_found(b, root):
     b.create_queue("q")
     fails(ddmq(root, "ack", "q", "a" * 32), 4)
