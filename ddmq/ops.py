@@ -100,13 +100,18 @@ def op_show(b: Broker, queue: str, message_id: str) -> dict[str, Any]:
     return entry_row(b.show(queue, message_id))
 
 
+def _one_by_one(act: Callable[[str], object], names: list[str], key: str, done: str) -> list[dict[str, Any]]:
+    """``act`` on each name in turn, a row for each: one that fails stops the rest, and says which."""
+    result = []
+    for name in names:
+        act(name)
+        result.append({key: name, done: True})
+    return result
+
+
 def op_release(b: Broker, queue: str, messages: str | list[str]) -> list[dict[str, Any]]:
     """Put leased messages back as they were, by id (an operator's) or receipt (the holder's)."""
-    result = []
-    for message in split(messages, "message id"):
-        b.release(message, queue=queue)
-        result.append({"message": message, "released": True})
-    return result
+    return _one_by_one(lambda m: b.release(m, queue=queue), split(messages, "message id"), "message", "released")
 
 
 def op_requeue(b: Broker, queue: str, dead: bool = False, ids: list[str] | None = None) -> dict[str, Any]:
@@ -131,11 +136,7 @@ def op_settings(b: Broker, queue: str, values: dict[str, Any] | None = None,
 
 
 def op_ack(b: Broker, queue: str, receipts: str | list[str]) -> list[dict[str, Any]]:
-    result = []
-    for receipt in split(receipts, "receipt"):
-        b.ack(receipt, queue=queue)
-        result.append({"receipt": receipt, "acked": True})
-    return result
+    return _one_by_one(lambda r: b.ack(r, queue=queue), split(receipts, "receipt"), "receipt", "acked")
 
 
 def op_nack(b: Broker, queue: str, receipts: str | list[str], requeue: bool = True) -> list[dict[str, Any]]:
