@@ -1,7 +1,7 @@
 """The broker: ddmq's public API, a thin facade over the modules that do the work.
 
 There is no server. Each method checks its arguments, finds the queue (a
-:class:`~ddmq.queue.Queue` held by the :class:`~ddmq.root.Root`) and runs one
+:class:`~ddmq.queuedir.Queue` held by the :class:`~ddmq.root.Root`) and runs one
 of the protocol's transitions (:mod:`ddmq.transitions`) or a housekeeping
 pass (:mod:`ddmq.housekeeping`); ``docs/architecture.md`` shows the path of a
 message through them, and ``docs/protocol.md`` each step on disk.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Iterable, Union
 
     from .inventory import Entry
-    from .queue import Queue
+    from .queuedir import Queue
     from .settings import Settings
 
     Receipt = Union[Message, str]

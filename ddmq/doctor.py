@@ -28,7 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable
 
-    from .queue import Queue
+    from .queuedir import Queue
     from .root import Root
     from .settings import Settings
 

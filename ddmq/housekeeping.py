@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from typing import Callable
 
     from .layout import WorkName
-    from .queue import Queue
+    from .queuedir import Queue
 
 # A temporary file or directory older than this was certainly abandoned by a
 # crashed writer: no write takes an hour between create and rename.

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from typing import Any, Iterable
 
     from .message import Message
-    from .queue import Queue
+    from .queuedir import Queue
 
 # A .reason record is a few hundred bytes; anything longer was not written by ddmq.
 MAX_REASON_BYTES = 64 << 10

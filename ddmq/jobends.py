@@ -32,7 +32,7 @@ from .transitions import read
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .message import Message
-    from .queue import Queue
+    from .queuedir import Queue
 
 # A payload with a job end record, still in tmp/ this long after it was written,
 # lost its publisher between the link and the rename: publish it.

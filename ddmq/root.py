@@ -3,7 +3,7 @@
 A directory is a root if it holds a regular file ``ddmq.yaml``; each queue is
 a sub-directory with its own ``ddmq.yaml`` (see ``docs/protocol.md``,
 "Layout"). A :class:`Root` keeps the root directory open and up to
-OPEN_QUEUES :class:`~ddmq.queue.Queue` objects, least recently opened let go
+OPEN_QUEUES :class:`~ddmq.queuedir.Queue` objects, least recently opened let go
 first, and decides in one place whether the queue it holds is still the one
 its name means: another client may delete a queue, or delete it and make it
 again, at any moment.
@@ -21,7 +21,7 @@ from .errors import DdmqError, ForeignFiles, NotARoot, QueueExists, QueueNotFoun
 from .housekeeping import foreign_entries
 from .layout import JOBS, QUEUE_MARKER, ROOT_MARKER, STATE_DIRS, check_queue_name, doomed_name, marker_tmp_name, \
     settings_tmp_name, staging_name
-from .queue import Queue
+from .queuedir import Queue
 from .settings import DEFAULTS, SCHEMA, Settings, SettingsCache, dump, dump_value
 
 TYPE_CHECKING = False

@@ -1,4 +1,4 @@
-"""The protocol's transitions, each a short sequence of atomic steps on one :class:`~ddmq.queue.Queue`.
+"""The protocol's transitions, each a short sequence of atomic steps on one :class:`~ddmq.queuedir.Queue`.
 
 This module reads one-to-one with "States and transitions" in
 ``docs/protocol.md``: publish, claim, ack, extend, nack (and requeue),
@@ -29,7 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterable, Union
 
-    from .queue import Queue
+    from .queuedir import Queue
     from .settings import Settings
 
     Receipt = Union[Message, str]

@@ -395,7 +395,7 @@ def test_settings_errors_name_file_and_key(b: Broker, root: Path) -> None:
 
 
 def test_a_running_client_sees_settings_edits_within_settings_max_age(b: Broker, root: Path) -> None:
-    from ddmq.queue import SETTINGS_MAX_AGE
+    from ddmq.queuedir import SETTINGS_MAX_AGE
 
     b.create_queue("q")
     assert b.publish("q", "before").priority == 999
@@ -436,7 +436,7 @@ def test_two_brokers_share_a_queue(root: Path) -> None:
 
 
 def test_consumer_sees_new_higher_priority_within_listing_age(b: Broker) -> None:
-    from ddmq.queue import LISTING_MAX_AGE
+    from ddmq.queuedir import LISTING_MAX_AGE
 
     b.create_queue("q")
     for i in range(5):
