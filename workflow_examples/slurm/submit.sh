@@ -21,6 +21,10 @@ submit() {  # submit NAME COMMAND...: render a job script, submit it, print the 
     echo "${id%%;*}"  # "id;cluster" on sites with several clusters
 }
 
+# Made before any job runs: the second job's waiter then never starts before
+# the queue exists (ddmq-wait would wait for it, and say so in its output).
+ddmq --root "$root" create --exist-ok "$queue" >/dev/null
+
 first=$(submit step1 "$here/step1.sh")
 second=$(submit step2 "$here/step2.sh" "$queue" "$root" "$first")
 echo "$first $second"
