@@ -16,12 +16,12 @@ import os
 import sys
 import types
 
-from . import housekeeping, inventory, transitions
+from . import housekeeping, inventory, jobends, transitions
 from .errors import DdmqError, InvalidSetting, QueueExists, QueueNotFound, StorageError, UsageError
 from .housekeeping import CleanReport
-from .layout import DEAD, READY, WORK, abandoned_in_root
+from .layout import DEAD, READY, WORK, abandoned_in_root, job_key
 from .message import Message
-from .root import Root
+from .root import DEFAULT_ROOT, Root, resolve_root
 from .settings import MAX_SECONDS, MIN_SECONDS, validate
 
 TYPE_CHECKING = False
@@ -37,23 +37,6 @@ if TYPE_CHECKING:
     Match = Callable[[Message], bool]
 
 __all__ = ["Broker", "CleanReport", "resolve_root", "DEFAULT_ROOT"]
-
-DEFAULT_ROOT = "~/.ddmq"
-
-
-def resolve_root(root: str | os.PathLike[str] | None) -> tuple[str, bool]:
-    """The root to use and whether it is the default (``~/.ddmq``, created on first use).
-
-    An explicit ``root`` wins, then the ``DDMQ_ROOT`` environment variable,
-    then the default; ``~`` is expanded.
-    """
-    if root is not None and os.fspath(root) != "":
-        return os.path.expanduser(os.fspath(root)), False
-    env = os.environ.get("DDMQ_ROOT")
-    if env:
-        return os.path.expanduser(env), False
-    return os.path.expanduser(DEFAULT_ROOT), True
-
 
 def _check_count(n: object) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -158,6 +141,37 @@ class Broker:
     def stats(self, queue: str) -> dict[str, Any]:
         """counts, plus ``oldest_ready_age`` (seconds, None if nothing is ready) and ``expired_leases``."""
         return inventory.stats(self._root.checked(queue))
+
+    # -------------------------------------------------------------- job ends
+    def publish_job_end(self, queue: str, job: str, body: Any, *, headers: dict[str, Any] | None = None,
+                        create: bool = False, **overrides: Any) -> Message | None:
+        """Publish a batch job's terminal event unless one is already recorded for it: the Message, or None.
+
+        ``job`` is the job's key (:func:`ddmq.layout.job_key`: ``CLUSTER.JOBID``).
+        Exactly one publisher wins per job and queue, across processes and
+        nodes (see :mod:`ddmq.jobends`); ``overrides`` are publish's.
+        """
+        key = job_key(None, job)
+        unknown = set(overrides) - {"priority", "message_timeout", "requeue", "requeue_prio", "requeue_limit",
+                                    "durable"}
+        if unknown:
+            raise UsageError(f"publish_job_end() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        keys = ("priority", "message_timeout", "requeue", "requeue_prio", "durable", "requeue_limit")
+        q, settings = self._publish_settings(queue, create, tuple(overrides.get(k) for k in keys))
+        msg, data = transitions.new_message(queue, body, settings, headers)
+        try:
+            return msg if jobends.publish_end(q, key, msg, data, settings.mode) else None
+        except StorageError as exc:
+            raise self._root.gone(queue, exc) from None
+
+    def job_end(self, queue: str, job: str) -> Message | None:
+        """The terminal event recorded for ``job`` (its key), or None: a constant cost, and nothing is consumed."""
+        key = job_key(None, job)
+        return jobends.end_of(self._root.queue(queue), key)
+
+    def job_ends(self, queue: str) -> list[str]:
+        """The keys of every job whose end is recorded in ``queue``."""
+        return jobends.recorded(self._root.checked(queue))
 
     # ------------------------------------------------------------ operators
     def entries(self, queue: str, state: str = DEAD, n: int | None = None) -> list[Entry]:

@@ -17,9 +17,10 @@ import time
 
 from . import atomic
 from .errors import storage_error
+from .jobends import roll_forward
 from .layout import (
-    CLEAN_STAMP, DEAD, NAMED_STATES, QUEUE_ENTRIES, READY, REASON_SUFFIX, STATE_DIRS, abandoned_in_tmp, parse_in,
-    parse_ready, parse_work, stamp_tmp_name,
+    CLEAN_STAMP, DEAD, JOBS, NAMED_STATES, QUEUE_ENTRIES, READY, REASON_SUFFIX, STATE_DIRS, abandoned_in_tmp,
+    is_publish_tmp, parse_in, parse_job_end, parse_ready, parse_work, stamp_tmp_name,
 )
 from .log import logger
 from .message import CorruptMessage
@@ -108,6 +109,13 @@ def clean_queue(q: Queue, scan_ready: bool) -> CleanReport:
     for name in atomic.listdir(q.ready) if scan_ready else ():
         if parse_ready(name) is None:
             report.dead_lettered += dead_letter(q, q.ready, name, "foreign", "file name is not a ddmq message name")
+    for name in filter(is_publish_tmp, atomic.list_all(q.tmp)):
+        try:
+            st = q.tmp.lstat(name)
+        except OSError:
+            continue  # published or removed meanwhile
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            roll_forward(q, name, st, now)  # a job end recorded, its publisher gone before the rename
     report.temp_removed += remove_abandoned(q.tmp, now, in_tmp)
     return report
 
@@ -193,6 +201,9 @@ def foreign_entries(q: Queue) -> list[str]:
             ours = state not in NAMED_STATES or parse_in(state, name) is not None
             if not ours or not stat.S_ISREG(directory.mode(name) or 0):
                 foreign.append(f"{state}/{name}")
+    if atomic.exists(q.dir, JOBS):
+        foreign += [f"{JOBS}/{name}" for name in atomic.listdir(q.jobs)
+                    if parse_job_end(name) is None or not stat.S_ISREG(q.jobs.mode(name) or 0)]
     return foreign
 
 

@@ -21,10 +21,12 @@ ROOT_MARKER = "ddmq.yaml"
 QUEUE_MARKER = "ddmq.yaml"
 READY, WORK, DEAD, TMP = "ready", "work", "dead", "tmp"
 STATE_DIRS = (READY, WORK, DEAD, TMP)
+# Job end records (see job_end_name): made with a queue, or on first use in a queue older than them.
+JOBS = "jobs"
 CLEAN_STAMP = "clean.stamp"
 REASON_SUFFIX = ".reason"
 # Entries a queue directory may hold; anything else was not written by ddmq.
-QUEUE_ENTRIES = frozenset((QUEUE_MARKER, CLEAN_STAMP) + STATE_DIRS)
+QUEUE_ENTRIES = frozenset((QUEUE_MARKER, CLEAN_STAMP, JOBS) + STATE_DIRS)
 
 MAX_PRIORITY = 999_999
 _PRIO_WIDTH = 6
@@ -304,6 +306,38 @@ def dead_name(reason: str, original: str, now_ns: int) -> str:
     return f"{now_ns:0{_TIME_WIDTH}d}.{os.urandom(3).hex()}.{reason}.{original[:160]}"
 
 
+# ----------------------------------------------------- job end records
+MAX_JOB_KEY = 200
+_JOB_KEY = rf"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{{0,{MAX_JOB_KEY - 1}}}"
+_JOB_END_SUFFIX = ".end"
+
+
+def job_key(cluster: str | None, job_id: str) -> str:
+    """The key of a job's end record: ``CLUSTER.JOBID`` (``JOBID`` alone without a cluster name).
+
+    ``JOBID`` as the scheduler prints it (``1234``, ``1234_7`` for an array
+    task, ``1234.server`` for PBS). UsageError for anything that could not
+    be a file name in ``jobs/``.
+    """
+    key = job_id if not cluster else f"{cluster}.{job_id}"
+    if not isinstance(key, str) or not compiled(_JOB_KEY + r"\Z").match(key):
+        raise UsageError(f"invalid job {key!r}: letters, digits, '_', '+', '-' and '.' only "
+                         f"(not first), at most {MAX_JOB_KEY} characters")
+    return key
+
+
+def job_end_name(key: str) -> str:
+    """A job's end record in ``jobs/``: a hard link to the payload of its one terminal event."""
+    return key + _JOB_END_SUFFIX
+
+
+def parse_job_end(name: str) -> str | None:
+    """The job key of an end record's name; None for any other name."""
+    if name.endswith(_JOB_END_SUFFIX) and compiled(_JOB_KEY + r"\Z").match(name[:-len(_JOB_END_SUFFIX)]):
+        return name[:-len(_JOB_END_SUFFIX)]
+    return None
+
+
 # ------------------------------------------------------ private names
 # Every name ddmq writes besides messages, built here and recognised here, so
 # that housekeeping removes only what this grammar produced.
@@ -319,6 +353,11 @@ _TMP_SETTINGS = rf"\.settings\.{_TOKEN}\Z"  # tmp/.settings.TOKEN: the queue's n
 
 def publish_tmp_name(message_id: str) -> str:
     return f"{message_id}.tmp"
+
+
+def is_publish_tmp(name: str) -> bool:
+    """Whether ``name`` in tmp/ is a payload being published (what publish_tmp_name makes)."""
+    return bool(compiled(_TMP_PUBLISH).match(name))
 
 
 def stamp_tmp_name() -> str:

@@ -22,7 +22,7 @@ import time
 from . import atomic
 from .clock import CLOCK_TOLERANCE
 from .errors import QueueNotFound, StorageError, storage_error
-from .layout import CLEAN_STAMP, DEAD, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK
+from .layout import CLEAN_STAMP, DEAD, JOBS, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK
 from .settings import Settings
 
 TYPE_CHECKING = False
@@ -105,7 +105,7 @@ def dir_stamp(directory: atomic.Dir) -> tuple[int, ...] | None:
 class Queue:
     """One queue's open directories and what this process remembers about it."""
 
-    __slots__ = ("name", "dir", "ready", "work", "dead", "tmp", "root", "clock", "listing", "clean_due", "expiry_due",
+    __slots__ = ("name", "dir", "ready", "work", "dead", "tmp", "root", "clock", "listing", "clean_due", "expiry_due", "_jobs",
                  "_files", "_checked", "_rejected")
 
     def __init__(self, root: atomic.Dir, name: str, files: SettingsCache, clock: LeaseClock):
@@ -126,6 +126,7 @@ class Queue:
             self.tmp = atomic.open_dir(self.dir, TMP)
         except OSError as exc:
             raise atomic.refused(self.dir.join(exc.filename) if exc.filename else self.dir.path, exc) from None
+        self._jobs: atomic.Dir | None = None
         self.listing: Listing | None = None
         self.clean_due = 0.0  # monotonic time before which housekeeping is certainly not due
         self.expiry_due = 0.0  # monotonic time before which no consume looks for expired leases
@@ -138,6 +139,31 @@ class Queue:
     def state(self, name: str) -> atomic.Dir:
         """The state directory called ``name`` (ready, work, dead or tmp)."""
         return {READY: self.ready, WORK: self.work, DEAD: self.dead, TMP: self.tmp}[name]
+
+    @property
+    def jobs(self) -> atomic.Dir:
+        """``jobs/``, the job end records, opened on first use (and made, in a queue older than them)."""
+        if self._jobs is None:
+            if not atomic.exists(self.dir, JOBS):
+                try:
+                    atomic.make_own_dir(self.dir, JOBS, self.settings().mode).close()
+                except FileExistsError:
+                    pass  # another client made it meanwhile
+                except OSError as exc:
+                    raise storage_error("create", self.dir.join(JOBS), exc) from None
+            self._jobs = self._open_jobs()
+        return self._jobs
+
+    @property
+    def jobs_made(self) -> bool:
+        """Whether ``jobs/`` was opened already (so it exists); False only means "not looked yet"."""
+        return self._jobs is not None
+
+    def _open_jobs(self) -> atomic.Dir:
+        try:
+            return atomic.open_dir(self.dir, JOBS)
+        except OSError as exc:
+            raise atomic.refused(self.dir.join(JOBS), exc) from None
 
     @property
     def clean_stamp(self) -> str:

@@ -19,7 +19,7 @@ from .clock import LeaseClock
 from .errors import DdmqError, ForeignFiles, NotARoot, QueueExists, QueueNotFound, RootNotFound, StorageError, \
     storage_error
 from .housekeeping import foreign_entries
-from .layout import QUEUE_MARKER, ROOT_MARKER, STATE_DIRS, check_queue_name, doomed_name, marker_tmp_name, \
+from .layout import JOBS, QUEUE_MARKER, ROOT_MARKER, STATE_DIRS, check_queue_name, doomed_name, marker_tmp_name, \
     settings_tmp_name, staging_name
 from .queue import Queue
 from .settings import DEFAULTS, SCHEMA, Settings, SettingsCache, dump, dump_value
@@ -27,6 +27,23 @@ from .settings import DEFAULTS, SCHEMA, Settings, SettingsCache, dump, dump_valu
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+DEFAULT_ROOT = "~/.ddmq"
+
+
+def resolve_root(root: str | os.PathLike[str] | None) -> tuple[str, bool]:
+    """The root to use and whether it is the default (``~/.ddmq``, created on first use).
+
+    An explicit ``root`` wins, then the ``DDMQ_ROOT`` environment variable,
+    then the default; ``~`` is expanded.
+    """
+    if root is not None and os.fspath(root) != "":
+        return os.path.expanduser(os.fspath(root)), False
+    env = os.environ.get("DDMQ_ROOT")
+    if env:
+        return os.path.expanduser(env), False
+    return os.path.expanduser(DEFAULT_ROOT), True
+
 
 # Queues whose directories a Root keeps open at once (five descriptors each);
 # the least recently opened is let go beyond that.
@@ -240,7 +257,7 @@ class Root:
         try:
             made = atomic.make_own_dir(root, staging, mode)
             try:
-                for state in STATE_DIRS:
+                for state in STATE_DIRS + (JOBS,):
                     atomic.make_own_dir(made, state, mode).close()
                 atomic.write_private(made, QUEUE_MARKER, dump(values).encode(), durable=True, mode=mode)
             finally:

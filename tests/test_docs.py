@@ -103,6 +103,7 @@ PLACEHOLDERS = {
     "REASON": "(?:" + "|".join(map(re.escape, _documented_reasons())) + ")",
     "ORIGINAL-NAME": r"[^/]{1,160}",
     "QUEUE": _documented_queue_name(),
+    "KEY": r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,199}",
     # the dead name's first 40 characters: 20 + 1 + 6 + 1 of time and random, 12 of the rest
     "DEADNAME-PREFIX": r"[0-9]{20}\.[0-9a-f]{6}\.[^/]{1,12}",
 }
@@ -142,6 +143,8 @@ def read_back(row: Row, name: str) -> None:
         # No parser reads a dead name back: what ddmq tells from one is only
         # whether it is a dead letter or the .reason file beside one.
         assert name.endswith(layout.REASON_SUFFIX) == (row.built_by == "REASON_SUFFIX")
+    elif where == "jobs/":
+        assert layout.parse_job_end(name) is not None and layout.job_end_name(layout.parse_job_end(name)) == name
     elif where == "tmp/":
         assert layout.abandoned_in_tmp(name), f"housekeeping would not recognise tmp/{name}"
     elif where == "root":
@@ -169,6 +172,7 @@ BUILDERS: dict[str, Callable[[], str]] = {
     "doomed_name": lambda: layout.doomed_name("jobs.v2"),
     "marker_tmp_name": layout.marker_tmp_name,
     "settings_tmp_name": layout.settings_tmp_name,
+    "job_end_name": lambda: layout.job_end_name(layout.job_key("linux", "1234_7")),
 }
 
 

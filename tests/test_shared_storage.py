@@ -132,3 +132,19 @@ def test_notify_on_a_dispatch_on_b(roots: tuple[Path, Path, Path], tmp_path: Pat
         time.sleep(1)
     assert sorted(handled.read_text().split()) == ["req-0", "req-1", "req-2"]
     assert Broker(server).counts("requests") == {"ready": 0, "work": 0, "dead": 0}
+
+
+def test_job_end_published_from_both_nodes_at_once_is_recorded_once(roots: tuple[Path, Path, Path]) -> None:
+    """The hard link that decides who publishes a job's end holds across two sshfs sessions."""
+    a, b, server = roots
+    Broker(a, create=True).create_queue("events")
+    code = ("import sys; from ddmq import Broker; b = Broker(sys.argv[1]); "
+            "won = [b.publish_job_end('events', f'c.{i}', sys.argv[2]) is not None for i in range(20)]; "
+            "print(sum(won))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(node), str(node)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for node in (a, b, a, b)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    assert sum(int(out) for out, _ in outputs) == 20
+    assert len(list((server / "events" / "ready").iterdir())) == 20
+    assert sorted(Broker(server).job_ends("events")) == sorted(f"c.{i}" for i in range(20))
