@@ -19,6 +19,7 @@ from ddmq import MAX_PRIORITY, Broker, DdmqError, Message, UsageError, check_que
 from . import options
 from .fields import add_fields
 from .jobenv import STATES, completion_event
+from .jobevents import notify_end
 from .retry import retry
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
@@ -96,8 +97,8 @@ def command(queue: str, message: str | None, as_json: bool, fields: tuple[str, .
 
     def publish() -> None:
         try:
-            notify(queue, body, root=root, create=not no_create, priority=priority,
-                   deadline=time.monotonic() + timeout)
+            (notify_end if message is None else notify)(queue, body, root=root, create=not no_create,
+                                                        priority=priority, deadline=time.monotonic() + timeout)
         except DdmqError as exc:
             outcome["error"] = exc
         except OSError as exc:

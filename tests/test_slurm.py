@@ -210,6 +210,8 @@ def test_workflow_example_second_job_waits_for_the_first(jobs: Jobs) -> None:
     ("None|9:55", "CANCELLED"),           # what it says after an scancel (seen here)
     ("None|1-00:00:00", "CANCELLED"),
     ("None|UNLIMITED", "CANCELLED"),
+    ("NodeDown|UNLIMITED", "NODE_FAIL"),  # node set down while the job ran (seen here)
+    ("NodeDown|9:55", "NODE_FAIL"),
 ])
 def test_term_state_from_squeue(tmp_path: Path, answer: str, state: str) -> None:
     """The script asks ``squeue -j $SLURM_JOB_ID -o '%r|%L'`` (reason, time left) on TERM."""
