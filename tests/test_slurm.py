@@ -221,6 +221,16 @@ def test_term_state_from_squeue(tmp_path: Path, answer: str, state: str) -> None
     assert (tmp_path / "squeue-args").read_text().split() == ["-h", "-j", "77", "-o", "%r|%L"]
 
 
+def test_term_state_of_a_job_already_ended_with_its_node(tmp_path: Path) -> None:
+    """Killed with its node, the job is NODE_FAIL at once: squeue shows it only with --states=all."""
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "squeue", f'echo "$@" >> "{tmp_path}/squeue-args"\n'
+                                    'case "$*" in *--states=all*) echo "NodeDown|UNLIMITED" ;; esac')
+    assert run_and_terminate(tmp_path, bin_dir) == ("NODE_FAIL", 143)
+    assert (tmp_path / "squeue-args").read_text().splitlines() == ["-h -j 77 -o %r|%L",
+                                                                   "-h -j 77 --states=all -o %r|%L"]
+
+
 @pytest.mark.parametrize("rendered, after, state", [
     ("0:11", 1.1, "TIMEOUT"),      # run for the limit (11 s) less 10 s of slack
     ("0:12", 0, "CANCELLED"),

@@ -24,10 +24,12 @@ ddmq_grace=5            # how long the command may take to exit after TERM
 # it), while scancel leaves time on the clock. squeue gets 8 s (a busy
 # slurmctld can take seconds; MessageTimeout is 10 s by default); if it does
 # not answer, the time this script has run is compared with the limit it was
-# rendered with.
+# rendered with. A job killed with its node is already NODE_FAIL, which squeue
+# shows only with --states=all: asked again if the first answer is empty.
 ddmq_term_state() {
     local out reason left
-    out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" -o '%r|%L' 2>/dev/null)
+    out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" -o '%r|%L' 2>/dev/null) && [ -z "$out" ] &&
+        out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" --states=all -o '%r|%L' 2>/dev/null)
     reason=${out%%|*}
     left=${out#*|}
     if [ "$reason" = NodeDown ]; then
