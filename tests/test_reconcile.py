@@ -11,6 +11,7 @@ PATH counts the scheduler queries: one per run, none when not due.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -27,6 +28,7 @@ from tests.support.jobscripts import BIN, QUEUE, fake_command, wait_for_file
 from tests.test_slurm import Jobs, scancel, slurm_problem
 
 REAL_SACCT = "/usr/bin/sacct"
+EXAMPLES = Path(__file__).resolve().parent.parent / "workflow_examples" / "reconcile"
 
 
 def accounting_problem() -> str | None:
@@ -134,7 +136,11 @@ def test_every_hard_kill_ends_with_exactly_one_event(jobs: Jobs, tmp_path: Path)
     assert [slurm_state(states[j]) for j in (killed, cancelled, held, unstartable, fine)] == [
         "FAILED", "CANCELLED", "CANCELLED", "FAILED", "COMPLETED"], states
 
-    before = events_by_job(jobs.root)
+    # SLURM says CANCELLED at the scancel, while the trap is still publishing: wait for the jobs' own events.
+    deadline = time.monotonic() + 30
+    while not {cancelled, fine} <= set(before := events_by_job(jobs.root)):
+        assert time.monotonic() < deadline, before
+        time.sleep(0.2)
     assert not {killed, held, unstartable} & set(before)  # nothing ran a trap
     assert [e["state"] for e in before[fine]] == ["COMPLETED"]
     assert [e["state"] for e in before[cancelled]] == ["CANCELLED"]
@@ -170,8 +176,13 @@ def test_every_hard_kill_ends_with_exactly_one_event(jobs: Jobs, tmp_path: Path)
 
 
 def test_a_node_that_goes_down_under_a_job(jobs: Jobs, tmp_path: Path) -> None:
-    """``scontrol update nodename=... state=down``: NODE_FAIL, one event, whoever says it."""
+    """``scontrol update nodename=... state=down``: NODE_FAIL, one event, whoever says it.
+
+    The controller ends the job at once, while the trap on the node may still
+    be publishing: the reconciler and the trap race, and either may win.
+    """
     node = socket.gethostname().split(".")[0]
+    Broker(jobs.root, create=True).create_queue(QUEUE)
     job = jobs.submit(["sh", "-c", 'touch "started-$SLURM_JOB_ID" && exec sleep 600'],
                       extra_directives=["#SBATCH --no-requeue"])
     wait_for_file(jobs.dir / f"started-{job}", timeout=60)
@@ -186,7 +197,7 @@ def test_a_node_that_goes_down_under_a_job(jobs: Jobs, tmp_path: Path) -> None:
     reconcile(jobs.root, env, "--grace", "0", "--min-interval", "0")
     reconcile(jobs.root, env, "--grace", "0", "--min-interval", "0")
     [event] = events_by_job(jobs.root)[job]
-    assert event["state"] == "NODE_FAIL", event  # the trap asks squeue: Reason=NodeDown
+    assert event["state"] == "NODE_FAIL", event  # the scheduler's, or the trap's (squeue: Reason=NodeDown)
     deadline = time.monotonic() + 30
     while subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True,
                          timeout=30).stdout.strip() not in ("idle", "mixed", "allocated"):
@@ -246,3 +257,40 @@ def test_a_second_notify_of_one_job_publishes_nothing(tmp_path: Path) -> None:
     assert runs[0].stderr == ""
     assert runs[1].stderr == f"ddmq-notify: the end of job c.61 is already recorded in {QUEUE!r}: not published again\n"
     assert [m.message["status"] for m in Broker(root).peek(QUEUE, n=10)] == [137]
+
+
+# ---------------------------------------------------- workflow_examples/reconcile
+def cron_command(example: Path, root: Path) -> tuple[list[str], str]:
+    """The variable lines and the one command of a crontab/scrontab example, with this test's paths."""
+    assignments, commands = [], []
+    for line in example.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if re.match(r"[A-Za-z_][A-Za-z0-9_]*=", line):
+            assignments.append(line.replace("/shared/ddmq", str(root)))
+        else:
+            command = line.split(None, 5)[5]
+            assert "%" not in command  # cron would turn it into a newline
+            commands.append(command.replace("/path/to/venv/bin", str(BIN)).replace("/shared/ddmq", str(root))
+                                   .replace("--grace 120", "--grace 0"))
+    [command] = commands
+    return assignments, command
+
+
+@pytest.mark.parametrize("example", ["crontab.example", "scrontab.example"])
+def test_the_cron_examples_publish_the_event_of_a_killed_job(jobs: Jobs, tmp_path: Path, example: str) -> None:
+    """The example's line, run with cron's bare environment (PATH=/usr/bin:/bin), after a SIGKILL."""
+    Broker(jobs.root, create=True).create_queue(QUEUE)
+    killed = jobs.submit(["sh", "-c", 'touch "started-$SLURM_JOB_ID" && exec sleep 600'])
+    wait_for_file(jobs.dir / f"started-{killed}", timeout=60)
+    subprocess.run(["scancel", "--batch", "--signal=KILL", killed], check=True, timeout=30)
+    ended([killed])
+    assignments, command = cron_command(EXAMPLES / example, jobs.root)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = ["HOME=" + str(home), "PATH=/usr/bin:/bin", "SHELL=/bin/sh", "LOGNAME=root", *assignments]
+    done = subprocess.run(["env", "-i", *env, "/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, start_new_session=True, timeout=120)
+    cluster = events_by_job(jobs.root)[killed][0]["cluster"]
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{cluster}.{killed} FAILED (FAILED)\n", "")
+    assert jobstate(jobs.root, killed) == "failed"
