@@ -27,9 +27,10 @@ ddmq_grace=5            # how long the command may take to exit after TERM
 # rendered with. A job killed with its node is already NODE_FAIL, which squeue
 # shows only with --states=all: asked again if the first answer is empty.
 ddmq_term_state() {
-    local out reason left
-    out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" -o '%r|%L' 2>/dev/null) && [ -z "$out" ] &&
-        out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" --states=all -o '%r|%L' 2>/dev/null)
+    local out reason left states
+    for states in '' --states=all; do  # the second only after an empty answer
+        out=$(ddmq_bounded 8 squeue -h -j "$SLURM_JOB_ID" $states -o '%r|%L' 2>/dev/null) && [ -z "$out" ] || break
+    done
     reason=${out%%|*}
     left=${out#*|}
     if [ "$reason" = NodeDown ]; then
