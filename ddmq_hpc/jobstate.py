@@ -42,7 +42,8 @@ def job_state(queue: str, job_id: str, *, root: str | None = None, cluster: str 
 @click.command(
     name=PROG, cls=console.Command, context_settings=console.CONTEXT,
     epilog=f"Exit codes: {console.EXIT_OK} answered (the word on stdout); {console.EXIT_USAGE} usage error; "
-           "others: the root or queue could not be read (reason on stderr). Root: --root, else $DDMQ_ROOT, "
+           f"{console.EXIT_NOT_FOUND} no such root or queue; {console.EXIT_ERROR} it could not be read (reason on "
+           "stderr). Root: --root, else $DDMQ_ROOT, "
            "else ~/.ddmq. For Snakemake: --cluster-generic-status-cmd 'ddmq-jobstate --queue Q'.",
 )
 @click.argument("job_id", metavar="JOBID")

@@ -110,7 +110,7 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_
             return []
     except OSError as exc:
         raise storage_error("use the reconciler's stamp in", os.path.join(path, queue, "jobs"), exc) from None
-    _, records = slurm_jobs(user or pwd.getpwuid(os.getuid()).pw_name, window)
+    records = slurm_jobs(user or pwd.getpwuid(os.getuid()).pw_name, window)
     published = []
     for record in watched(records, watch_tag(queue, path)):
         if record.state is None or (record.end is not None and now - record.end < grace):
@@ -127,7 +127,8 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_
 @click.command(
     name=PROG, cls=console.Command, context_settings=console.CONTEXT,
     epilog=f"Exit codes: {console.EXIT_OK} done (or not due yet); {console.EXIT_ERROR} the scheduler or the "
-           f"queue could not be used (reason on stderr); {console.EXIT_USAGE} usage error. "
+           f"queue could not be used (reason on stderr); {console.EXIT_USAGE} usage error; "
+           f"{console.EXIT_NOT_FOUND} no such root or queue. "
            "Root: --root, else $DDMQ_ROOT, else ~/.ddmq. Run it from cron or scrontab: see "
            "workflow_examples/reconcile/.",
 )
@@ -137,7 +138,7 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_
 @click.option("--min-interval", type=options.seconds(positive=False), default=60.0, metavar="SECONDS", show_default=True,
               help="Ask the scheduler at most once in this long for this queue (whoever runs the reconciler).")
 @click.option("--window", type=options.seconds(), default=7 * 86400.0, metavar="SECONDS", show_default=True,
-              help="Look at jobs queued or run in this long before now.")
+              help="Look at jobs that ended in this long before now.")
 @console.root_option()
 @console.common_options(PROG)
 def command(queue: str, grace: float, min_interval: float, window: float, root: str | None) -> None:

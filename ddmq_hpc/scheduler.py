@@ -170,14 +170,14 @@ def slurm_jobs_squeue(user: str) -> list[JobRecord]:
     return records
 
 
-def slurm_jobs(user: str, window: float) -> tuple[str, list[JobRecord]]:
-    """``(the command asked, the jobs)``: sacct where there is accounting, else squeue."""
+def slurm_jobs(user: str, window: float) -> list[JobRecord]:
+    """The jobs of ``user`` that ended: from sacct where there is accounting, else from squeue."""
     try:
-        return "sacct", slurm_jobs_sacct(user, window)
+        return slurm_jobs_sacct(user, window)
     except SchedulerError as no_accounting:
         reason = str(no_accounting)
     try:
-        return "squeue", slurm_jobs_squeue(user)
+        return slurm_jobs_squeue(user)
     except SchedulerError as exc:
         raise SchedulerError(f"{reason}; and {exc}") from None
 
