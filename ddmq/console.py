@@ -12,12 +12,13 @@ script can act on, so every command here follows the same rules:
   ``EXIT_*`` constants below are read from those classes, not restated.
 - The same **options** with the same names and help: ``--root`` (else
   ``$DDMQ_ROOT``, else ``~/.ddmq``), ``--version``/``-V``, ``-v``/``--verbose``
-  (and ``$DDMQ_LOG``) for the ``ddmq`` logger, and the options that mirror
-  queue settings, generated from :data:`ddmq.settings.SCHEMA` so their
-  defaults are written once.
-- The same **text**: ``KEY=VALUE`` pairs (:func:`parse_pairs`) and a message
-  body as text (:func:`body_text`), so a ``ddmq-dispatch`` handler sees in
-  ``DDMQ_MESSAGE`` exactly what ``ddmq consume`` prints.
+  (and ``$DDMQ_LOG``) for the ``ddmq`` logger, whose warnings (a message
+  dead-lettered, a clock corrected) every command shows, and the options that
+  mirror queue settings (:mod:`ddmq.setting_options`).
+- The same **text**: times in ISO 8601 UTC (:func:`utc_time`), ``KEY=VALUE``
+  pairs (:func:`parse_pairs`) and a message body as text (:func:`body_text`),
+  so a ``ddmq-dispatch`` handler sees in ``DDMQ_MESSAGE`` exactly what
+  ``ddmq consume`` prints.
 
 Commands are click commands of class :class:`Command` (or :class:`Group`);
 :func:`run` runs one without leaving the interpreter. Importing this module
@@ -33,7 +34,12 @@ import sys
 import click
 
 from .errors import _STORAGE_REASONS, DdmqError, LeaseLost, NotFound, UsageError
-from .settings import SCHEMA
+
+# The options that mirror queue settings, for the commands built on this module.
+from .setting_options import setting_help as setting_help
+from .setting_options import setting_option as setting_option
+from .setting_options import setting_options as setting_options
+from .setting_options import setting_value as setting_value
 
 TYPE_CHECKING = False  # typing is for annotations only
 if TYPE_CHECKING:
@@ -219,6 +225,11 @@ def body_text(body: Any) -> str:
     return body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, sort_keys=True)
 
 
+def utc_time(ns: int | None) -> str:
+    """A time (ns since the epoch) as people read it in every ddmq output: ISO 8601 UTC, ``-`` for none."""
+    return "-" if ns is None else iso_utc(ns // 1_000_000_000)
+
+
 def beside_python(name: str) -> str | None:
     """The ``name`` script installed with the running interpreter, if there is one.
 
@@ -232,45 +243,63 @@ def beside_python(name: str) -> str | None:
 
 
 # -------------------------------------------------------------------- logging
-LOG_LEVELS = ("warning", "info", "debug")
+# logging's numbers for the levels a command line may ask for (logging itself
+# is imported only if something is logged).
+LOG_LEVELS = {"warning": 30, "info": 20, "debug": 10}
 _log_warned: list[str] = []
+_shown: dict[str, Any] = {}  # what this command line asked for: "prog" and "level"
 
 
 def log_to_stderr(prog: str, verbosity: int) -> None:
-    """Show the ``ddmq`` logger's records on stderr as ``PROG: message`` lines.
+    """Show the ``ddmq`` logger's records on stderr, one ``PROG: message`` line each.
 
-    ``-v`` shows info, ``-vv`` debug; without ``-v``, ``$DDMQ_LOG``
-    (debug, info or warning) decides. Without either nothing is set up, and
-    logging is not even imported: the core logs only on rare paths
-    (dead-letter, requeue of an expired lease, a lost race, a clock
-    correction), to a NullHandler. Called once per ``-v`` option a command
-    line has (``ddmq -v publish -v``): the handler is added once, at the
-    most verbose level asked for.
+    Warnings always: the core logs one whenever it dead-letters a message or
+    corrects its clock, and the command that did it must say so. ``-v`` adds
+    info, ``-vv`` debug; without ``-v``, ``$DDMQ_LOG`` (debug, info or
+    warning) decides. Unless one of them asks, the handler is set up through
+    :func:`ddmq.log.when_used`: ``logging`` is imported only when something
+    is logged, which most runs never do. Called once per ``-v`` option of the command line (``ddmq -v publish``):
+    the most verbose level asked for wins. The clock correction's
+    RuntimeWarning (for library users) is not shown: its log record says it.
     """
     env = os.environ.get("DDMQ_LOG", "").strip().lower()
-    if not verbosity and not env:
-        return
+    asked = bool(verbosity) or env in LOG_LEVELS
     if verbosity:
-        level = LOG_LEVELS[min(verbosity, 2)]
-    elif env in LOG_LEVELS:
+        level = list(LOG_LEVELS)[min(verbosity, 2)]
+    elif asked:
         level = env
     else:
-        if not _log_warned:  # said once, though every -v option of the command line comes here
+        level = "warning"
+        if env and not _log_warned:  # said once, though every -v option of the command line comes here
             _log_warned.append(env)
             say(prog, f"warning: DDMQ_LOG={env!r} ignored: use one of {', '.join(LOG_LEVELS)}")
+    if _shown.get("level", 99) <= LOG_LEVELS[level]:
         return
+    _shown.update(prog=prog, level=LOG_LEVELS[level])
+    import warnings
+
+    warnings.filterwarnings("ignore", "ddmq: this host's clock", RuntimeWarning)
+    from .log import logger, when_used
+
+    if asked:  # someone is debugging: set up now, so that what the command itself logs is shown too
+        _show_records(logger())
+    else:
+        when_used(_show_records)
+
+
+def _show_records(logger: Any) -> None:
+    """Add the handler that says the ``ddmq`` logger's records on stderr (once), at the level asked for."""
     import logging
 
-    logger = logging.getLogger("ddmq")
-    handler = next((h for h in logger.handlers if getattr(h, "ddmq_console", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.ddmq_console = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
-        logger.addHandler(handler)
-    wanted = getattr(logging, level.upper())
-    if logger.level == logging.NOTSET or wanted < logger.level:
-        logger.setLevel(wanted)
+    class Say(logging.Handler):
+        ddmq_console = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            say(_shown.get("prog", "ddmq"), record.getMessage().replace("\n", " "))
+
+    if not any(getattr(h, "ddmq_console", False) for h in logger.handlers):
+        logger.addHandler(Say())
+    logger.setLevel(_shown.get("level", logging.WARNING))
 
 
 # --------------------------------------------------------------- click glue
@@ -287,6 +316,7 @@ class _OneLineErrors:
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         prog = prog_name or self.name or "ddmq"
+        _shown.clear()  # a new command line: its own -v options decide
         try:
             code = super().main(args, prog, complete_var, standalone_mode=False, **extra) or 0  # type: ignore[misc]
         except click.UsageError as exc:
@@ -349,8 +379,9 @@ def common_options(prog: str, version: bool = True) -> Callable[[Callable[..., A
 
         func = click.option("-v", "--verbose", count=True, expose_value=False, is_eager=True,
                             callback=lambda ctx, param, value: log_to_stderr(prog, value),
-                            help="Log what ddmq does on rare paths to stderr (-vv: more; "
-                                 "or set DDMQ_LOG=debug|info|warning).")(func)
+                            help="Also log what ddmq does on rare paths to stderr (-vv: more; or set "
+                                 "DDMQ_LOG=debug|info|warning); warnings, such as a message dead-lettered, "
+                                 "always are.")(func)
         return click.version_option(__version__, "-V", "--version", prog_name=prog)(func) if version else func
     return add
 
@@ -366,48 +397,25 @@ def root_option(help: str = ROOT_HELP, checked: bool = False) -> Callable[[Calla
     return click.option("-r", "--root", type=kind, default=None, help=help)
 
 
-# Options that mirror a queue setting: the flags and value type each has on
-# the command line, and what it means. Defaults and valid values come from
-# ddmq.settings.SCHEMA, and the core checks the values, as for a settings file.
-_SETTING_OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
-    "priority": (("-p",), int, "Priority, 0 is served first"),
-    "message_timeout": ((), float, "Lease length in seconds"),
-    "requeue": ((), bool, "Requeue expired or nacked messages, or dead-letter them"),
-    "requeue_prio": ((), int, "Priority a requeued message gets"),
-    "requeue_limit": ((), int, "Requeues before dead-lettering"),
-    "durable": ((), bool, "fsync each message before it becomes visible"),
-    "clean_interval": ((), float, "Seconds between consumers' housekeeping"),
-    "mode": ((), str, "Mode of the queue's files (0660 for a queue shared by a group)"),
-}
+# ------------------------------------------------------------ exit codes help
+def exit_codes_help(meanings: dict[int, str]) -> str:
+    """A command's "Exit codes:" epilog, laid out as ``ddmq --help`` lays out its own.
 
-
-def setting_help(key: str, meaning: str | None = None) -> str:
-    """Help for an option that sets ``key``: what it means, its valid values and its default."""
-    default, _, valid = SCHEMA[key]
-    meaning = meaning or _SETTING_OPTIONS[key][2]
-    if isinstance(default, bool):  # a --key/--no-key pair: the valid values go without saying
-        return f"{meaning} (default: --{'' if default else 'no-'}{key.replace('_', '-')})."
-    return f"{meaning}: {valid} (default: {'none' if default is None else default})."
-
-
-def setting_option(key: str, type: Any = None, help: str | None = None) -> Callable[[Callable[..., Any]], Any]:
-    """The option that sets queue setting ``key`` (``--message-timeout``), None unless given.
-
-    A boolean setting is a ``--requeue/--no-requeue`` pair. ``type`` and
-    ``help`` replace the usual value type and meaning (``ddmq-notify``
-    checks ``--priority`` while parsing).
+    The codes are the ``EXIT_*`` constants above (one table for every ddmq
+    command); ``meanings`` says what each code this command can end with
+    means for it, one short line each (the block is not re-wrapped: ``\\b``).
     """
-    flags, kind, _ = _SETTING_OPTIONS[key]
-    long = "--" + key.replace("_", "-")
-    if kind is bool:
-        return click.option(f"{long}/--no-{long[2:]}", key, default=None, help=setting_help(key, help))
-    return click.option(*flags, long, key, type=type or kind, default=None, help=setting_help(key, help))
+    rows = [f"  {code:<4} {meanings[code]}" for code in sorted(meanings)]
+    return "\b\nExit codes:\n" + "\n".join(rows) + "\n"
 
 
-def setting_options(*keys: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """:func:`setting_option` for each of ``keys``, in that order in the help."""
-    def add(func: Callable[..., Any]) -> Callable[..., Any]:
-        for key in reversed(keys):
-            func = setting_option(key)(func)
-        return func
-    return add
+def iso_utc(seconds: float | None = None) -> str:
+    """``seconds`` since the epoch (default: now) as ISO 8601 UTC, ``2024-05-01T12:00:00Z``.
+
+    Every time a person reads (events, results, log lines) is written so,
+    whatever the host's time zone: the nodes of a cluster may disagree on
+    it, and the lines of two of them must compare as text.
+    """
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

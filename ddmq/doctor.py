@@ -122,12 +122,13 @@ def _nfs(mount: Mount, where: str) -> Finding:
     if delay <= LISTING_DELAY_OK:
         return Finding("filesystem", OK, f"{text}: other nodes' messages are seen within {delay:g} s")
     return Finding("filesystem", WARNING,
-                   f"{text}: a message published on another node can take {delay:g} s to be seen here",
+                   f"{text}: listings (ddmq view, peek, a busy consumer's) can be {delay:g} s old here; "
+                   "idle consumers refresh theirs every second",
                    "remount with -o actimeo=1,lookupcache=positive (about 1 s; see docs/reliability.md)")
 
 
 def _sshfs(mount: Mount, where: str) -> Finding:
-    fix = "mount with sshfs -o dir_cache=no (measured: 1 s instead of 19 s; see docs/reliability.md)"
+    fix = "mount with sshfs -o dir_cache=no (every listing fresh; see docs/reliability.md)"
     options = sshfs_options(mount.mount_point)
     if options is None:
         return Finding("filesystem", WARNING,
@@ -138,7 +139,8 @@ def _sshfs(mount: Mount, where: str) -> Finding:
     if delay <= LISTING_DELAY_OK:
         return Finding("filesystem", OK, text)
     return Finding("filesystem", WARNING,
-                   f"{text}: a message published through another mount can take {delay:g} s to be seen here", fix)
+                   f"{text}: listings (ddmq view, peek, a busy consumer's) can be {delay:g} s old here; "
+                   "idle consumers refresh theirs every second", fix)
 
 
 # ----------------------------------------------------------------------- clock

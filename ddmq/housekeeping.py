@@ -19,7 +19,8 @@ from . import atomic
 from .errors import storage_error
 from .jobends import roll_forward
 from .layout import (
-    CLEAN_STAMP, DEAD, JOBS, NAMED_STATES, QUEUE_ENTRIES, READY, REASON_SUFFIX, STATE_DIRS, abandoned_in_tmp,
+    CLEAN_STAMP, DEAD, JOBS, NAMED_STATES, QUEUE_ENTRIES, READY, REASON_SUFFIX, STATE_DIRS, abandoned_in_ready,
+    abandoned_in_tmp,
     is_publish_tmp, parse_in, parse_job_end, parse_ready, parse_work, stamp_tmp_name,
 )
 from .log import logger
@@ -109,6 +110,8 @@ def clean_queue(q: Queue, scan_ready: bool) -> CleanReport:
     for name in atomic.listdir(q.ready) if scan_ready else ():
         if parse_ready(name) is None:
             report.dead_lettered += dead_letter(q, q.ready, name, "foreign", "file name is not a ddmq message name")
+    if scan_ready:  # probes a consumer killed between making and removing one (see Queue.refresh_view)
+        report.temp_removed += remove_abandoned(q.ready, now, abandoned_in_ready)
     for name in filter(is_publish_tmp, atomic.list_all(q.tmp)):
         try:
             st = q.tmp.lstat(name)

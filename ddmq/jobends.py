@@ -49,7 +49,8 @@ def publish_end(q: Queue, key: str, msg: Message, data: bytes, mode: int | None)
     except OSError as exc:
         if not _ours(q, tmp, end):  # an NFS client whose link reply was lost sees EEXIST for its own link
             atomic.discard(q.tmp, tmp)
-            if exc.errno == errno.EEXIST:
+            # sshfs reports a lost link race as EPERM (its SFTP server maps most failures so).
+            if exc.errno == errno.EEXIST or exc.errno in (errno.EPERM, errno.EACCES) and atomic.exists(jobs, end):
                 logger().info("job %s: an end is already recorded in %s; not publishing another", key, jobs.path)
                 return False
             if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):

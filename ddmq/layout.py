@@ -349,10 +349,16 @@ _TMP_REASON = rf"\d{{{_TIME_WIDTH}}}\.[0-9a-f]{{6}}\.[^/]{{1,12}}\.{_TOKEN}\.tmp
 _ROOT_STAGING = rf"\.(?:create|delete)\.{_TOKEN}\.[A-Za-z0-9_.-]{{1,{MAX_QUEUE_NAME}}}\Z"  # queue being made/removed
 _ROOT_MARKER_TMP = rf"\.ddmq\.yaml\.{_TOKEN}\Z"  # the root marker being written
 _TMP_SETTINGS = rf"\.settings\.{_TOKEN}\Z"  # tmp/.settings.TOKEN: the queue's next ddmq.yaml
+_READY_PROBE = rf"\.probe\.{_TOKEN}\Z"  # ready/.probe.TOKEN: made and removed at once, to refresh a client's view
 
 
 def publish_tmp_name(message_id: str) -> str:
     return f"{message_id}.tmp"
+
+
+def ready_probe_name() -> str:
+    """A file made and removed at once in ready/, so that the client's cached listing of it is dropped."""
+    return f".probe.{new_token()}"
 
 
 def is_publish_tmp(name: str) -> bool:
@@ -395,6 +401,11 @@ def settings_tmp_name() -> str:
 def abandoned_in_tmp(name: str) -> bool:
     """Whether ``name`` in a queue's tmp/ is one of ddmq's private files (removed once abandoned)."""
     return any(compiled(p).match(name) for p in (_TMP_PUBLISH, _TMP_STAMP, _TMP_CLOCK, _TMP_REASON, _TMP_SETTINGS))
+
+
+def abandoned_in_ready(name: str) -> tuple[bool, bool]:
+    """(ddmq's, a directory ddmq made) for a hidden name in ready/: a probe its maker did not remove."""
+    return bool(compiled(_READY_PROBE).match(name)), False
 
 
 def abandoned_in_root(name: str) -> tuple[bool, bool]:

@@ -13,9 +13,23 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
+    from typing import Callable
 
 NAME = "ddmq"
 _logger: logging.Logger | None = None
+_on_first_use: list[Callable[[logging.Logger], None]] = []
+
+
+def when_used(configure: Callable[[logging.Logger], None]) -> None:
+    """Run ``configure(logger)`` when the logger is first needed, or now if it already was.
+
+    How a command shows records on stderr, set up without importing
+    ``logging`` at start-up: most runs never log anything.
+    """
+    if _logger is not None:
+        configure(_logger)
+    elif configure not in _on_first_use:
+        _on_first_use.append(configure)
 
 
 def logger() -> logging.Logger:
@@ -26,4 +40,7 @@ def logger() -> logging.Logger:
 
         _logger = logging.getLogger(NAME)
         _logger.addHandler(logging.NullHandler())
+        for configure in _on_first_use:
+            configure(_logger)
+        _on_first_use.clear()
     return _logger

@@ -140,3 +140,21 @@ def sshfs_listing_delay(options: list[str]) -> float:
         except (KeyError, ValueError):
             continue
     return float(SSHFS_DCACHE_DEFAULT)
+
+
+# Filesystems whose only client is this kernel: a listing is never stale.
+LOCAL_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "zfs", "f2fs", "overlay",
+                         "jfs", "reiserfs", "bcachefs"})
+
+
+def local_filesystem(path: str) -> bool:
+    """Whether ``path`` is on a filesystem only this host writes to; False when that cannot be told."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return False
+    mount = mount_of(real, parse_mountinfo(text), (os.major(st.st_dev), os.minor(st.st_dev)))
+    return mount is not None and mount.fstype in LOCAL_TYPES

@@ -2,8 +2,8 @@
 
 Each operation function (``op_*``) takes plain arguments and returns plain
 data; the ``ddmq`` subcommands and the ``json`` subcommand call the same
-functions, so both routes behave identically. Output goes through
-:func:`ddmq.console.echo`, which writes message bodies as they are.
+functions, so both routes behave identically. What is printed, and how, is
+:mod:`ddmq.render`'s.
 
 Output comes before the step it reports becomes final: ``consume`` acks a
 message only once it is printed and flushed, ``publish`` makes its messages
@@ -13,44 +13,23 @@ or never published, and the command says so (:class:`OutputFailed`).
 """
 from __future__ import annotations
 
-import errno
-import json
 import sys
 
 from .broker import Broker
-from .console import EXIT_BROKEN_PIPE, Empty, body_text, echo, os_reason, parse_pairs, silence
+from .console import Empty, os_reason, parse_pairs, say
 from .errors import DdmqError, UsageError
 from .layout import check_queue_name
 from .message import loads_body
+from .render import TRANSFER_ENCODING, OutputFailed, plain_message, render, write
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterable
 
+    from .inventory import Entry
     from .message import Message
 
 FORMATS = ("plain", "json", "yaml")
-
-
-class OutputFailed(DdmqError):
-    """stdout did not take the output; ``outcome`` says what became of the messages.
-
-    A broken pipe exits 141 without a word: the reader that closed it asked
-    for no more, and stderr may be the same pipe. Anything else (a full disk,
-    an unencodable character) exits 1 with one line.
-    """
-
-    def __init__(self, cause: Exception, outcome: str = ""):
-        self.cause = cause
-        if isinstance(cause, OSError) and cause.errno == errno.EPIPE:
-            self.exit_code = EXIT_BROKEN_PIPE
-            super().__init__("")
-            return
-        reason = os_reason(cause) if isinstance(cause, OSError) else str(cause)
-        super().__init__(f"cannot write output: {reason}" + (f"; {outcome}" if outcome else ""))
-
-    def saying(self, outcome: str) -> OutputFailed:
-        return OutputFailed(self.cause, outcome)
 
 
 def split(names: str | Iterable[str], what: str = "queue name") -> list[str]:
@@ -72,7 +51,7 @@ def split(names: str | Iterable[str], what: str = "queue name") -> list[str]:
 # ------------------------------------------------------------------ operations
 def op_view(b: Broker, queues: str | list[str] | None = None) -> list[dict[str, Any]]:
     names = split(queues) if queues else b.list_queues()
-    return [{"queue": q, **b.counts(q)} for q in names]
+    return [{"queue": q, **b.stats(q)} for q in names]
 
 
 def op_create(b: Broker, queues: str | list[str], exist_ok: bool = False, **settings: Any) -> list[dict[str, Any]]:
@@ -103,8 +82,52 @@ def op_consume(b: Broker, queue: str, n: int = 1, lease: float | None = None, ac
     return [m.to_dict() for m in b.consume(queue, n=n, lease=lease, ack=ack)]
 
 
-def op_peek(b: Broker, queue: str, n: int = 1, state: str = "ready") -> list[dict[str, Any]]:
-    return [m.to_dict() for m in b.peek(queue, n=n, state=state)]
+def op_peek(b: Broker, queue: str, n: int | None = None, state: str = "ready") -> list[dict[str, Any]]:
+    """Up to ``n`` messages (default 1); dead letters are every file in dead/ (default all), each with why."""
+    if state == "dead":
+        return [entry_row(e) for e in b.entries(queue, "dead", n)]
+    return [m.to_dict() for m in b.peek(queue, n=1 if n is None else n, state=state)]
+
+
+def entry_row(e: Entry) -> dict[str, Any]:
+    """A file of a queue as one flat row: its message's fields if readable, then what its name and state say."""
+    row = e.to_dict()
+    message = row.pop("message")
+    return {"message": None, **(message or {}), **row}
+
+
+def op_show(b: Broker, queue: str, message_id: str) -> dict[str, Any]:
+    return entry_row(b.show(queue, message_id))
+
+
+def op_release(b: Broker, queue: str, messages: str | list[str]) -> list[dict[str, Any]]:
+    """Put leased messages back as they were, by id (an operator's) or receipt (the holder's)."""
+    result = []
+    for message in split(messages, "message id"):
+        b.release(message, queue=queue)
+        result.append({"message": message, "released": True})
+    return result
+
+
+def op_requeue(b: Broker, queue: str, dead: bool = False, ids: list[str] | None = None) -> dict[str, Any]:
+    if not dead:
+        raise UsageError("requeue takes dead letters back (--dead); a leased message: ddmq release")
+    requeued, skipped = b.requeue_dead(queue, ids)
+    return {"queue": queue, "requeued": requeued, "skipped": skipped}
+
+
+def op_settings(b: Broker, queue: str, values: dict[str, Any] | None = None,
+                unset: list[str] | None = None) -> list[dict[str, Any]]:
+    """The queue's effective settings and where each came from, after setting ``values`` and removing ``unset``."""
+    from .settings import dump_value
+
+    if values or unset:
+        b.set_settings(queue, unset=unset or [], **(values or {}))
+    root_file = f"{b.root}/ddmq.yaml"
+    return [{"key": key, "value": dump_value(key, value),
+             "source": "default" if source == "default" else "root" if source == root_file else "queue",
+             "file": None if source == "default" else source}
+            for key, (value, source) in b.settings_sources(queue).items()]
 
 
 def op_ack(b: Broker, queue: str, receipts: str | list[str]) -> list[dict[str, Any]]:
@@ -140,31 +163,89 @@ def op_clean(b: Broker, queues: str | list[str] | None = None) -> list[dict[str,
 OPERATIONS: dict[str, Callable[..., Any]] = {
     "view": op_view, "create": op_create, "delete": op_delete, "publish": op_publish,
     "consume": op_consume, "peek": op_peek, "ack": op_ack, "nack": op_nack, "extend": op_extend,
-    "purge": op_purge, "clean": op_clean,
+    "purge": op_purge, "clean": op_clean, "show": op_show, "release": op_release, "requeue": op_requeue,
+    "settings": op_settings,
 }
 
 
 # ------------------------------------------------------------------ publish
+def utf8(data: bytes | str, where: str) -> str:
+    """``data`` as text; UsageError saying where it is not UTF-8 (a body is text: binary goes as --base64).
+
+    A str is a command-line argument, whose undecodable bytes Python kept as
+    lone surrogates.
+    """
+    try:
+        return data.decode() if isinstance(data, bytes) else data.encode().decode()
+    except UnicodeError as exc:
+        at = exc.start if isinstance(exc, (UnicodeDecodeError, UnicodeEncodeError)) else 0
+        raise UsageError(f"{where} is not UTF-8 (bad byte at offset {at}): "
+                         "publish binary data with --base64 (and --file PATH)") from None
+
+
 def read_stdin(what: str) -> str:
-    """All of stdin, for ``what``; one line on stderr if it cannot be read, never a traceback."""
+    """All of stdin as UTF-8 text, for ``what``; one line on stderr if it cannot be read, never a traceback."""
     if sys.stdin is None:  # started with stdin closed
         raise UsageError(f"no stdin to read {what} from")
     try:
-        return sys.stdin.read()
-    except UnicodeError as exc:
-        raise UsageError(f"cannot read {what} from stdin: {exc}") from None
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
     except OSError as exc:
         raise DdmqError(f"cannot read {what} from stdin: {os_reason(exc)}") from None
+    return utf8(data, f"{what} on stdin")
 
 
-def _stdin_message() -> str:
-    """A message from stdin, less one trailing newline (as ``$(...)`` in the shell strips it)."""
-    text = read_stdin("the message")
-    return text[:-1] if text.endswith("\n") else text
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {os_reason(exc)}") from None
+
+
+def _base64(text: str, where: str) -> str:
+    """Base64 text as given to ``publish --base64`` (whitespace and line breaks allowed), made canonical."""
+    import base64
+    import binascii
+
+    try:
+        return base64.b64encode(base64.b64decode("".join(text.split()), validate=True)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise UsageError(f"{where} is not valid base64") from None
+
+
+def publish_bodies(messages: Iterable[str], files: Iterable[str] = (), as_json: bool = False,
+                   as_base64: bool = False) -> list[Any]:
+    """The bodies ``ddmq publish`` was given: MESSAGE arguments, stdin ('-', or nothing at all) or ``--file``s.
+
+    Text from stdin loses one trailing newline, as ``$(...)`` strips it; a
+    file's content is published exactly. With ``as_base64`` a file's bytes
+    are encoded, and a MESSAGE (or stdin) must already be base64.
+    """
+    messages, files = list(messages), list(files)
+    if messages and files:
+        raise UsageError("give MESSAGE arguments or --file, not both")
+    if as_json and as_base64:
+        raise UsageError("--json and --base64 cannot be combined: a binary body is base64 text")
+    if files:
+        if as_base64:
+            import base64
+
+            return [base64.b64encode(_read_file(path)).decode("ascii") for path in files]
+        return [utf8(_read_file(path), path) for path in files]
+    bodies = []
+    for number, body in enumerate(messages or ["-"], 1):
+        where = "the message on stdin" if body == "-" else f"MESSAGE {number}"
+        if body == "-":
+            text = read_stdin("the message")
+            body = text[:-1] if text.endswith("\n") else text
+        body = utf8(body, where)
+        bodies.append(_base64(body, where) if as_base64 else loads_body(body, "--json") if as_json else body)
+    return bodies
 
 
 def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[str], as_json: bool = False,
-                    headers: Iterable[str] = (), create: bool = False, **settings: Any) -> None:
+                    headers: Iterable[str] = (), create: bool = False, files: Iterable[str] = (),
+                    as_base64: bool = False, **settings: Any) -> None:
     """``ddmq publish`` once its command line is parsed.
 
     ``messages`` are the MESSAGE arguments ('-', or none at all, reads one
@@ -172,10 +253,10 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
     before any message becomes visible: if they cannot be printed, nothing is
     published, so a script that retries does not publish twice.
     """
-    bodies = [_stdin_message() if body == "-" else body for body in list(messages) or ["-"]]
-    if as_json:
-        bodies = [loads_body(body, "--json") for body in bodies]
-    parsed_headers = parse_pairs(headers, "header") or None
+    bodies = publish_bodies(messages, files, as_json, as_base64)
+    parsed_headers = parse_pairs(headers, "header")
+    if as_base64:
+        parsed_headers[TRANSFER_ENCODING] = "base64"
     check_queue_name(queue)  # before the root is created
 
     def show(published: list[Message]) -> None:
@@ -186,34 +267,38 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
             raise exc.saying("nothing was published") from None
 
     b = Broker(root, create=True if create else None)
-    b.publish_many(queue, bodies, create=create, headers=parsed_headers, before_visible=show, **settings)
+    b.publish_many(queue, bodies, create=create, headers=parsed_headers or None, before_visible=show, **settings)
 
 
 def consume_command(root: str | None, fmt: str, queue: str, count: int = 1, lease: float | None = None,
-                    no_ack: bool = False) -> None:
+                    no_ack: bool = False, end: str = "\n", as_base64: bool = False) -> None:
     """``ddmq consume`` (and ``ddmq json`` consume) once its arguments are parsed.
 
     Output before ack, and only what was delivered is acked: the messages are
     claimed without acking, then each is acked (unless ``no_ack``) once it is
     printed and flushed -- plain output a line at a time, json/yaml the one
     document for all. If output fails, every claimed message not yet
-    delivered is given back. Empty if there was nothing to claim.
+    delivered is given back. Empty if there was nothing to claim. Plain
+    output ends each message with ``end``; with ``no_ack`` it starts with
+    the receipt needed to ack it, and a tab.
     """
     check_queue_name(queue)
     b = Broker(root)
     claimed = b.consume(queue, n=count, lease=lease, ack=False)
-    deliver(b, claimed, fmt, ack=not no_ack)
+    deliver(b, claimed, fmt, ack=not no_ack, end=end, as_base64=as_base64)
     if not claimed:
         raise Empty("")
 
 
-def deliver(b: Broker, claimed: list[Message], fmt: str, ack: bool) -> None:
+def deliver(b: Broker, claimed: list[Message], fmt: str, ack: bool, end: str = "\n",
+            as_base64: bool = False) -> None:
     """Print ``claimed`` and ack (if ``ack``) what got out; give back the rest on any failure."""
     delivered = 0
     try:
         if fmt == "plain":
-            for msg in claimed:
-                write(body_text(msg.message))  # one line per message, an empty body too
+            for msg in claimed:  # one line per message, an empty body too
+                row = {"message": msg.message, "headers": msg.headers, "receipt": msg.receipt}
+                write(plain_message(row, as_base64, receipt=not ack) + end, nl=False)
                 delivered += 1
                 if ack:
                     b.ack(msg)
@@ -222,7 +307,7 @@ def deliver(b: Broker, claimed: list[Message], fmt: str, ack: bool) -> None:
             if ack:  # spent once printed: shown as an acked message always was
                 for row in rows:
                     row["receipt"] = None
-            render(rows, fmt, plain_bodies)
+            render(rows, fmt, lambda rows: "")  # json or yaml: no plain text
             delivered = len(claimed)
             failure = None
             for msg in claimed if ack else ():
@@ -255,44 +340,28 @@ def give_back(b: Broker, messages: list[Message]) -> int:
     return released
 
 
-# --------------------------------------------------------------------- output
-def write(text: str, nl: bool = True) -> None:
-    """:func:`echo` to stdout; OutputFailed if stdout does not take all of it (or was closed)."""
-    try:
-        if sys.stdout is None:  # started with stdout closed: nothing can be delivered
-            raise OSError(errno.EBADF, "stdout is closed")
-        echo(text, nl=nl)
-    except BaseException as exc:
-        # Nothing more goes to stdout: what is left in its buffer (part of a
-        # message now given back) must go nowhere, not out, or fail again, at exit.
-        silence(sys.stdout)
-        if isinstance(exc, (OSError, UnicodeError)):
-            raise OutputFailed(exc) from None
-        raise
+# ------------------------------------------------------------------ peek
+def peek_command(root: str | None, fmt: str, queue: str, count: int | None, state: str, end: str = "\n",
+                 as_base64: bool = False) -> None:
+    """``ddmq peek``: messages (or, for dead letters, a table of why each died); Empty if none.
 
+    Files in ready/ or work/ that are not valid messages are not shown, but
+    not hidden either: their count goes to stderr, since "empty" would be a lie.
+    """
+    from .render import dead_table
 
-def render(data: Any, fmt: str, plain: Callable[[Any], str]) -> None:
-    """Print ``data`` in ``fmt`` (``plain`` makes the plain text); OutputFailed if stdout refuses it."""
-    if fmt == "json":
-        write(json.dumps(data, ensure_ascii=False, sort_keys=True))
-    elif fmt == "yaml":
-        import yaml
-
-        write(yaml.safe_dump(data, allow_unicode=True, sort_keys=True, default_flow_style=False), nl=False)
+    check_queue_name(queue)
+    b = Broker(root)
+    rows = op_peek(b, queue, count, state)
+    if state == "dead":
+        render(rows, fmt, lambda rows: dead_table(rows, end), end)
     else:
-        text = plain(data)
-        if text:
-            write(text)
-
-
-def plain_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+        render(rows, fmt, lambda rows: end.join(plain_message(r, as_base64) for r in rows), end)
+        if len(rows) < (count or 1):
+            invalid = sum(1 for e in b.entries(queue, state) if e.problem is not None)
+            if invalid:
+                fate = "a consumer or `ddmq clean`" if state == "ready" else "`ddmq clean`"
+                say("ddmq", f"{invalid} file(s) in {state}/ of queue {queue!r} are not valid messages: {fate} "
+                    f"will dead-letter them (then: ddmq peek {queue} --state dead)")
     if not rows:
-        return ""
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def plain_bodies(rows: list[dict[str, Any]]) -> str:
-    return "\n".join(body_text(r["message"]) for r in rows)
+        raise Empty("")

@@ -22,7 +22,7 @@ import time
 from . import atomic
 from .clock import CLOCK_TOLERANCE
 from .errors import QueueNotFound, StorageError, storage_error
-from .layout import CLEAN_STAMP, DEAD, JOBS, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK
+from .layout import CLEAN_STAMP, DEAD, JOBS, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK, ready_probe_name
 from .settings import Settings
 
 TYPE_CHECKING = False
@@ -54,6 +54,11 @@ SETTINGS_MAX_AGE = 1.0
 # same timestamp tick (1 s on sshfs) as an earlier one leaves the mtime as it
 # was, and the clock it is compared with may be off by CLOCK_TOLERANCE.
 SETTLED_AFTER = CLOCK_TOLERANCE + 1.0
+# On a filesystem whose clients cache directory listings (NFS, sshfs...), a
+# consumer that finds nothing ready refreshes its client's view of ready/ at
+# most this often (see Queue.refresh_view): another node's publish is seen
+# within about this time, not the cache's 20-60 s.
+PROBE_EVERY = 1.0
 
 
 class Listing:
@@ -106,13 +111,17 @@ class Queue:
     """One queue's open directories and what this process remembers about it."""
 
     __slots__ = ("name", "dir", "ready", "work", "dead", "tmp", "root", "clock", "listing", "clean_due", "expiry_due", "_jobs",
+                 "_probe_due", "_cached_remotely",
                  "_files", "_checked", "_rejected")
 
-    def __init__(self, root: atomic.Dir, name: str, files: SettingsCache, clock: LeaseClock):
+    def __init__(self, root: atomic.Dir, name: str, files: SettingsCache, clock: LeaseClock,
+                 cached_remotely: Callable[[], bool]):
         """Open the queue ``name`` (a checked queue name) in ``root``.
 
-        QueueNotFound if there is none; a StorageError refusal if a link or
-        another file is in the place of one of its directories.
+        ``cached_remotely()`` says whether the root's filesystem is one whose
+        clients cache listings (asked only once a consumer finds the queue
+        idle). QueueNotFound if there is none; a StorageError refusal if a
+        link or another file is in the place of one of its directories.
         """
         self.name = name
         self.root = root
@@ -127,6 +136,8 @@ class Queue:
         except OSError as exc:
             raise atomic.refused(self.dir.join(exc.filename) if exc.filename else self.dir.path, exc) from None
         self._jobs: atomic.Dir | None = None
+        self._cached_remotely = cached_remotely
+        self._probe_due = 0.0  # monotonic time of the next refresh_view
         self.listing: Listing | None = None
         self.clean_due = 0.0  # monotonic time before which housekeeping is certainly not due
         self.expiry_due = 0.0  # monotonic time before which no consume looks for expired leases
@@ -231,15 +242,16 @@ class Queue:
                 if fresh and listing is not None and not listing.names:
                     return
                 started = time.monotonic()
+                probed = listing is not None and not listing.names and self.refresh_view(started)
                 stamp = dir_stamp(self.ready)
-                if (listing is not None and not listing.names and listing.stamp is not None
+                if (not probed and listing is not None and not listing.names and listing.stamp is not None
                         and listing.stamp == stamp and listing.skip is skip):
                     # Nothing entered or left ready/ since it was last listed:
                     # an idle waiter's poll is this one stat, not a listing
                     # whose cost grows with the queue.
                     return
-                if stamp is not None and self.now() - stamp[0] < SETTLED_AFTER * 1e9:
-                    stamp = None
+                if stamp is not None and not probed and self.now() - stamp[0] < SETTLED_AFTER * 1e9:
+                    stamp = None  # (after a probe, the next one re-lists anyway)
                 names = atomic.listdir(self.ready)
                 listing = Listing([n for n in names if n not in skip] if skip else names, started, stamp, skip)
                 self.listing = listing
@@ -247,6 +259,29 @@ class Queue:
                 if not listing.names:
                     return
             yield listing.pop()
+
+    def refresh_view(self, now: float) -> bool:
+        """Make this client's cached view of ready/ fresh, if it caches one and a refresh is due.
+
+        NFS and sshfs clients serve a directory's listing and attributes from
+        a cache for 20-60 s, so a consumer on one node would not see another
+        node's publish for that long. A change a client makes itself to a
+        directory drops its cached view of it (sshfs invalidates the
+        directory; NFS sees in its own change's reply that others changed it
+        too), so an idle consumer makes and removes a private file in ready/,
+        at most once per PROBE_EVERY. It costs publishers nothing. True if
+        this call made the probe.
+        """
+        if now < self._probe_due or not self._cached_remotely():
+            return False
+        self._probe_due = now + PROBE_EVERY
+        probe = ready_probe_name()
+        try:
+            os.close(os.open(probe, atomic.OPEN_FLAGS, 0o600, dir_fd=self.ready.fd))
+        except OSError:
+            return False  # no write access: the listing is as fresh as the cache lets it be
+        atomic.discard(self.ready, probe)
+        return True
 
     def lost_race(self) -> None:
         """After another consumer claimed the name we tried: skip 0-3 of the next ones.

@@ -60,6 +60,7 @@ class Root:
         self.clock = LeaseClock()
         self._dir: atomic.Dir | None = None
         self._queues: dict[str, Queue] = {}  # open queues, oldest first (at most OPEN_QUEUES)
+        self._cached_remotely: bool | None = None
         self._open(create)
 
     @property
@@ -106,6 +107,18 @@ class Root:
         root = self.dir
         atomic.publish_file(root, marker_tmp_name(), root, ROOT_MARKER, dump({}).encode(), durable=True)
 
+    def cached_remotely(self) -> bool:
+        """Whether the root is on a filesystem whose clients cache listings: not a local disk or tmpfs.
+
+        Read once from /proc/self/mountinfo, when a consumer first finds a
+        queue idle. Where it cannot be read, assume a cache (a probe is cheap).
+        """
+        if self._cached_remotely is None:
+            from .mounts import local_filesystem
+
+            self._cached_remotely = not local_filesystem(self.path)
+        return self._cached_remotely
+
     def settings(self) -> Settings:
         """The root's settings: defaults overridden by its ``ddmq.yaml``."""
         return Settings(self.files.merged((self.dir, ROOT_MARKER)))
@@ -115,7 +128,7 @@ class Root:
         """The open queue ``name``, opened on first use (QueueNotFound if there is none), unchecked."""
         q = self._queues.get(name) if isinstance(name, str) else None
         if q is None:
-            q = Queue(self.dir, check_queue_name(name), self.files, self.clock)
+            q = Queue(self.dir, check_queue_name(name), self.files, self.clock, self.cached_remotely)
             if len(self._queues) >= OPEN_QUEUES:
                 self.forget(next(iter(self._queues)))
             self._queues[name] = q

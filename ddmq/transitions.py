@@ -306,8 +306,8 @@ def dead_letter(q: Queue, directory: atomic.Dir, name: str, reason: str, detail:
     if not atomic.move(directory, name, q.dead, dead):
         return False
     where = f"{os.path.basename(directory.path)}/{name}"
-    logger().warning("dead-lettered %s/%s (%s%s) as dead/%s", q.dir.path, where, reason,
-                     f": {detail}" if detail else "", dead)
+    logger().warning("dead-lettered %s of queue %s (%s%s)", where if len(where) <= 60 else where[:57] + "...",
+                     q.name, reason, f": {detail}" if detail else "")
     record = {"reason": reason, "detail": detail, "from": where, "time": time.time(), "host": HOST, "pid": _pid}
     try:
         atomic.publish_file(q.tmp, reason_tmp_name(dead), q.dead, dead + REASON_SUFFIX,

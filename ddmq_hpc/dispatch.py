@@ -381,7 +381,7 @@ class LogFile:
             raise storage_error("open log file", path, exc) from None
 
     def write(self, queue: str, msg_id: str, state: str, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        stamp = console.iso_utc()
         line = f"{stamp} {_HOST} {PROG}[{os.getpid()}] {queue} {msg_id} {state} {text}\n"
         try:
             os.write(self.fd, line.encode("utf-8", "replace"))
@@ -413,7 +413,8 @@ def reply(outcome: Outcome, msg: Message, disposition: str) -> dict[str, Any]:
 
     It is published after the ack or nack, so ``disposition`` is what really
     happened: a requester can tell a failure that will be retried from a
-    final one. ``queue`` is the queue the request was taken from (the
+    final one. ``time`` (when it was settled) is ISO 8601 UTC, as in every
+    ddmq event; ``handler_seconds`` is how long the handler ran. ``queue`` is the queue the request was taken from (the
     core's, from the directory, not the payload's).
     """
     code = outcome.returncode
@@ -423,7 +424,7 @@ def reply(outcome: Outcome, msg: Message, disposition: str) -> dict[str, Any]:
         "signal": -code if code is not None and code < 0 else None,
         "disposition": disposition, "delivery_count": msg.delivery_count,
         "stdout": outcome.stdout, "stderr": outcome.stderr,
-        "seconds": round(outcome.seconds, 3), "host": _HOST, "time": time.time(),
+        "handler_seconds": round(outcome.seconds, 3), "host": _HOST, "time": console.iso_utc(),
     }
 
 
@@ -545,9 +546,15 @@ class Dispatcher:
     name=PROG, cls=console.Command, context_settings=console.CONTEXT,
     epilog="The handler gets the message body on stdin and in DDMQ_MESSAGE (as ddmq consume prints it), and "
            "DDMQ_MESSAGE_ID, DDMQ_QUEUE, DDMQ_ROOT, DDMQ_DELIVERY_COUNT, DDMQ_RECEIPT, DDMQ_HEADERS (JSON). "
-           f"Seconds are at most 1e9. Exit codes: {console.EXIT_OK} all handled messages succeeded (or none "
-           f"were waiting), {console.EXIT_ERROR} a handler failed or could not be started, {console.EXIT_USAGE} "
-           f"usage error, {console.EXIT_NOT_FOUND} root or queue not found, 128+N stopped by signal N.",
+           "Seconds are at most 1e9. REQUEST_QUEUE and --reply-queue must exist: a mistyped name in a crontab "
+           "fails every run, loudly, instead of serving a queue nobody publishes to.\n\n"
+           + console.exit_codes_help({
+               console.EXIT_OK: "all handled messages succeeded (or none were waiting)",
+               console.EXIT_ERROR: "a handler failed or could not be started",
+               console.EXIT_USAGE: "usage error (bad option, --handler not found)",
+               console.EXIT_NOT_FOUND: "root or queue not found",
+               console.EXIT_INTERRUPTED: "stopped by SIGINT; 143: by SIGTERM (128+N: signal N)",
+           }),
 )
 @click.argument("queue", metavar="REQUEST_QUEUE")
 @click.option("--handler", required=True, metavar="'COMMAND ARGS'",
@@ -568,7 +575,7 @@ class Dispatcher:
 @click.option("--reply-queue", metavar="QUEUE",
               help="Publish a result (JSON object) per message to this existing queue.")
 @click.option("--log-file", metavar="FILE",
-              help="Append a timestamped line per message (success or failure) to FILE.")
+              help="Append a line per message (success or failure), stamped in ISO 8601 UTC, to FILE.")
 @console.common_options(PROG)
 def command(handler: str, **given: Any) -> None:
     """Run HANDLER once for each message of REQUEST_QUEUE: ack on exit 0, nack (requeue until the

@@ -7,7 +7,9 @@ workflow need not care which scheduler ran the job.
 from __future__ import annotations
 
 import os
-import time
+
+from ddmq.console import iso_utc
+
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
 if TYPE_CHECKING:
     from typing import Any, Mapping
@@ -92,7 +94,7 @@ def completion_event(
         "scheduler": scheduler(env),
         "host": os.uname().nodename,
         "user": _user(env),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "time": iso_utc(),
         "status": status,
         "state": state,
     }

@@ -32,8 +32,6 @@ TYPE_CHECKING = False  # typing is for annotations only: it slows every job's st
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
-    from ddmq import Broker, Message
-
 # A job id as sbatch/squeue/sacct print it: 1234, or 1234_7 for an array task.
 _SLURM_ID = re.compile(r"[0-9]+(?:_[0-9]+)?")
 # A job id as qsub/qstat print it: 1234.server, 88[7].server; the server part optional.
@@ -120,41 +118,3 @@ def event_key(event: Mapping[str, Any]) -> str | None:
         return key_for(job_id, event.get("cluster"))
     except (UsageError, ValueError):
         return None
-
-
-def publish_end(broker: Broker, queue: str, event: dict[str, Any], *, create: bool = False,
-                priority: int | None = None) -> tuple[str | None, Message | None]:
-    """Publish a completion event: once per job when it names one, else as a plain message.
-
-    ``(key, message)``: the message is None when another publisher recorded
-    this job's end first (and nothing was published).
-    """
-    key = event_key(event)
-    if key is None:
-        return None, broker.publish(queue, event, priority=priority, create=create)
-    return key, broker.publish_job_end(queue, key, event, priority=priority, create=create)
-
-
-def notify_end(queue: str, event: dict[str, Any], *, root: str | None = None, create: bool = True,
-               priority: int | None = None, deadline: float | None = None, prog: str = "ddmq-notify"
-               ) -> Message | None:
-    """``ddmq-notify``'s completion event: published once per job, transient errors retried until ``deadline``.
-
-    A job's trap, an epilogue's ``ddmq-notify`` and ``ddmq-reconcile`` may all
-    speak for one job; the second to come says so on stderr and publishes
-    nothing (its exit status stays 0: the job's end is recorded).
-    """
-    from ddmq import Broker, check_queue_name, console
-
-    from .retry import retry
-
-    check_queue_name(queue)
-
-    def attempt() -> tuple[str | None, Message | None]:
-        return publish_end(Broker(root, create=True if create else False), queue, event, create=create,
-                           priority=priority)
-
-    key, message = retry(attempt, deadline=deadline)
-    if key is not None and message is None:
-        console.say(prog, f"the end of job {key} is already recorded in {queue!r}: not published again")
-    return message

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from ddmq import Message
 
 PathLike = Union[str, "os.PathLike[str]"]
-FORMATS = ("body", "json")
+FORMATS = ("plain", "json", "body")  # "body": plain's name before 1.0, still taken
 
 
 def _output_path(output: PathLike | Sequence[PathLike]) -> str:
@@ -100,7 +100,7 @@ def ddmq_wait_executable() -> str:
 
 def _wait_options(root: PathLike | None, match: str | None, regex: str | None,
                   fields: Mapping[str, Any] | None, count: int, timeout: float | None, peek: bool,
-                  interval: float, max_interval: float, fmt: str, create: bool) -> list[str]:
+                  interval: float, max_interval: float, fmt: str, create: bool | None) -> list[str]:
     """``ddmq-wait`` options for these settings; defaults are left out to keep commands readable.
 
     Text values are joined to their option (``--match=-x``) so that one
@@ -113,7 +113,7 @@ def _wait_options(root: PathLike | None, match: str | None, regex: str | None,
     from . import options
 
     if fmt not in FORMATS:
-        raise UsageError(f"fmt must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"fmt must be plain or json, not {fmt!r}")
     options.check_wait_numbers(count, timeout, interval, max_interval)
     args: list[str] = []
     if root is not None:
@@ -134,10 +134,10 @@ def _wait_options(root: PathLike | None, match: str | None, regex: str | None,
         args += ["--interval", str(interval)]
     if max_interval != 30.0:
         args += ["--max-interval", str(max_interval)]
-    if fmt != "body":
+    if fmt == "json":
         args += ["--format", fmt]
-    if not create:
-        args.append("--no-create")
+    if create is not None:
+        args.append("--create" if create else "--no-create")
     return args
 
 
@@ -149,11 +149,11 @@ def _queue_args(queue: str) -> list[str]:
 def wait_for(output: PathLike | Sequence[PathLike], queue: str, *, root: PathLike | None = None,
              match: str | None = None, regex: str | None = None, fields: Mapping[str, Any] | None = None,
              count: int = 1, timeout: float | None = None, peek: bool = False, interval: float = 1.0,
-             max_interval: float = 30.0, fmt: str = "body", create: bool = True) -> None:
+             max_interval: float = 30.0, fmt: str = "plain", create: bool | None = None) -> None:
     """Wait for ``count`` matching messages on ``queue`` and write them to ``output``; for ``run:`` blocks.
 
     ``output`` is a path or the rule's ``output`` (which must then hold one
-    file). The file gets one body per line (``fmt="body"``) or one JSON
+    file). The file gets one body per line (``fmt="plain"``) or one JSON
     object per message (``fmt="json"``), written atomically; messages are
     acked only after that, so a failed write leaves them on the queue. The
     other options are those of :func:`ddmq_hpc.wait.wait`; ``fields``
@@ -186,14 +186,15 @@ def wait_for(output: PathLike | Sequence[PathLike], queue: str, *, root: PathLik
         raise DdmqError(f"cannot run {argv[0]} (is ddmq installed for {sys.executable}?): {exc}") from None
     if done.returncode == 0:
         return
-    reason = " ".join(line[len("ddmq-wait: "):] if line.startswith("ddmq-wait: ") else line
-                      for line in done.stderr.splitlines() if line.strip())
+    said = [line[len("ddmq-wait: "):] if line.startswith("ddmq-wait: ") else line
+            for line in done.stderr.splitlines() if line.strip()]
+    reason = "; ".join(said)
     from .wait import EXIT_TIMEOUT, WaitTimeout
 
-    if done.returncode == EXIT_TIMEOUT:
+    if done.returncode == EXIT_TIMEOUT:  # the last line says why (the one before may be "waiting for it")
         from ddmq import resolve_root
 
-        raise WaitTimeout(f"{reason} (root {resolve_root(root)[0]}); {path} not written")
+        raise WaitTimeout(f"{said[-1] if said else reason} (root {resolve_root(root)[0]}); {path} not written")
     raise DdmqError(f"waiting for queue {queue!r} failed (ddmq-wait exit {done.returncode}): {reason}; "
                     f"{path} not written")
 
@@ -206,7 +207,7 @@ def _literal(arg: str) -> str:
 def wait_command(queue: str, output: str | None = "{output:q}", *, root: PathLike | None = None,
                  match: str | None = None, regex: str | None = None, fields: Mapping[str, Any] | None = None,
                  count: int = 1, timeout: float | None = None, peek: bool = False, interval: float = 1.0,
-                 max_interval: float = 30.0, fmt: str = "body", create: bool = True) -> str:
+                 max_interval: float = 30.0, fmt: str = "plain", create: bool | None = None) -> str:
     """The ``ddmq-wait`` command line that does what :func:`wait_for` does; for ``shell:`` rules.
 
     Every argument is shell-quoted, and braces are doubled so that Snakemake's
@@ -238,9 +239,11 @@ def notify(queue: str, message: Any = None, *, event: str | None = None, status:
     ``message`` if it is a dict. Transient filesystem errors are retried for
     up to ``timeout`` seconds; any other failure raises, which makes the rule
     (or, in a handler, the Snakemake run) fail rather than silently not
-    announce.
+    announce. A missing queue is created, as ``ddmq-notify`` creates it,
+    and a line on stderr says so.
     """
     from ddmq import UsageError
+    from ddmq.console import say
 
     from .jobenv import completion_event
     from .notify import notify as publish
@@ -254,4 +257,5 @@ def notify(queue: str, message: Any = None, *, event: str | None = None, status:
         extra = {"event": event, "status": status, "state": state}
         message = {**message, **{k: v for k, v in extra.items() if v is not None}, **fields}
     return publish(queue, message, root=None if root is None else os.fspath(root), create=create,
-                   priority=priority, deadline=time.monotonic() + timeout)
+                   priority=priority, deadline=time.monotonic() + timeout,
+                   created=lambda what: say("ddmq_hpc.snakemake.notify", what))

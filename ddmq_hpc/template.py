@@ -10,6 +10,7 @@ step); this module fills them in, with ``string.Template``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ from typing import Sequence
 
 import click
 
-from ddmq import UsageError, check_queue_name, console, resolve_root
+from ddmq import DdmqError, UsageError, check_queue_name, console, resolve_root
 
 from .jobevents import watch_tag
 
@@ -189,7 +190,12 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
     name=PROG, cls=console.Command, context_settings=console.CONTEXT,
     epilog="COMMAND is quoted: it runs as given, with nothing expanded; for shell syntax or job variables use "
            "-- bash -c '...'. Root: --root, else $DDMQ_ROOT, else ~/.ddmq, written into the script as an "
-           f"absolute path. Exit codes: {console.EXIT_OK} printed; {console.EXIT_USAGE} usage error.",
+           "absolute path. The job's ddmq-notify creates QUEUE if it is missing.\n\n" + console.exit_codes_help({
+               console.EXIT_OK: "printed",
+               console.EXIT_ERROR: "the script could not be written",
+               console.EXIT_USAGE: "usage error (bad option, a value the scheduler would not read)",
+               console.EXIT_BROKEN_PIPE: "the reader of the output went away (broken pipe)",
+           }),
 )
 @click.argument("scheduler", type=click.Choice(SCHEDULERS))
 @click.argument("command", nargs=-1, required=True)
@@ -223,7 +229,12 @@ def command(scheduler: str, command: tuple[str, ...], queue: str, root: str | No
             console.say(PROG, "warning: ddmq-notify not found; the job will look for it in its PATH")
     script = render(scheduler, command, queue, root=root, job_name=job_name, time=time, partition=partition,
                     array=array, output=output, extra_directives=directives, notify=notify or "")
-    sys.stdout.write(script)
+    try:
+        console.echo(script, nl=False)
+    except OSError as exc:  # a broken pipe is 141, as for every command; a full disk is one line
+        if exc.errno == errno.EPIPE:
+            raise
+        raise DdmqError(f"cannot write the script: {console.os_reason(exc)}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ would leave a process stuck in a system call unkillable but by SIGKILL.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import signal
@@ -30,7 +31,8 @@ from typing import Any, Callable
 
 import click
 
-from ddmq import Broker, DdmqError, Message, UsageError, check_queue_name, console
+from ddmq import (Broker, DdmqError, Message, NotARoot, QueueNotFound, RootNotFound, UsageError, check_queue_name,
+                  console, resolve_root)
 from ddmq.console import body_text
 
 from . import options
@@ -173,7 +175,8 @@ def _signum(exc: BaseException | None) -> int:
 def wait(queue: str, *, root: str | None = None, match: str | None = None, regex: str | None = None,
          fields: dict[str, str] | None = None, count: int = 1, timeout: float | None = None,
          peek: bool = False, interval: float = 1.0, max_interval: float = 30.0,
-         create: bool = True, deliver: Callable[[list[Message]], None] | None = None) -> list[Message]:
+         create: bool | None = None, deliver: Callable[[list[Message]], None] | None = None,
+         missing: Callable[[str], object] | None = None) -> list[Message]:
     """Wait for ``count`` matching messages on ``queue`` and return them.
 
     Claimed messages are passed to ``deliver`` (if given) *before* they are
@@ -181,15 +184,26 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     so an event is never consumed without having been delivered. Raises
     WaitTimeout after ``timeout`` seconds, releasing any messages held.
 
+    A missing root or queue is the queue creation rule of the README: by
+    default (``create`` None) the wait goes on until it appears, since the
+    job that will publish to it may not have run yet, and ``missing`` is
+    called once with what is missing, so that a mistyped name does not wait
+    in silence; ``create=True`` creates them now, ``create=False`` raises
+    NotFound.
+
     Claims and ``deliver`` run in a worker thread (see _shielded), so that
     SIGINT/SIGTERM can stop the wait even when the filesystem hangs.
     Numbers are checked as ``ddmq-wait`` checks its options (UsageError).
     """
     options.check_wait_numbers(count, timeout, interval, max_interval)
     check_queue_name(queue)
-    b = Broker(root, create=True if create else False)
-    if create:
-        b.create_queue(queue, exist_ok=True)
+    b: Broker | None = None
+    if create is not None:
+        b = Broker(root, create=create)
+        if create:
+            b.create_queue(queue, exist_ok=True)
+    absent: str | None = None  # why the last poll found nothing to look at: "queue 'q' does not exist{}..."
+    told = False
     wanted = matcher(match, regex, fields)
     seen: set[str] = set()
 
@@ -202,13 +216,30 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     try:
         while True:
             try:
+                if b is None:  # the root did not exist at the last look
+                    b = Broker(root, create=False)
+                broker = b
                 if peek:
-                    _peek(b, queue, fresh, count, held, seen)
+                    _peek(broker, queue, fresh, count, held, seen)
                 else:  # a claim is let finish before a signal is acted on
-                    _, signalled = _shielded(lambda: _claim(b, queue, fresh, count, held, seen),
+                    _, signalled = _shielded(functools.partial(_claim, broker, queue, fresh, count, held, seen),
                                              f"claiming messages from {queue!r}")
                     if signalled is not None:
                         raise signalled
+                absent = None
+            except (QueueNotFound, RootNotFound, NotARoot) as exc:
+                if create is not None:
+                    raise
+                path = resolve_root(root)[0]
+                if isinstance(exc, RootNotFound):
+                    absent = f"ddmq root {path} does not exist{{}}"
+                elif isinstance(exc, NotARoot):  # as a root is while it is being made: a directory, no marker
+                    absent = f"{path} is not a ddmq root{{}}"
+                else:
+                    absent = f"queue {queue!r} does not exist{{}} in {path}"
+                if not told and missing is not None:
+                    missing(absent.format(" (yet)"))
+                told = True
             except DdmqError as exc:
                 if not is_transient(exc):
                     raise
@@ -216,6 +247,8 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
                 break
             now = time.monotonic()
             if deadline is not None and now >= deadline:
+                if absent is not None:
+                    raise WaitTimeout(f"timed out after {timeout:g} s: {absent.format('')}")
                 raise WaitTimeout(
                     f"timed out after {timeout:g} s with {len(held)} of {count} message(s) from {queue!r}"
                 )
@@ -226,9 +259,10 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     except Abandoned:
         raise  # the filesystem is stuck: giving back what is held would hang too; leases expire
     except BaseException:
-        if not peek:
+        if not peek and b is not None:
             _release_all(b, held)
         raise
+    assert b is not None  # messages were found through it
     _deliver_and_ack(b, held, deliver, peek)
     return held
 
@@ -292,8 +326,12 @@ def _release_all(b: Broker, held: list[Message]) -> None:
             console.say(PROG, f"could not release message {msg.id}: {exc}")
 
 
-def render(messages: list[Message], fmt: str) -> bytes:
-    """Bodies one per line, or (json) one JSON object per message per line, as UTF-8.
+def render(messages: list[Message], fmt: str, end: bytes = b"\n") -> bytes:
+    """Bodies (plain), or (json) one JSON object per message, each followed by ``end``, as UTF-8.
+
+    ``end`` is a newline, or NUL for ``--null``: a text body often holds
+    newlines and hardly ever a NUL (JSON lines escape both, so ``--format
+    json`` output is never ambiguous).
 
     Never fails on what a consumer can be handed: bodies nested deeper than
     MAX_DEPTH are dead-lettered by the core at claim (and skipped by peek),
@@ -312,9 +350,9 @@ def render(messages: list[Message], fmt: str) -> bytes:
                 line = json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8")
             except UnicodeEncodeError:
                 line = json.dumps(data, ensure_ascii=True, sort_keys=True).encode("ascii")
-            lines.append(line + b"\n")
+            lines.append(line + end)
         return b"".join(lines)
-    return b"".join(body_text(m.message).encode("utf-8", "surrogatepass") + b"\n" for m in messages)
+    return b"".join(body_text(m.message).encode("utf-8", "surrogatepass") + end for m in messages)
 
 
 def _token() -> str:
@@ -382,11 +420,29 @@ def _write_stdout(data: bytes) -> None:
     sys.stdout.flush()
 
 
+class _Format(click.Choice):
+    """``--format plain|json``, as ``ddmq`` names them; ``body``, this command's name for plain
+    until 1.0, is still taken (job scripts and Snakefiles use it) but no longer shown."""
+
+    def __init__(self) -> None:
+        super().__init__(("plain", "json"))
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return "plain" if value == "body" else super().convert(value, param, ctx)
+
+
 @click.command(
     name=PROG, cls=console.Command, context_settings=console.CONTEXT,
-    epilog=f"Exit codes: {console.EXIT_OK} got them; {console.EXIT_ERROR} error; {console.EXIT_USAGE} usage "
-           f"error; {EXIT_TIMEOUT} --timeout passed (messages held so far are put back); 130/143 interrupted "
-           "by SIGINT/SIGTERM (likewise). Seconds are at most 1e9. Root: --root, else $DDMQ_ROOT, else ~/.ddmq.",
+    epilog="Seconds are at most 1e9. A missing queue (or root) is waited for, said once on stderr: "
+           "the job that publishes to it may not have started.\n\n" + console.exit_codes_help({
+               console.EXIT_OK: "got them",
+               console.EXIT_ERROR: "failure (storage error, output that could not be written)",
+               console.EXIT_USAGE: "usage error (bad option, invalid queue name)",
+               console.EXIT_NOT_FOUND: "root or queue not found (--no-create)",
+               EXIT_TIMEOUT: "--timeout passed (messages held so far are put back)",
+               console.EXIT_INTERRUPTED: "interrupted by SIGINT (likewise); 143: by SIGTERM",
+               console.EXIT_BROKEN_PIPE: "the reader of the output went away (broken pipe)",
+           }),
 )
 @click.argument("queue")
 @click.option("--match", metavar="TEXT", help="Wait for a message whose body is exactly TEXT.")
@@ -398,19 +454,25 @@ def _write_stdout(data: bytes) -> None:
 @click.option("--timeout", type=options.seconds(positive=False), metavar="SECONDS",
               help="Give up after SECONDS (exit 124; 0: look once).")
 @click.option("--output", metavar="FILE", help="Write the message(s) to FILE atomically.")
-@click.option("--format", "fmt", type=click.Choice(("body", "json")), default="body",
-              help="Print bodies (default) or whole messages as JSON lines.")
+@click.option("-f", "--format", "fmt", type=_Format(), default="plain",
+              help="plain: the bodies, one per line (default); json: whole messages, one JSON object "
+                   "per line.")
+@click.option("-0", "--null", is_flag=True,
+              help="End each message with a NUL byte instead of a newline (bodies may hold newlines; "
+                   "for xargs -0).")
 @click.option("--peek", is_flag=True, help="Do not claim: leave messages for others.")
 @click.option("--interval", type=options.Number(low=options.MIN_INTERVAL), default=1.0,
               help="First poll interval in seconds (default 1).")
 @click.option("--max-interval", type=options.Number(low=options.MIN_INTERVAL), default=30.0,
               help="Poll interval grows to at most this (default 30).")
 @console.root_option()
-@click.option("--no-create", is_flag=True, help="Fail if the root or queue does not exist (default: create them).")
+@click.option("--create/--no-create", default=None,
+              help="Create a missing root and queue now, or fail at once (exit 4) if either is missing "
+                   "(default: wait for them to appear, saying so once on stderr).")
 @console.common_options(PROG)
 def command(queue: str, match: str | None, regex: str | None, fields: tuple[str, ...], count: int,
-            timeout: float | None, output: str | None, fmt: str, peek: bool, interval: float,
-            max_interval: float, root: str | None, no_create: bool) -> None:
+            timeout: float | None, output: str | None, fmt: str, null: bool, peek: bool, interval: float,
+            max_interval: float, root: str | None, create: bool | None) -> None:
     """Wait until matching messages are on QUEUE, print them and exit 0.
 
     By default each message is claimed and acked once written out (one
@@ -420,7 +482,7 @@ def command(queue: str, match: str | None, regex: str | None, fields: tuple[str,
     where = "stdout" if output is None else output
 
     def deliver(messages: list[Message]) -> None:
-        data = render(messages, fmt)
+        data = render(messages, fmt, b"\0" if null else b"\n")
         if output is not None:
             write_atomically(output, data)
         else:
@@ -431,7 +493,8 @@ def command(queue: str, match: str | None, regex: str | None, fields: tuple[str,
         signal.signal(signal.SIGINT, _raise_interrupted)
         wait(queue, root=root, match=match, regex=regex, fields=console.parse_pairs(fields, "field"),
              count=count, timeout=timeout, peek=peek, interval=interval, max_interval=max_interval,
-             create=not no_create, deliver=deliver)
+             create=create, deliver=deliver,
+             missing=lambda what: console.say(PROG, f"{what}: waiting for it"))
     except Abandoned as exc:
         # A worker thread is stuck in the filesystem: leave without waiting for it.
         _exit_now(f"{PROG}: {exc}", 128 + exc.signum)

@@ -26,7 +26,7 @@ from ddmq.cli import cli
 
 DDMQ_SCRIPT = Path(sys.executable).parent / "ddmq"
 SUBCOMMANDS = ["view", "create", "delete", "publish", "consume", "peek", "ack", "nack", "extend",
-               "purge", "clean", "json"]
+               "purge", "clean", "json", "show", "release", "requeue", "settings"]
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 RECEIPT = re.compile(r"[0-9a-f]{32}\.[0-9a-f]{12}\Z")
 MESSAGE_KEYS = {"id", "queue", "message", "priority", "published", "headers", "message_timeout",
@@ -98,6 +98,11 @@ def yaml_docs(text: str) -> list:
 
 def receipts_of(result) -> list[str]:
     return [m["receipt"] for m in jout(result)]
+
+
+def counts_of(rows: list[dict]) -> list[dict]:
+    """``ddmq view`` rows less what is stuck (ages change from one call to the next): test_operator_cli.py."""
+    return [{k: v for k, v in row.items() if k not in ("oldest_ready_age", "expired_leases")} for row in rows]
 
 
 @pytest.fixture
@@ -221,13 +226,13 @@ def test_view_counts_in_every_format(b, root, q):
     b.consume(q)                               # one in work
     b.nack(b.consume(q)[0], requeue=False)     # one dead
     b.create_queue("empty")
-    rows = jout(ddmq_("-r", root, "view", "-f", "json"))
+    rows = counts_of(jout(ddmq_("-r", root, "view", "-f", "json")))
     assert rows == [{"queue": "empty", "ready": 0, "work": 0, "dead": 0},
                     {"queue": "q", "ready": 1, "work": 1, "dead": 1}]
-    assert yaml.safe_load(ok(ddmq_("-r", root, "view", "-f", "yaml"))) == rows
+    assert counts_of(yaml.safe_load(ok(ddmq_("-r", root, "view", "-f", "yaml")))) == rows
     plain = ok(ddmq_("-r", root, "view")).splitlines()
-    assert plain[0].split() == ["QUEUE", "READY", "WORK", "DEAD"]
-    assert plain[2].split() == ["q", "1", "1", "1"]
+    assert plain[0].split()[:4] == ["QUEUE", "READY", "WORK", "DEAD"]
+    assert plain[2].split()[:4] == ["q", "1", "1", "1"]
     # named queues, comma separated or repeated
     assert [r["queue"] for r in jout(ddmq_("-r", root, "view", "q,empty", "-f", "json"))] == ["q", "empty"]
     assert [r["queue"] for r in jout(ddmq_("-r", root, "view", "q", "empty", "-f", "json"))] == ["q", "empty"]
@@ -488,7 +493,7 @@ def test_ack_several_receipts_comma_separated(b, root, q):
 
 def test_plain_consume_without_ack_leaves_message_in_work(b, root, q):
     b.publish(q, "a")
-    assert ok(ddmq_("-r", root, "consume", "q", "--no-ack")) == "a\n"
+    assert ok(ddmq_("-r", root, "consume", "q", "--no-ack")).endswith("\ta\n")  # RECEIPT<TAB>BODY
     assert b.counts(q) == {"ready": 0, "work": 1, "dead": 0}
 
 
@@ -509,7 +514,7 @@ def test_nack_no_requeue_dead_letters_and_peek_dead_shows_it(b, root, q):
     [receipt] = receipts_of(ddmq_("-r", root, "consume", "q", "--no-ack", "-f", "json"))
     assert ok(ddmq_("-r", root, "nack", "q", receipt, "--no-requeue")) == "dead\n"
     assert b.counts(q) == {"ready": 0, "work": 0, "dead": 1}
-    assert ok(ddmq_("-r", root, "peek", "q", "--state", "dead")) == "poison\n"
+    assert "rejected" in ok(ddmq_("-r", root, "peek", "q", "--state", "dead"))  # a table: test_operator_cli.py
     rows = jout(ddmq_("-r", root, "peek", "q", "--state", "dead", "-f", "json"))
     assert rows[0]["message"] == "poison"
     dead = os.listdir(root / "q" / "dead")
@@ -668,7 +673,7 @@ def test_json_every_operation(b, root):
         {"queue": "j", "created": True}, {"queue": "k", "created": True}]
     run({"cmd": "publish", "queue": "j", "message": "m1"})
     run({"cmd": "publish", "queue": "j", "message": "m2"})
-    assert run({"cmd": "view", "queues": ["j"]}) == [{"queue": "j", "ready": 2, "work": 0, "dead": 0}]
+    assert counts_of(run({"cmd": "view", "queues": ["j"]})) == [{"queue": "j", "ready": 2, "work": 0, "dead": 0}]
     assert [m["message"] for m in run({"cmd": "peek", "queue": "j", "n": 2})] == ["m1", "m2"]
     [m] = run({"cmd": "consume", "queue": "j", "ack": False, "lease": 30})
     assert run({"cmd": "extend", "queue": "j", "receipt": m["receipt"], "seconds": 60})["receipt"] == m["receipt"]
@@ -683,7 +688,7 @@ def test_json_every_operation(b, root):
 def test_json_from_stdin_and_yaml_output(b, root, q):
     ok(ddmq_("-r", root, "json", "-", input='{"cmd": "publish", "queue": "q", "message": "s"}'))
     out = ok(ddmq_("-r", root, "json", "-f", "yaml", '{"cmd": "view"}'))
-    assert yaml.safe_load(out) == [{"queue": "q", "ready": 1, "work": 0, "dead": 0}]
+    assert counts_of(yaml.safe_load(out)) == [{"queue": "q", "ready": 1, "work": 0, "dead": 0}]
 
 
 def test_json_consume_empty_exits_3(b, root, q):
@@ -830,9 +835,9 @@ def test_script_env_root_default_root_and_json_stdin(script, tmp_path):
 def test_json_command_honours_a_format_given_before_it(b, root):
     b.create_queue("q")
     out = ok(ddmq_("-r", root, "-f", "yaml", "json", '{"cmd": "view"}'))
-    assert yaml.safe_load(out) == [{"queue": "q", "ready": 0, "work": 0, "dead": 0}]
+    assert counts_of(yaml.safe_load(out)) == [{"queue": "q", "ready": 0, "work": 0, "dead": 0}]
     assert not out.lstrip().startswith("[")  # YAML, not the JSON default
-    assert json.loads(ok(ddmq_("-r", root, "json", '{"cmd": "view"}'))) == [
+    assert counts_of(json.loads(ok(ddmq_("-r", root, "json", '{"cmd": "view"}')))) == [
         {"queue": "q", "ready": 0, "work": 0, "dead": 0}]
 
 

@@ -442,7 +442,7 @@ def test_json_arguments_of_the_right_type_still_work(b, root, request_):
 
 def test_json_argument_types_come_from_every_operations_signature():
     """Each parameter's annotation is one the checker understands, so no operation goes unchecked."""
-    from ddmq.cli import expected_types
+    from ddmq.json_request import expected_types
     from ddmq.ops import OPERATIONS
 
     for name, func in OPERATIONS.items():

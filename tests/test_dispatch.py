@@ -149,8 +149,9 @@ def test_failure_requeues_then_dead_letters(b: Broker, root: Path, out: Path, ha
     assert b.counts("q") == {"ready": 1, "work": 0, "dead": 0}
     second = dispatch(root, "q", "--handler", handler(code=3))
     assert second.returncode == 1
-    assert second.stderr.splitlines() == [
-        f"ddmq-dispatch: message {msg.id}: handler exited 3 (dead-lettered): handler done"]
+    said, dispatched = second.stderr.splitlines()  # the core's dead-letter warning, then the dispatcher's line
+    assert said.startswith("ddmq-dispatch: dead-lettered work/") and "requeue-limit" in said
+    assert dispatched == f"ddmq-dispatch: message {msg.id}: handler exited 3 (dead-lettered): handler done"
     assert sorted(r["delivery"] for r in records(out)) == ["1", "2"]
     assert b.counts("q") == {"ready": 0, "work": 0, "dead": 1}
 
@@ -324,7 +325,9 @@ def test_reply_queue(b: Broker, root: Path, out: Path, handler) -> None:
     assert set(replies) == {ok.id, bad.id}
     good, failed = replies[ok.id], replies[bad.id]
     assert good["state"] == "ok" and good["exit_status"] == 0 and good["disposition"] == "acked"
-    assert good["queue"] == "q" and good["host"] and before <= good["time"] <= time.time()
+    assert good["queue"] == "q" and good["host"] and good["handler_seconds"] >= 0
+    utc = "%Y-%m-%dT%H:%M:%SZ"  # ISO 8601 UTC, as every event's time
+    assert time.strftime(utc, time.gmtime(before)) <= good["time"] <= time.strftime(utc, time.gmtime())
     assert good["stdout"].endswith("line 1999 of the handler's output\nhandler done\n")
     assert 0 < len(good["stdout"].encode()) <= 4096  # a bounded tail of 50 kB of output
     assert failed["state"] == "failed" and failed["exit_status"] == 3
@@ -342,7 +345,7 @@ def test_log_file_has_a_line_per_message(b: Broker, root: Path, out: Path, tmp_p
     assert done.returncode == 1 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1
     lines = log.read_text().splitlines()
-    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \S+ ddmq-dispatch\[\d+\] q"
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S+ ddmq-dispatch\[\d+\] q"  # ISO 8601 UTC
     assert lines[0] == "earlier line"
     assert re.fullmatch(rf"{stamp} {ok.id} ok acked \(\d+\.\d\d s\)", lines[1])
     assert re.fullmatch(rf"{stamp} {bad.id} failed handler exited 5 \(requeued\)", lines[2])
@@ -549,7 +552,8 @@ def test_a_body_larger_than_the_file_size_limit_is_nacked(b: Broker, root: Path,
 
     done = dispatch(root, "q", "--handler", handler(), preexec_fn=limit)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    [line] = done.stderr.splitlines()
+    said, line = done.stderr.splitlines()  # the core's dead-letter warning, then the dispatcher's line
+    assert said.startswith("ddmq-dispatch: dead-lettered work/"), said
     assert line.startswith(f"ddmq-dispatch: message {big.id}: ") and line.endswith("(dead-lettered)"), line
     assert [r["id"] for r in records(out)] == [small.id]
     assert b.counts("q") == {"ready": 0, "work": 0, "dead": 1}

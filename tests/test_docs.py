@@ -131,7 +131,9 @@ def shape_pattern(shape: str) -> str:
 def read_back(row: Row, name: str) -> None:
     """Assert that the layout reads ``name`` as what ``row`` says it is."""
     where = row.where
-    if where == "ready/":
+    if where == "ready/" and row.built_by == "ready_probe_name":
+        assert layout.abandoned_in_ready(name) == (True, False), f"housekeeping would not recognise ready/{name}"
+    elif where == "ready/":
         parsed = layout.parse_ready(name)
         assert parsed is not None and str(parsed) == name
     elif where == "work/":
@@ -172,6 +174,7 @@ BUILDERS: dict[str, Callable[[], str]] = {
     "doomed_name": lambda: layout.doomed_name("jobs.v2"),
     "marker_tmp_name": layout.marker_tmp_name,
     "settings_tmp_name": layout.settings_tmp_name,
+    "ready_probe_name": layout.ready_probe_name,
     "job_end_name": lambda: layout.job_end_name(layout.job_key("linux", "1234_7")),
 }
 

@@ -233,7 +233,7 @@ def test_nfs_attribute_cache_options(tmp_path: Path) -> None:
     default = _filesystem(tmp_path, NFS_DEFAULTS)
     assert default.severity == WARNING
     assert "NFS 4.2 fs1:/export/shared" in default.found and "acdirmax=60 s, lookupcache=all" in default.found
-    assert "can take 60 s to be seen here" in default.found and "actimeo=1" in default.fix
+    assert "can be 60 s old here" in default.found and "actimeo=1" in default.fix
     fast = _filesystem(tmp_path, NFS_ACTIMEO_1)
     assert fast.severity == OK and "acdirmax=1 s, lookupcache=pos" in fast.found
     noac = _filesystem(tmp_path, NFS_NOAC)

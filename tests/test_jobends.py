@@ -113,3 +113,18 @@ def test_a_job_end_lookup_costs_the_same_whatever_the_queue_holds(tmp_path: Path
         assert out.returncode == 0, out.stderr
         costs.append(json.loads(out.stdout))
     assert costs[0] == costs[1] and "os.listdir" not in costs[0] and "os.scandir" not in costs[0], costs
+
+
+def test_a_link_refused_with_eperm_is_a_lost_race_only_if_the_record_exists(b: Broker, q: str, root: Path,
+                                                                             mocker) -> None:
+    """sshfs reports the loser of a link race as EPERM; a filesystem without hard links says EPERM too."""
+    import errno
+
+    b.publish_job_end(q, "c.1", "first")
+    mocker.patch("os.link", side_effect=PermissionError(errno.EPERM, "Operation not permitted"))
+    assert b.publish_job_end(q, "c.1", "second") is None
+    from ddmq import StorageError
+
+    with pytest.raises(StorageError, match="does not allow hard links"):
+        b.publish_job_end(q, "c.2", "first")
+    assert not list((root / q / "tmp").iterdir()) and len(b.consume(q, n=5)) == 1

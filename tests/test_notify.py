@@ -315,7 +315,7 @@ def test_root_from_option_then_env_then_home(notify_script, tmp_path):
 def test_no_create_refuses_a_missing_root(notify_script, tmp_path):
     root = tmp_path / "missing"
     proc = run_notify(notify_script, "q", "x", "--no-create", env=clean_env(tmp_path, root))
-    one_line_error(proc, 1, str(root))
+    one_line_error(proc, 4, str(root))  # not found, as for ddmq publish
     assert not root.exists()
 
 
@@ -331,7 +331,7 @@ def test_no_create_refuses_a_missing_queue(notify_script, tmp_path):
     root = tmp_path / "root"
     Broker(root, create=True).create_queue("other")
     proc = run_notify(notify_script, "q", "x", "--no-create", env=clean_env(tmp_path, root))
-    one_line_error(proc, 1, "'q'")
+    one_line_error(proc, 4, "'q'")  # not found, as for ddmq publish
     assert not (root / "q").exists()
     ok(run_notify(notify_script, "other", "x", "--no-create", env=clean_env(tmp_path, root)))
     assert only_body(root, "other") == "x"

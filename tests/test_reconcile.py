@@ -253,6 +253,7 @@ def test_a_second_notify_of_one_job_publishes_nothing(tmp_path: Path) -> None:
     root = tmp_path / "root"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PBS_", "DDMQ_"))}
     env.update(SLURM_JOB_ID="61", SLURM_CLUSTER_NAME="c", DDMQ_ROOT=str(root))
+    Broker(root, create=True).create_queue(QUEUE)
     runs = [subprocess.run([str(BIN / "ddmq-notify"), QUEUE, "--status", str(status)], env=env,
                            capture_output=True, text=True, timeout=60) for status in (137, 0)]
     assert [(r.returncode, r.stdout) for r in runs] == [(0, ""), (0, "")]

@@ -126,6 +126,18 @@ def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30.0) 
         time.sleep(0.05)
 
 
+def waiting_on(root: Path) -> bool:
+    """True once a ``ddmq-wait`` process runs on ``root`` (the queue may not exist yet, so it is the sign)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(b"ddmq-wait") for arg in argv) and f"--root={root}".encode() in argv:
+            return True
+    return False
+
+
 def queue_files(root: Path, queue: str) -> dict[str, list[str]]:
     """Every message file of a queue by state: equal snapshots mean an unchanged queue."""
     return {state: sorted(os.listdir(root / queue / state)) for state in ("ready", "work", "dead")}
@@ -141,9 +153,9 @@ def test_rule_waits_for_message_published_during_run(workflow: Path, tmp_path: P
     work = tmp_path / "work"
     proc = start(snakemake(workflow, work, "A.result", root=root, timeout=60))
     try:
-        # the waiter creates the queue once it polls; then another process publishes
-        wait_until(lambda: (root / "data_ready" / "ddmq.yaml").is_file(), "the waiting rule")
-        noise = Broker(root).publish("data_ready", "not for the workflow")
+        # the waiter waits for the queue, which it does not create; then other processes make it and publish
+        wait_until(lambda: waiting_on(root), "the waiting rule", seconds=90)
+        noise = Broker(root, create=True).publish("data_ready", "not for the workflow", create=True)
         subprocess.run([str(BIN / "ddmq-notify"), "--root", str(root), "data_ready", "dataset 42 is ready"],
                        check=True)
         out, _ = proc.communicate(timeout=120)
@@ -247,10 +259,13 @@ def test_ddmq_wait_is_the_one_beside_this_python() -> None:
 
 def test_wait_for_writes_output_or_times_out(root: Path, tmp_path: Path) -> None:
     b = Broker(root, create=True)
+    b.create_queue("q")
     out = tmp_path / "got.txt"
     with pytest.raises(WaitTimeout, match=rf"timed out after 0.3 s .* from 'q' \(root {root}\); .* not written"):
         wait_for(out, "q", root=root, timeout=0.3, interval=0.1)
-    assert not out.exists()
+    with pytest.raises(WaitTimeout, match=rf"^timed out after 0.3 s: queue 'qq' does not exist in {root} "):
+        wait_for(out, "qq", root=root, timeout=0.3, interval=0.1)  # waited for, not created
+    assert not out.exists() and b.list_queues() == ["q"]
     b.publish("q", {"status": 0}, create=True)
     wait_for([out], "q", root=root, fields={"status": 0}, timeout=10, interval=0.1)
     assert out.read_text() == '{"status": 0}\n'
@@ -261,8 +276,10 @@ def test_wait_for_writes_output_or_times_out(root: Path, tmp_path: Path) -> None
         wait_for(out, "q", root=root, fmt="yaml")
 
 
-def test_notify_events_and_messages(root: Path) -> None:
+def test_notify_events_and_messages(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     notify("q", root=root, state="FAILED", run=3)
+    # the queue creation rule: a notifier creates the queue, and says so
+    assert capsys.readouterr().err == f"ddmq_hpc.snakemake.notify: created queue 'q' in {root}\n"
     notify("q", root=root, rule="align", event="custom")
     notify("q", {"k": 1}, root=root, extra="x")
     notify("q", "plain text", root=root)

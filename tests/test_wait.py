@@ -135,9 +135,10 @@ def test_takes_a_waiting_message_prints_the_body_and_acks_it(scripts, env, root,
     assert files(root) == {"ready": [], "work": [], "dead": [], "tmp": []}
 
 
-def test_creates_root_and_queue_and_waits_for_a_message_from_another_process(scripts, env, root):
+def test_create_makes_root_and_queue_and_waits_for_a_message_from_another_process(scripts, env, root):
     """Latency: with --interval 0.1 --max-interval 0.2 a publish is seen within about a second."""
-    waiter = start(scripts, "q", "--interval", "0.1", "--max-interval", "0.2", "--timeout", "30", env=env)
+    waiter = start(scripts, "q", "--create", "--interval", "0.1", "--max-interval", "0.2", "--timeout", "30",
+                   env=env)
     wait_for(queue_exists(root), what="the waiter to create the queue")
     time.sleep(0.6)  # let its backoff reach the maximum interval
     assert waiter.poll() is None, "the waiter must block while the queue is empty"
@@ -238,7 +239,8 @@ def test_nothing_matching_times_out_with_124_and_disturbs_nothing(scripts, env, 
     assert files(root) == before and ctimes(root) == before_ctimes
 
 
-def test_empty_queue_times_out(scripts, env, root):
+def test_empty_queue_times_out(scripts, env, root, broker):
+    broker.create_queue("q")
     began = time.monotonic()
     proc = run(scripts, "q", "--timeout", "0.5", env=env)
     assert time.monotonic() - began < 0.5 + 5
@@ -431,10 +433,10 @@ def test_unwritable_output_fails_and_puts_the_message_back(scripts, env, root, b
 
 # -------------------------------------------------------------- signals
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_while_waiting_exits_promptly(scripts, env, root, signum, code):
+def test_signal_while_waiting_exits_promptly(scripts, env, root, broker, signum, code):
+    broker.create_queue("q")
     waiter = start(scripts, "q", "--timeout", "60", "--interval", "1", "--max-interval", "30", env=env)
-    wait_for(queue_exists(root), what="the waiter to create the queue")
-    time.sleep(0.3)
+    time.sleep(0.8)
     sent = time.monotonic()
     waiter.send_signal(signum)
     result = finish(waiter, timeout=10)
@@ -737,8 +739,9 @@ def test_numbers_out_of_range_are_one_line_usage_errors(scripts, env, root):
     assert not root.exists(), "a usage error must not create the root"
 
 
-def test_largest_numbers_are_accepted(scripts, env, root):
+def test_largest_numbers_are_accepted(scripts, env, root, broker):
     """1e9 s (the core's longest lease) is a valid interval and timeout; the timeout still wins."""
+    broker.create_queue("q")
     began = time.monotonic()
     proc = run(scripts, "q", "--interval", "1e9", "--max-interval", "1e9", "--timeout", "0.5", env=env)
     assert time.monotonic() - began < 10
