@@ -14,7 +14,9 @@ TYPE_CHECKING = False  # typing is for annotations only: it slows every job's st
 if TYPE_CHECKING:
     from typing import Any, Mapping
 
-STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+# What a job can say about its own end (ddmq-notify --state). NODE_FAIL: the
+# SLURM template's trap, killed because its node was set down (Reason=NodeDown).
+STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
 
 # event key: variables to try, first set one wins
 _SLURM = {

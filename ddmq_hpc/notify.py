@@ -20,11 +20,14 @@ from ddmq import (MAX_PRIORITY, Broker, DdmqError, Message, NotARoot, QueueExist
 from . import options
 from .fields import add_fields
 from .jobenv import STATES, completion_event
+from .jobevents import event_key
 from .retry import retry
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any, Callable, TypeVar
+
+    T = TypeVar("T")
 
 PROG = "ddmq-notify"
 
@@ -42,9 +45,34 @@ def notify(queue: str, message: Any, *, root: str | None = None, create: bool = 
     Transient filesystem errors are retried with backoff until ``deadline``
     (a ``time.monotonic()`` value).
     """
+    return _deliver(queue, lambda b: b.publish(queue, message, priority=priority), root=root, create=create,
+                    deadline=deadline, created=created)
+
+
+def notify_end(queue: str, event: Any, *, root: str | None = None, create: bool = True,
+               priority: int | None = None, deadline: float | None = None,
+               created: Callable[[str], object] | None = None) -> Message | None:
+    """Publish a job's completion event once: None if an end of that job is already recorded.
+
+    An event that names a job and its end (:func:`~ddmq_hpc.jobevents.event_key`)
+    goes through the job's end record (:meth:`ddmq.Broker.publish_job_end`),
+    so a job's trap, an epilogue and ``ddmq-reconcile`` make one event; any
+    other is published as :func:`notify` does.
+    """
+    job = event_key(event)
+    if job is None:
+        return notify(queue, event, root=root, create=create, priority=priority, deadline=deadline,
+                      created=created)
+    return _deliver(queue, lambda b: b.publish_job_end(queue, job, event, priority=priority), root=root,
+                    create=create, deadline=deadline, created=created)
+
+
+def _deliver(queue: str, send: Callable[[Broker], T], *, root: str | None, create: bool, deadline: float | None,
+             created: Callable[[str], object] | None) -> T:
+    """``send`` to ``queue`` with a Broker on ``root``, creating them as :func:`notify` says; retried."""
     check_queue_name(queue)
 
-    def attempt() -> Message:
+    def attempt() -> T:
         try:
             b = Broker(root, create=False)
         except (RootNotFound, NotARoot):  # missing, or an empty directory: made a root by create=True
@@ -53,7 +81,7 @@ def notify(queue: str, message: Any, *, root: str | None = None, create: bool = 
             Broker(root, create=True).close()  # the root only: a Broker made so would create queues unsaid
             b = Broker(root, create=False)
         try:
-            return b.publish(queue, message, priority=priority)
+            return send(b)
         except QueueNotFound:
             if not create:
                 raise
@@ -63,7 +91,7 @@ def notify(queue: str, message: Any, *, root: str | None = None, create: bool = 
                 created(f"created queue {queue!r} in {resolve_root(root)[0]}")
         except QueueExists:  # another job made it meanwhile
             pass
-        return b.publish(queue, message, priority=priority)
+        return send(b)
     return retry(attempt, deadline=deadline)
 
 
@@ -118,7 +146,9 @@ def command(queue: str, message: str | None, as_json: bool, fields: tuple[str, .
 
     With no MESSAGE, publish a JSON completion event for the current SLURM or
     PBS job (job id, array ids, name, user, host, submit dir, time, and
-    --status/--state).
+    --status/--state). With a status or state, it is the job's end: published
+    once per job, whoever comes first (the job's trap, an epilogue,
+    ddmq-reconcile); a later one says so on stderr and exits 0.
     """
     check_queue_name(queue)
     body = build_message(message, as_json, console.parse_pairs(fields, "field"), status, state)
@@ -126,8 +156,12 @@ def command(queue: str, message: str | None, as_json: bool, fields: tuple[str, .
 
     def publish() -> None:
         try:
-            notify(queue, body, root=root, create=not no_create, priority=priority,
-                   deadline=time.monotonic() + timeout, created=lambda what: console.say(PROG, what))
+            published = (notify_end if message is None else notify)(
+                queue, body, root=root, create=not no_create, priority=priority,
+                deadline=time.monotonic() + timeout, created=lambda what: console.say(PROG, what))
+            if published is None:
+                console.say(PROG, f"the end of job {event_key(body)} is already recorded in {queue!r}: "
+                                  "not published again")
         except DdmqError as exc:
             outcome["error"] = exc
         except OSError as exc:

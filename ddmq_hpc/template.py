@@ -23,6 +23,8 @@ import click
 
 from ddmq import DdmqError, UsageError, check_queue_name, console, resolve_root
 
+from .jobevents import watch_tag
+
 PROG = "ddmq-template"
 SCHEDULERS = ("slurm", "pbs")
 _PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS"}
@@ -163,13 +165,19 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
     limit = limit_seconds(scheduler, time) if time is not None else None
     lines = directives(scheduler, job_name=job_name, time=time, partition=partition, array=array,
                        output=output, extra=extra_directives)
+    root_path = os.path.abspath(resolve_root(root)[0])
+    if scheduler == "slurm":
+        # What the controller and sacct keep about the job, even one cancelled
+        # while pending that never runs a line: ddmq-reconcile finds the jobs it
+        # watches by it. Last, so that an --directive cannot drop it.
+        lines.append(f"#SBATCH --comment={_sbatch_value('--comment', watch_tag(queue, root_path))}")
     if notify is None:
         notify = find_notify() or ""
     if "/" in notify:  # a path, as the shell reads a command name; a bare name is looked up in PATH
         notify = os.path.abspath(os.path.expanduser(notify))
     values = {
         "notify": shlex.quote(notify),
-        "root": shlex.quote(os.path.abspath(resolve_root(root)[0])),
+        "root": shlex.quote(root_path),
         "queue": shlex.quote(queue),
         "time_limit": "" if limit is None else str(limit),
     }

@@ -210,6 +210,8 @@ def test_workflow_example_second_job_waits_for_the_first(jobs: Jobs) -> None:
     ("None|9:55", "CANCELLED"),           # what it says after an scancel (seen here)
     ("None|1-00:00:00", "CANCELLED"),
     ("None|UNLIMITED", "CANCELLED"),
+    ("NodeDown|UNLIMITED", "NODE_FAIL"),  # node set down while the job ran (seen here)
+    ("NodeDown|9:55", "NODE_FAIL"),
 ])
 def test_term_state_from_squeue(tmp_path: Path, answer: str, state: str) -> None:
     """The script asks ``squeue -j $SLURM_JOB_ID -o '%r|%L'`` (reason, time left) on TERM."""
@@ -217,6 +219,16 @@ def test_term_state_from_squeue(tmp_path: Path, answer: str, state: str) -> None
     fake_command(bin_dir, "squeue", f'echo "$@" > "{tmp_path}/squeue-args"; echo "{answer}"')
     assert run_and_terminate(tmp_path, bin_dir, time="01:00:00") == (state, 143)
     assert (tmp_path / "squeue-args").read_text().split() == ["-h", "-j", "77", "-o", "%r|%L"]
+
+
+def test_term_state_of_a_job_already_ended_with_its_node(tmp_path: Path) -> None:
+    """Killed with its node, the job is NODE_FAIL at once: squeue shows it only with --states=all."""
+    bin_dir = tmp_path / "bin"
+    fake_command(bin_dir, "squeue", f'echo "$@" >> "{tmp_path}/squeue-args"\n'
+                                    'case "$*" in *--states=all*) echo "NodeDown|UNLIMITED" ;; esac')
+    assert run_and_terminate(tmp_path, bin_dir) == ("NODE_FAIL", 143)
+    assert (tmp_path / "squeue-args").read_text().splitlines() == ["-h -j 77 -o %r|%L",
+                                                                   "-h -j 77 --states=all -o %r|%L"]
 
 
 @pytest.mark.parametrize("rendered, after, state", [

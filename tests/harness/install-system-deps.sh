@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # install-system-deps.sh -- install the Debian packages the test harness needs:
-#   start-slurm.sh / stop-slurm.sh    slurm-wlm (slurmctld, slurmd, slurm-client), munge
+#   start-slurm.sh / stop-slurm.sh    slurm-wlm (slurmctld, slurmd, slurm-client), munge,
+#                                      slurmdbd + mariadb-server (SLURM_ACCOUNTING=slurmdbd: sacct)
 #   mount-shared.sh / umount-shared.sh openssh-server, openssh-client, sshfs, fuse3
 #   all of them                        iproute2 (ss), procps (ps), hostname, util-linux
 #                                      (runuser, mountpoint)
@@ -22,7 +23,7 @@
 # Run as root (or with sudo).  Usage:  tests/harness/install-system-deps.sh
 set -euo pipefail
 
-PKGS=(slurm-wlm munge openssh-server openssh-client sshfs fuse3 iproute2 procps hostname util-linux faketime python3-yaml)
+PKGS=(slurm-wlm slurmdbd mariadb-server munge openssh-server openssh-client sshfs fuse3 iproute2 procps hostname util-linux faketime python3-yaml)
 LOG=${DDMQ_APT_LOG:-${TMPDIR:-/tmp}/ddmq-install-system-deps.log}
 export DEBIAN_FRONTEND=noninteractive
 

@@ -72,6 +72,8 @@ fi
 # 2. Daemons, in reverse start order.
 stop_pidfile "$BASE/run/slurmd.pid" slurmd
 stop_pidfile "$BASE/run/slurmctld.pid" slurmctld
+stop_pidfile "$BASE/run/slurmdbd.pid" slurmdbd     # these two only with SLURM_ACCOUNTING=slurmdbd
+stop_pidfile "$BASE/run/mysqld.pid" mariadbd
 if [ "$KEEP_MUNGE" = 1 ]; then
     [ -e "$BASE/run/munged.pid" ] && log "leaving munged running (--keep-munge)"
 else
@@ -80,7 +82,7 @@ else
 fi
 
 # 3. Config files: remove ours, restore pre-existing ones.
-for f in "$CONF" "$CONF_DIR/cgroup.conf"; do
+for f in "$CONF" "$CONF_DIR/cgroup.conf" "$CONF_DIR/slurmdbd.conf"; do
     if [ -f "$f" ] && grep -qF "$MARKER" "$f"; then
         rm -f "$f"; log "removed $f"
     fi

@@ -1,0 +1,73 @@
+"""``ddmq-jobstate [--queue Q] JOBID``: is this job running, or did it succeed or fail?
+
+Workflow engines ask this once per active job per polling round (Snakemake's
+``--cluster-generic-status-cmd`` starts one process per job per round), so
+the answer must cost the same whatever the length of the queue and must not
+take the event away from anyone: it is read from the job's end record
+(:meth:`ddmq.Broker.job_end`, one lookup), never from a scan of ``ready/``,
+and never by consuming. The output is Snakemake's protocol: one word on
+stdout -- ``running`` (no end recorded yet), ``success`` (COMPLETED) or
+``failed`` (any other end: FAILED, CANCELLED, TIMEOUT, a kill the
+reconciler found) -- and exit status 0.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ddmq import Broker, UsageError, check_queue_name, console
+
+from .jobevents import key_for, local_cluster, parse_job_id
+
+PROG = "ddmq-jobstate"
+
+
+def job_state(queue: str, job_id: str, *, root: str | None = None, cluster: str | None = None) -> str:
+    """``running``, ``success`` or ``failed`` for ``job_id`` (as the scheduler prints it) in ``queue``."""
+    check_queue_name(queue)
+    named, _ = parse_job_id(job_id)
+    if named is None and cluster is None:
+        cluster = local_cluster()
+        if cluster is None:
+            raise UsageError(f"cannot tell which cluster job {job_id} ran on: give --cluster "
+                             "(SLURM's ClusterName), or set SLURM_CLUSTER_NAME")
+    end = Broker(root, create=False).job_end(queue, key_for(job_id, cluster))
+    if end is None:
+        return "running"
+    event = end.message
+    return "success" if isinstance(event, dict) and event.get("state") == "COMPLETED" else "failed"
+
+
+@click.command(
+    name=PROG, cls=console.Command, context_settings=console.CONTEXT,
+    epilog=f"Exit codes: {console.EXIT_OK} answered (the word on stdout); {console.EXIT_USAGE} usage error; "
+           f"{console.EXIT_NOT_FOUND} no such root or queue; {console.EXIT_ERROR} it could not be read (reason on "
+           "stderr). Root: --root, else $DDMQ_ROOT, "
+           "else ~/.ddmq. For Snakemake: --cluster-generic-status-cmd 'ddmq-jobstate --queue Q'.",
+)
+@click.argument("job_id", metavar="JOBID")
+@click.option("--queue", envvar="DDMQ_QUEUE", required=True,
+              help="Queue the job's completion event goes to (default: $DDMQ_QUEUE).")
+@click.option("--cluster", help="Cluster the job ran on, SLURM's ClusterName (default: $SLURM_CLUSTER_NAME, "
+                                "else ClusterName in $SLURM_CONF or /etc/slurm/slurm.conf); a PBS job id "
+                                "names its server.")
+@console.root_option()
+@console.common_options(PROG)
+def command(job_id: str, queue: str, cluster: str | None, root: str | None) -> None:
+    """Print the state of job JOBID: running, success or failed.
+
+    JOBID as sbatch or qsub printed it: 1234, 1234_7 (task 7 of a SLURM
+    array), 1234.server or 88[7].server (PBS). The answer comes from the job's
+    end record in QUEUE (one lookup, whatever the length of the queue; the
+    event stays in the queue): none yet is running, COMPLETED is success,
+    any other end is failed.
+    """
+    console.echo(job_state(queue, job_id, root=root, cluster=cluster))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``ddmq-jobstate`` console script."""
+    code = console.run(command, argv)
+    if code:
+        sys.exit(code)

@@ -1,0 +1,165 @@
+"""``ddmq-reconcile QUEUE``: the terminal event of every watched job that ended without one.
+
+A job's EXIT trap publishes its event on a normal end, a cancel and a time
+limit; nothing runs it when the batch script is killed with SIGKILL, by the
+OOM killer, by a node failure or preemption, nor for a job cancelled or
+rejected before it started. Waiters would hang until their own timeout. This
+command, run from cron or ``scrontab`` every few minutes, asks the scheduler
+once for the user's recent jobs (:mod:`ddmq_hpc.scheduler`), keeps those that
+carry this queue's watch tag (the ``--comment`` ddmq-template writes), and
+publishes for each one that has ended, has no end record, and ended at least
+``--grace`` seconds ago (time for its own trap or epilogue to speak first) an
+event with ``source: scheduler`` and the scheduler's state, exit status and
+signal. It publishes through the job's end record
+(:meth:`ddmq.Broker.publish_job_end`), so a job gets exactly one terminal
+event whoever is first: the job, an epilogue, or any of several reconcilers
+racing on several nodes.
+
+The scheduler is asked at most once per ``--min-interval`` seconds per
+queue, whoever runs the reconciler: the time of the last query is the mtime
+of ``jobs/.reconciled`` in the queue directory, on the shared storage.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from ddmq import Broker, check_queue_name, console, resolve_root, storage_error
+
+from . import options
+from .jobevents import key_for, watch_tag
+from .scheduler import JobRecord, slurm_jobs, watched
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+PROG = "ddmq-reconcile"
+STAMP = ".reconciled"  # in the queue's jobs/ directory; its mtime is the last query's time
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
+    """The completion event for a job that the scheduler says has ended (``source: scheduler``)."""
+    event: dict[str, Any] = {
+        "event": "job_end",
+        "source": "scheduler",
+        "scheduler": "slurm",
+        "cluster": record.cluster,
+        "job_id": record.raw_id or record.job_id,
+        "job_name": record.job_name,
+        "user": record.user,
+        "time": _iso(now),
+        "end_time": None if record.end is None else _iso(record.end),
+        "status": record.exit_code,
+        "signal": record.signal,
+        "state": record.state,
+        "scheduler_state": record.scheduler_state,
+    }
+    array_job, _, task = record.job_id.partition("_")
+    if task:
+        event["array_job_id"], event["array_task_id"] = array_job, task
+    return event
+
+
+def due(queue_dir: str, min_interval: float, now: float) -> bool:
+    """Whether the scheduler may be asked for this queue now; if so, the stamp says so from now on.
+
+    Two reconcilers that pass at the same moment both ask: harmless (their
+    events are published once), and rare enough not to lock for.
+    """
+    jobs = os.open(os.path.join(queue_dir, "jobs"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try:
+            last = os.stat(STAMP, dir_fd=jobs, follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            last = None
+        if last is not None and 0 <= now - last < min_interval:
+            return False
+        stamp = os.open(STAMP, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666, dir_fd=jobs)
+        try:
+            os.utime(stamp)
+        finally:
+            os.close(stamp)
+        return True
+    finally:
+        os.close(jobs)
+
+
+def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_interval: float = 60.0,
+              window: float = 7 * 86400.0, user: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Publish the missing terminal events of ``queue``'s watched jobs; ``[(job key, event)]`` published.
+
+    Empty when the last query was less than ``min_interval`` seconds ago.
+    """
+    import pwd
+
+    check_queue_name(queue)
+    path = os.path.abspath(resolve_root(root)[0])
+    broker = Broker(path, create=False)
+    recorded = set(broker.job_ends(queue))  # also: the queue exists, and has its jobs/ directory
+    now = time.time()
+    try:
+        if not due(os.path.join(path, queue), min_interval, now):
+            return []
+    except OSError as exc:
+        raise storage_error("use the reconciler's stamp in", os.path.join(path, queue, "jobs"), exc) from None
+    records = slurm_jobs(user or pwd.getpwuid(os.getuid()).pw_name, window)
+    published = []
+    for record in watched(records, watch_tag(queue, path)):
+        if record.state is None or (record.end is not None and now - record.end < grace):
+            continue
+        key = key_for(record.job_id, record.cluster)
+        if key in recorded:
+            continue
+        event = scheduler_event(record, now)
+        if broker.publish_job_end(queue, key, event) is not None:
+            published.append((key, event))
+    return published
+
+
+@click.command(
+    name=PROG, cls=console.Command, context_settings=console.CONTEXT,
+    epilog=f"Exit codes: {console.EXIT_OK} done (or not due yet); {console.EXIT_ERROR} the scheduler or the "
+           f"queue could not be used (reason on stderr); {console.EXIT_USAGE} usage error; "
+           f"{console.EXIT_NOT_FOUND} no such root or queue. "
+           "Root: --root, else $DDMQ_ROOT, else ~/.ddmq. Run it from cron or scrontab: see "
+           "workflow_examples/reconcile/.",
+)
+@click.argument("queue")
+@click.option("--grace", type=options.seconds(positive=False), default=120.0, metavar="SECONDS", show_default=True,
+              help="Leave a job that ended less than this long ago to its own trap or epilogue.")
+@click.option("--min-interval", type=options.seconds(positive=False), default=60.0, metavar="SECONDS", show_default=True,
+              help="Ask the scheduler at most once in this long for this queue (whoever runs the reconciler).")
+@click.option("--window", type=options.seconds(), default=7 * 86400.0, metavar="SECONDS", show_default=True,
+              help="Look at jobs that ended in this long before now.")
+@console.root_option()
+@console.common_options(PROG)
+def command(queue: str, grace: float, min_interval: float, window: float, root: str | None) -> None:
+    """Publish the missing completion event of every job of QUEUE that the scheduler says has ended.
+
+    Watched jobs are the user's jobs rendered by ddmq-template for QUEUE and
+    this root (they carry '#SBATCH --comment=ddmq:QUEUE@ROOT'). One sacct
+    query per run (squeue where there is no accounting) covers them all. An
+    event it publishes says source: scheduler, the scheduler's state
+    (COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL,
+    PREEMPTED, BOOT_FAIL, DEADLINE), exit status and signal. A job gets one
+    terminal event, whoever publishes first. Prints one line per event
+    published: job key and state.
+    """
+    for key, event in reconcile(queue, root=root, grace=grace, min_interval=min_interval, window=window):
+        console.echo(f"{key} {event['state']} ({event['scheduler_state']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``ddmq-reconcile`` console script."""
+    code = console.run(command, argv)
+    if code:
+        sys.exit(code)
+
