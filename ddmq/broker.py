@@ -173,6 +173,10 @@ class Broker:
         """The keys of every job whose end is recorded in ``queue``."""
         return jobends.recorded(self._root.checked(queue))
 
+    def reconcile_due(self, queue: str, min_interval: float) -> bool:
+        """For a reconciler: may the scheduler be asked about ``queue``'s jobs now (at most once per ``min_interval``)?"""
+        return jobends.reconcile_due(self._root.checked(queue), min_interval)
+
     # ------------------------------------------------------------ operators
     def entries(self, queue: str, state: str = DEAD, n: int | None = None) -> list[Entry]:
         """Every file in a state directory, valid message or not, with its reason if dead (see :mod:`ddmq.inventory`)."""

@@ -24,7 +24,8 @@ import os
 
 from . import atomic
 from .errors import DdmqError, StorageError, storage_error
-from .layout import JOBS, job_end_name, parse_job_end, publish_tmp_name, ready_name
+from .layout import JOBS, RECONCILED_STAMP, job_end_name, parse_job_end, publish_tmp_name, ready_name, \
+    stamp_tmp_name
 from .log import logger
 from .message import CorruptMessage
 from .transitions import read
@@ -89,6 +90,28 @@ def end_of(q: Queue, key: str) -> Message | None:
 def recorded(q: Queue) -> list[str]:
     """The keys of every job whose end is recorded in the queue (one listing of ``jobs/``)."""
     return sorted(key for key in map(parse_job_end, atomic.listdir(q.jobs)) if key is not None)
+
+
+def reconcile_due(q: Queue, min_interval: float) -> bool:
+    """Whether a reconciler may ask the scheduler about this queue's jobs now; if so, from now on it is not.
+
+    ``jobs/.reconciled``'s mtime is when one last did, on the file server's
+    clock: a fresh empty file renamed over it (as ``clean.stamp``), so any
+    member of the group may renew it, whoever made the last one. Two
+    reconcilers passing at the same moment both ask: harmless, since a job's
+    end is published once whoever publishes it.
+    """
+    now = q.now()
+    try:
+        last: int | None = q.jobs.lstat(RECONCILED_STAMP).st_mtime_ns
+    except FileNotFoundError:
+        last = None
+    except OSError as exc:
+        raise storage_error("read", q.jobs.join(RECONCILED_STAMP), exc) from None
+    if last is not None and 0 <= now - last < min_interval * 1e9:
+        return False
+    atomic.publish_file(q.tmp, stamp_tmp_name(), q.jobs, RECONCILED_STAMP, b"", durable=False, mode=q.settings().mode)
+    return True
 
 
 def roll_forward(q: Queue, name: str, st: os.stat_result, now_ns: int) -> bool:

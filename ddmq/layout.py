@@ -310,6 +310,8 @@ def dead_name(reason: str, original: str, now_ns: int) -> str:
 MAX_JOB_KEY = 200
 _JOB_KEY = rf"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{{0,{MAX_JOB_KEY - 1}}}"
 _JOB_END_SUFFIX = ".end"
+# In jobs/: mtime = when a reconciler last asked the scheduler about the queue's jobs (server time).
+RECONCILED_STAMP = ".reconciled"
 
 
 def job_key(cluster: str | None, job_id: str) -> str:

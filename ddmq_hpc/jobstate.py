@@ -41,10 +41,13 @@ def job_state(queue: str, job_id: str, *, root: str | None = None, cluster: str 
 
 @click.command(
     name=PROG, cls=console.Command, context_settings=console.CONTEXT,
-    epilog=f"Exit codes: {console.EXIT_OK} answered (the word on stdout); {console.EXIT_USAGE} usage error; "
-           f"{console.EXIT_NOT_FOUND} no such root or queue; {console.EXIT_ERROR} it could not be read (reason on "
-           "stderr). Root: --root, else $DDMQ_ROOT, "
-           "else ~/.ddmq. For Snakemake: --cluster-generic-status-cmd 'ddmq-jobstate --queue Q'.",
+    epilog="Root: --root, else $DDMQ_ROOT, else ~/.ddmq. For Snakemake: "
+           "--cluster-generic-status-cmd 'ddmq-jobstate --queue Q'.\n\n" + console.exit_codes_help({
+               console.EXIT_OK: "answered (the word on stdout)",
+               console.EXIT_ERROR: "the job's record could not be read (reason on stderr)",
+               console.EXIT_USAGE: "usage error (bad option, invalid queue name or job id)",
+               console.EXIT_NOT_FOUND: "root or queue not found",
+           }),
 )
 @click.argument("job_id", metavar="JOBID")
 @click.option("--queue", envvar="DDMQ_QUEUE", required=True,

@@ -27,7 +27,7 @@ import time
 
 import click
 
-from ddmq import Broker, check_queue_name, console, resolve_root, storage_error
+from ddmq import Broker, check_queue_name, console, resolve_root
 
 from . import options
 from .jobevents import key_for, watch_tag
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROG = "ddmq-reconcile"
-STAMP = ".reconciled"  # in the queue's jobs/ directory; its mtime is the last query's time
 
 
 def _iso(seconds: float) -> str:
@@ -68,30 +67,6 @@ def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
     return event
 
 
-def due(queue_dir: str, min_interval: float, now: float) -> bool:
-    """Whether the scheduler may be asked for this queue now; if so, the stamp says so from now on.
-
-    Two reconcilers that pass at the same moment both ask: harmless (their
-    events are published once), and rare enough not to lock for.
-    """
-    jobs = os.open(os.path.join(queue_dir, "jobs"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        try:
-            last = os.stat(STAMP, dir_fd=jobs, follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            last = None
-        if last is not None and 0 <= now - last < min_interval:
-            return False
-        stamp = os.open(STAMP, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666, dir_fd=jobs)
-        try:
-            os.utime(stamp)
-        finally:
-            os.close(stamp)
-        return True
-    finally:
-        os.close(jobs)
-
-
 def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_interval: float = 60.0,
               window: float = 7 * 86400.0, user: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Publish the missing terminal events of ``queue``'s watched jobs; ``[(job key, event)]`` published.
@@ -105,11 +80,8 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_
     broker = Broker(path, create=False)
     recorded = set(broker.job_ends(queue))  # also: the queue exists, and has its jobs/ directory
     now = time.time()
-    try:
-        if not due(os.path.join(path, queue), min_interval, now):
-            return []
-    except OSError as exc:
-        raise storage_error("use the reconciler's stamp in", os.path.join(path, queue, "jobs"), exc) from None
+    if not broker.reconcile_due(queue, min_interval):
+        return []
     records = slurm_jobs(user or pwd.getpwuid(os.getuid()).pw_name, window)
     published = []
     for record in watched(records, watch_tag(queue, path)):
@@ -126,11 +98,13 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_
 
 @click.command(
     name=PROG, cls=console.Command, context_settings=console.CONTEXT,
-    epilog=f"Exit codes: {console.EXIT_OK} done (or not due yet); {console.EXIT_ERROR} the scheduler or the "
-           f"queue could not be used (reason on stderr); {console.EXIT_USAGE} usage error; "
-           f"{console.EXIT_NOT_FOUND} no such root or queue. "
-           "Root: --root, else $DDMQ_ROOT, else ~/.ddmq. Run it from cron or scrontab: see "
-           "workflow_examples/reconcile/.",
+    epilog="Root: --root, else $DDMQ_ROOT, else ~/.ddmq. Run it from cron or scrontab: see "
+           "workflow_examples/reconcile/.\n\n" + console.exit_codes_help({
+               console.EXIT_OK: "done (or not due yet)",
+               console.EXIT_ERROR: "the scheduler or the queue could not be used (reason on stderr)",
+               console.EXIT_USAGE: "usage error (bad option, invalid queue name)",
+               console.EXIT_NOT_FOUND: "root or queue not found",
+           }),
 )
 @click.argument("queue")
 @click.option("--grace", type=options.seconds(positive=False), default=120.0, metavar="SECONDS", show_default=True,

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-COMMANDS = ("ddmq", "ddmq-notify", "ddmq-wait", "ddmq-template", "ddmq-dispatch")
+COMMANDS = ("ddmq", "ddmq-notify", "ddmq-wait", "ddmq-template", "ddmq-dispatch", "ddmq-jobstate", "ddmq-reconcile")
 CHECKOUT = Path(__file__).resolve().parents[2]
 DOC = CHECKOUT / "docs" / "cli.md"
 REGENERATE = "python -m tests.support.clidoc"
