@@ -176,7 +176,8 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
          fields: dict[str, str] | None = None, count: int = 1, timeout: float | None = None,
          peek: bool = False, interval: float = 1.0, max_interval: float = 30.0,
          create: bool | None = None, deliver: Callable[[list[Message]], None] | None = None,
-         missing: Callable[[str], object] | None = None) -> list[Message]:
+         missing: Callable[[str], object] | None = None, reconcile_grace: float | None = None,
+         reconcile_interval: float = 60.0) -> list[Message]:
     """Wait for ``count`` matching messages on ``queue`` and return them.
 
     Claimed messages are passed to ``deliver`` (if given) *before* they are
@@ -190,6 +191,13 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     called once with what is missing, so that a mistyped name does not wait
     in silence; ``create=True`` creates them now, ``create=False`` raises
     NotFound.
+
+    With ``reconcile_grace`` (seconds), a poll that comes up short also runs
+    the reconciler on the queue (:func:`ddmq_hpc.reconcile.reconcile`, at most
+    once per ``reconcile_interval`` whoever runs it): a job killed too hard to
+    publish its own end gets one from the scheduler, and the wait ends instead
+    of running into its timeout. A scheduler that cannot be asked is logged
+    (a warning on the ``ddmq`` logger, once) and the wait goes on.
 
     Claims and ``deliver`` run in a worker thread (see _shielded), so that
     SIGINT/SIGTERM can stop the wait even when the filesystem hangs.
@@ -211,6 +219,7 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
         return msg.id not in seen and wanted(msg)
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    failures: set[str] = set()  # reconciler errors already logged
     held: list[Message] = []
     pauses = backoff(interval, max_interval)
     try:
@@ -245,6 +254,9 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
                     raise
             if len(held) >= count:
                 break
+            if reconcile_grace is not None and absent is None and _reconciled(queue, root, reconcile_grace,
+                                                                              reconcile_interval, failures):
+                continue  # an end was just published: look again at once
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 if absent is not None:
@@ -265,6 +277,21 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     assert b is not None  # messages were found through it
     _deliver_and_ack(b, held, deliver, peek)
     return held
+
+
+def _reconciled(queue: str, root: str | None, grace: float, interval: float, failures: set[str]) -> bool:
+    """Run the reconciler for ``queue`` if it is due; whether it published an end. Errors are logged once each."""
+    from ddmq.log import logger
+
+    from .reconcile import reconcile
+
+    try:
+        return bool(reconcile(queue, root=root, grace=grace, min_interval=interval))
+    except DdmqError as exc:
+        if str(exc) not in failures:
+            failures.add(str(exc))
+            logger().warning("cannot reconcile queue %s (waiting on): %s", queue, exc)
+        return False
 
 
 def _deliver_and_ack(b: Broker, held: list[Message], deliver: Callable[[list[Message]], None] | None,
@@ -465,6 +492,14 @@ class _Format(click.Choice):
               help="First poll interval in seconds (default 1).")
 @click.option("--max-interval", type=options.Number(low=options.MIN_INTERVAL), default=30.0,
               help="Poll interval grows to at most this (default 30).")
+@click.option("--reconcile", is_flag=True,
+              help="While waiting, ask the scheduler (as ddmq-reconcile does, at most once per "
+                   "--reconcile-interval) for jobs of QUEUE killed too hard to publish their own end.")
+@click.option("--reconcile-grace", type=options.seconds(positive=False), default=120.0, metavar="SECONDS",
+              show_default=True, help="With --reconcile: leave a job that ended less than this long ago to "
+                                      "its own trap.")
+@click.option("--reconcile-interval", type=options.seconds(positive=False), default=60.0, metavar="SECONDS",
+              show_default=True, help="With --reconcile: ask the scheduler at most once in this long.")
 @console.root_option()
 @click.option("--create/--no-create", default=None,
               help="Create a missing root and queue now, or fail at once (exit 4) if either is missing "
@@ -472,7 +507,8 @@ class _Format(click.Choice):
 @console.common_options(PROG)
 def command(queue: str, match: str | None, regex: str | None, fields: tuple[str, ...], count: int,
             timeout: float | None, output: str | None, fmt: str, null: bool, peek: bool, interval: float,
-            max_interval: float, root: str | None, create: bool | None) -> None:
+            max_interval: float, reconcile: bool, reconcile_grace: float, reconcile_interval: float,
+            root: str | None, create: bool | None) -> None:
     """Wait until matching messages are on QUEUE, print them and exit 0.
 
     By default each message is claimed and acked once written out (one
@@ -494,7 +530,8 @@ def command(queue: str, match: str | None, regex: str | None, fields: tuple[str,
         wait(queue, root=root, match=match, regex=regex, fields=console.parse_pairs(fields, "field"),
              count=count, timeout=timeout, peek=peek, interval=interval, max_interval=max_interval,
              create=create, deliver=deliver,
-             missing=lambda what: console.say(PROG, f"{what}: waiting for it"))
+             missing=lambda what: console.say(PROG, f"{what}: waiting for it"),
+             reconcile_grace=reconcile_grace if reconcile else None, reconcile_interval=reconcile_interval)
     except Abandoned as exc:
         # A worker thread is stuck in the filesystem: leave without waiting for it.
         _exit_now(f"{PROG}: {exc}", 128 + exc.signum)

@@ -316,3 +316,18 @@ def test_an_array_cancelled_while_pending_gets_one_event_per_task(jobs: Jobs, tm
     assert sorted(got) == [f"{array}_{task}" for task in (1, 2, 3)]
     assert all(e["array_job_id"] == array and e["state"] == "CANCELLED" for [e] in got.values())
     assert [jobstate(jobs.root, f"{array}_{task}") for task in (1, 2, 3, 4)] == ["failed"] * 3 + ["running"]
+
+
+def test_a_waiter_with_reconcile_gets_the_end_of_a_job_killed_hard(jobs: Jobs) -> None:
+    """ddmq-wait --reconcile: the waiter itself asks the scheduler, instead of running into its timeout."""
+    Broker(jobs.root, create=True).create_queue(QUEUE)
+    killed = jobs.submit(["sh", "-c", 'touch "started-$SLURM_JOB_ID" && exec sleep 600'])
+    wait_for_file(jobs.dir / f"started-{killed}", timeout=60)
+    subprocess.run(["scancel", "--batch", "--signal=KILL", killed], check=True, timeout=30)
+    ended([killed])
+    waited = subprocess.run([str(BIN / "ddmq-wait"), QUEUE, "--root", str(jobs.root), "--field", f"job_id={killed}",
+                             "--reconcile", "--reconcile-grace", "0", "--timeout", "90", "-f", "json"],
+                            capture_output=True, text=True, timeout=120)
+    assert waited.returncode == 0, waited.stderr
+    event = __import__("json").loads(waited.stdout)["message"]
+    assert (event["state"], event["source"], event["signal"]) == ("FAILED", "scheduler", 9)
