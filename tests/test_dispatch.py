@@ -22,6 +22,7 @@ from typing import Iterator
 import pytest
 
 from ddmq import Broker
+from tests.support.crontab import cron_entry
 
 DISPATCH = Path(sys.executable).parent / "ddmq-dispatch"
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "cron"
@@ -387,18 +388,8 @@ def test_cron_example_runs_as_cron_would(b: Broker, root: Path, tmp_path: Path) 
                                             "options": {"time": "00:30:00"}})
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    assignments, commands = [], []
-    for line in (EXAMPLE / "crontab.example").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if re.match(r"[A-Za-z_][A-Za-z0-9_]*=", line):
-            assignments.append(line.replace("/shared/ddmq", str(root)))
-        else:
-            command = line.split(None, 5)[5]
-            assert "%" not in command  # cron would turn it into a newline
-            commands.append(command.replace("/path/to/venv/bin", str(DISPATCH.parent))
-                                   .replace("/path/to/ddmq-cron", str(EXAMPLE)))
-    [command] = commands
+    assignments, command = cron_entry(EXAMPLE / "crontab.example", {
+        "/shared/ddmq": str(root), "/path/to/venv/bin": str(DISPATCH.parent), "/path/to/ddmq-cron": str(EXAMPLE)})
     env = ["HOME=" + str(home), "PATH=/usr/bin:/bin", "SHELL=/bin/sh", "LOGNAME=nobody",
            *assignments, "DRY_RUN=1"]
     done = subprocess.run(["env", "-i", *env, "/bin/sh", "-c", command], stdin=subprocess.DEVNULL,

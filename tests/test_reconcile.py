@@ -11,7 +11,6 @@ PATH counts the scheduler queries: one per run, none when not due.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ from ddmq import Broker
 from ddmq_hpc.jobevents import event_key, key_for
 from ddmq_hpc.scheduler import slurm_state
 from tests.support.capability import need
+from tests.support.crontab import cron_entry
 from tests.support.jobscripts import BIN, QUEUE, fake_command, wait_for_file
 from tests.test_slurm import Jobs, scancel, slurm_problem
 
@@ -265,19 +265,7 @@ def test_a_second_notify_of_one_job_publishes_nothing(tmp_path: Path) -> None:
 # ---------------------------------------------------- workflow_examples/reconcile
 def cron_command(example: Path, root: Path) -> tuple[list[str], str]:
     """The variable lines and the one command of a crontab/scrontab example, with this test's paths."""
-    assignments, commands = [], []
-    for line in example.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if re.match(r"[A-Za-z_][A-Za-z0-9_]*=", line):
-            assignments.append(line.replace("/shared/ddmq", str(root)))
-        else:
-            command = line.split(None, 5)[5]
-            assert "%" not in command  # cron would turn it into a newline
-            commands.append(command.replace("/path/to/venv/bin", str(BIN)).replace("/shared/ddmq", str(root))
-                                   .replace("--grace 120", "--grace 0"))
-    [command] = commands
-    return assignments, command
+    return cron_entry(example, {"/shared/ddmq": str(root), "/path/to/venv/bin": str(BIN), "--grace 120": "--grace 0"})
 
 
 @pytest.mark.parametrize("example", ["crontab.example", "scrontab.example"])
