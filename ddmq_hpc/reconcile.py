@@ -68,20 +68,23 @@ def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
 
 
 def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_interval: float = 60.0,
-              window: float = 7 * 86400.0, user: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+              window: float = 7 * 86400.0, user: str | None = None,
+              broker: Broker | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Publish the missing terminal events of ``queue``'s watched jobs; ``[(job key, event)]`` published.
 
-    Empty when the last query was less than ``min_interval`` seconds ago.
+    Empty when the last query was less than ``min_interval`` seconds ago: a
+    caller that asks on every poll (``ddmq-wait --reconcile``, passing its own
+    ``broker`` for ``root``) pays one stat of the stamp until one is due.
     """
     import pwd
 
     check_queue_name(queue)
     path = os.path.abspath(resolve_root(root)[0])
-    broker = Broker(path, create=False)
-    recorded = set(broker.job_ends(queue))  # also: the queue exists, and has its jobs/ directory
+    broker = broker or Broker(path, create=False)
     now = time.time()
-    if not broker.reconcile_due(queue, min_interval):
+    if not broker.reconcile_due(queue, min_interval):  # also: the queue exists
         return []
+    recorded = set(broker.job_ends(queue))
     records = slurm_jobs(user or pwd.getpwuid(os.getuid()).pw_name, window)
     published = []
     for record in watched(records, watch_tag(queue, path)):

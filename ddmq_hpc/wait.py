@@ -254,7 +254,7 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
                     raise
             if len(held) >= count:
                 break
-            if reconcile_grace is not None and absent is None and _reconciled(queue, root, reconcile_grace,
+            if reconcile_grace is not None and absent is None and _reconciled(b, queue, root, reconcile_grace,
                                                                               reconcile_interval, failures):
                 continue  # an end was just published: look again at once
             now = time.monotonic()
@@ -279,14 +279,15 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     return held
 
 
-def _reconciled(queue: str, root: str | None, grace: float, interval: float, failures: set[str]) -> bool:
+def _reconciled(b: Broker | None, queue: str, root: str | None, grace: float, interval: float,
+                failures: set[str]) -> bool:
     """Run the reconciler for ``queue`` if it is due; whether it published an end. Errors are logged once each."""
     from ddmq.log import logger
 
     from .reconcile import reconcile
 
     try:
-        return bool(reconcile(queue, root=root, grace=grace, min_interval=interval))
+        return bool(reconcile(queue, root=root, grace=grace, min_interval=interval, broker=b))
     except DdmqError as exc:
         if str(exc) not in failures:
             failures.add(str(exc))
