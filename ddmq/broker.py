@@ -135,8 +135,7 @@ class Broker:
 
     def counts(self, queue: str) -> dict[str, int]:
         """How many messages are ready, in work (leased) and dead."""
-        found = inventory.stats(self._root.checked(queue))
-        return {"ready": found["ready"], "work": found["work"], "dead": found["dead"]}
+        return inventory.counts(self._root.checked(queue))
 
     def stats(self, queue: str) -> dict[str, Any]:
         """counts, plus ``oldest_ready_age`` (seconds, None if nothing is ready) and ``expired_leases``."""

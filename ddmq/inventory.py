@@ -129,18 +129,27 @@ def find(q: Queue, message_id: str) -> Entry:
     raise NotFound(f"no message {message_id} in queue {q.name!r} (acked, purged, or never published here)")
 
 
+def _names(q: Queue) -> tuple[list[str], list[str], list[str]]:
+    """The names in ready/, work/ and dead/ (``.reason`` records left out): one listing of each."""
+    dead = [n for n in atomic.listdir(q.dead) if not n.endswith(REASON_SUFFIX)]
+    return atomic.listdir(q.ready), atomic.listdir(q.work), dead
+
+
+def counts(q: Queue) -> dict[str, int]:
+    """How many messages are ready, in work (leased) and dead."""
+    ready, work, dead = _names(q)
+    return {"ready": len(ready), "work": len(work), "dead": len(dead)}
+
+
 def stats(q: Queue) -> dict[str, Any]:
     """Counts, the age of the oldest ready message (s) and how many leases have expired."""
-    ready = atomic.listdir(q.ready)
+    ready, work, dead = _names(q)
     published = [p.published for p in map(parse_ready, ready) if p is not None]
     now = q.now()
-    expired = sum(1 for w in map(parse_work, atomic.listdir(q.work)) if w is not None and w.expires <= now)
-    work = atomic.listdir(q.work)
-    dead = [n for n in atomic.listdir(q.dead) if not n.endswith(REASON_SUFFIX)]
     return {
         "ready": len(ready), "work": len(work), "dead": len(dead),
         "oldest_ready_age": max(0.0, (time.time_ns() - min(published)) / 1e9) if published else None,
-        "expired_leases": expired,
+        "expired_leases": sum(1 for w in map(parse_work, work) if w is not None and w.expires <= now),
     }
 
 
