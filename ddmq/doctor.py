@@ -20,7 +20,7 @@ import time
 from . import atomic
 from .clock import CLOCK_TOLERANCE, measure_offset
 from .errors import DdmqError
-from .layout import REASON_SUFFIX, STATE_DIRS, check_queue_name, parse_work
+from .layout import STATE_DIRS, check_queue_name, parse_work
 from .mounts import SSHFS_DCACHE_DEFAULT, Mount, ext_journal, mount_of, parse_mountinfo, sshfs_listing_delay, \
     sshfs_options
 
@@ -248,6 +248,7 @@ def queue_permissions(q: Queue, mode: int | None, root_gid: int) -> list[Finding
 def check_queue(q: Queue, settings: Settings, root_gid: int, now_ns: int) -> list[Finding]:
     """Foreign files, leases nobody's housekeeping requeued, dead letters and permissions of one queue."""
     from .housekeeping import foreign_entries
+    from .inventory import dead_letters
 
     findings = queue_permissions(q, settings.mode, root_gid)
     foreign = foreign_entries(q)
@@ -264,7 +265,7 @@ def check_queue(q: Queue, settings: Settings, root_gid: int, now_ns: int) -> lis
                                 f"queue {q.name}: {plural(len(expired), 'expired lease')}, the oldest {oldest:.0f} s "
                                 f"ago, longer than clean_interval ({settings.clean_interval:g} s): no consumer or "
                                 "cleaner is running", f"ddmq clean {q.name} (or run it from cron)", q.name))
-    dead = [n for n in atomic.listdir(q.dead) if not n.endswith(REASON_SUFFIX)]
+    dead = dead_letters(q)
     if dead:
         findings.append(Finding("dead letters", WARNING, f"queue {q.name}: {plural(len(dead), 'dead letter')}",
                                 f"look at them (ddmq peek {q.name} --state dead), then ddmq requeue {q.name} --dead "

@@ -129,10 +129,14 @@ def find(q: Queue, message_id: str) -> Entry:
     raise NotFound(f"no message {message_id} in queue {q.name!r} (acked, purged, or never published here)")
 
 
+def dead_letters(q: Queue) -> list[str]:
+    """The names of the dead letters in dead/, their ``.reason`` records left out."""
+    return [n for n in atomic.listdir(q.dead) if not n.endswith(REASON_SUFFIX)]
+
+
 def _names(q: Queue) -> tuple[list[str], list[str], list[str]]:
     """The names in ready/, work/ and dead/ (``.reason`` records left out): one listing of each."""
-    dead = [n for n in atomic.listdir(q.dead) if not n.endswith(REASON_SUFFIX)]
-    return atomic.listdir(q.ready), atomic.listdir(q.work), dead
+    return atomic.listdir(q.ready), atomic.listdir(q.work), dead_letters(q)
 
 
 def counts(q: Queue) -> dict[str, int]:
