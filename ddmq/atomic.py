@@ -137,6 +137,29 @@ def make_own_dir(parent: Dir, name: str, file_mode: int | None) -> Dir:
     return made
 
 
+def probe(directory: Dir, name: str) -> os.stat_result | None:
+    """Create the private file ``name`` exclusively, stat it and remove it at once; None if it cannot be made.
+
+    The stat is what the file server stamped on a new file (its clock); the
+    create and remove are a change this client made to the directory, which
+    drops its cached view of it on NFS and sshfs.
+    """
+    try:
+        fd = os.open(name, OPEN_FLAGS, 0o600, dir_fd=directory.fd)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # nothing was written through it
+        discard(directory, name)
+
+
 def fsync_dir(directory: Dir) -> None:
     """Make a rename into ``directory`` durable."""
     try:

@@ -10,7 +10,6 @@ coarse file timestamps) the local clock is used as it is.
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 
@@ -41,22 +40,11 @@ class LeaseClock:
 
 def measure_offset(directory: atomic.Dir) -> int | None:
     """File server's clock minus ours (ns), from the mtime it gives a new file; None if no probe can be made."""
-    probe = clock_probe_name()
     before = time.time_ns()
-    try:
-        fd = os.open(probe, atomic.OPEN_FLAGS, 0o600, dir_fd=directory.fd)
-    except OSError:
+    made = atomic.probe(directory, clock_probe_name())
+    if made is None:
         return None
-    try:
-        stamped = os.fstat(fd).st_mtime_ns
-    except OSError:
-        return None
-    finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # nothing was written through it
-        atomic.discard(directory, probe)
+    stamped = made.st_mtime_ns
     return stamped - (before + time.time_ns()) // 2
 
 

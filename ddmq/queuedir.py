@@ -275,13 +275,8 @@ class Queue:
         if now < self._probe_due or not self._cached_remotely():
             return False
         self._probe_due = now + PROBE_EVERY
-        probe = ready_probe_name()
-        try:
-            os.close(os.open(probe, atomic.OPEN_FLAGS, 0o600, dir_fd=self.ready.fd))
-        except OSError:
-            return False  # no write access: the listing is as fresh as the cache lets it be
-        atomic.discard(self.ready, probe)
-        return True
+        # None without write access: the listing is then as fresh as the cache lets it be.
+        return atomic.probe(self.ready, ready_probe_name()) is not None
 
     def lost_race(self) -> None:
         """After another consumer claimed the name we tried: skip 0-3 of the next ones.
