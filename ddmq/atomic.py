@@ -378,6 +378,11 @@ def list_all(directory: Dir) -> list[str]:
         raise storage_error("list", directory.path, exc) from None
 
 
+def hidden(name: str) -> bool:
+    """A name no state directory's grammar has: NFS silly-renames, .fuse_hidden, ddmq's own private names."""
+    return name.startswith(".")
+
+
 def listdir(directory: Dir) -> list[str]:
-    """Names in a state directory, hidden names (NFS silly-renames, .fuse_hidden) left out."""
-    return [name for name in list_all(directory) if not name.startswith(".")]
+    """Names in a state directory, hidden names left out (see :func:`hidden`)."""
+    return [name for name in list_all(directory) if not hidden(name)]

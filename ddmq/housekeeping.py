@@ -107,19 +107,23 @@ def clean_queue(q: Queue, scan_ready: bool) -> CleanReport:
             report.dead_lettered += dead_letter(q, q.work, name, "foreign", "file name is not a ddmq lease name")
         elif work.expires <= now:
             _expired(q, name, work, now, report)
-    for name in atomic.listdir(q.ready) if scan_ready else ():
-        if parse_ready(name) is None:
-            report.dead_lettered += dead_letter(q, q.ready, name, "foreign", "file name is not a ddmq message name")
-    if scan_ready:  # probes a consumer killed between making and removing one (see Queue.refresh_view)
-        report.temp_removed += remove_abandoned(q.ready, now, abandoned_in_ready)
-    for name in filter(is_publish_tmp, atomic.list_all(q.tmp)):
+    if scan_ready:  # one listing of ready/, however long the queue
+        names = atomic.list_all(q.ready)
+        for name in names:
+            if not atomic.hidden(name) and parse_ready(name) is None:
+                report.dead_lettered += dead_letter(q, q.ready, name, "foreign",
+                                                    "file name is not a ddmq message name")
+        # probes a consumer killed between making and removing one (see Queue.refresh_view)
+        report.temp_removed += remove_abandoned(q.ready, now, abandoned_in_ready, names)
+    names = atomic.list_all(q.tmp)
+    for name in filter(is_publish_tmp, names):
         try:
             st = q.tmp.lstat(name)
         except OSError:
             continue  # published or removed meanwhile
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             roll_forward(q, name, st, now)  # a job end recorded, its publisher gone before the rename
-    report.temp_removed += remove_abandoned(q.tmp, now, in_tmp)
+    report.temp_removed += remove_abandoned(q.tmp, now, in_tmp, names)
     return report
 
 
@@ -160,8 +164,11 @@ def _expired(q: Queue, name: str, work: WorkName, now: int, report: CleanReport)
     report.dead_lettered += where == DEAD
 
 
-def remove_abandoned(directory: atomic.Dir, now_ns: int, kind: Callable[[str], tuple[bool, bool]]) -> int:
+def remove_abandoned(directory: atomic.Dir, now_ns: int, kind: Callable[[str], tuple[bool, bool]],
+                     names: list[str] | None = None) -> int:
     """Remove ddmq's own private entries untouched for ABANDONED_AFTER seconds.
+
+    ``names``: the directory's entries, if the caller listed it already.
 
     ``kind(name)`` says whether a name is one this protocol makes there
     (layout's grammar) and whether it is a directory ddmq made: nothing
@@ -171,7 +178,7 @@ def remove_abandoned(directory: atomic.Dir, now_ns: int, kind: Callable[[str], t
     """
     removed = 0
     cutoff = now_ns / 1e9 - ABANDONED_AFTER
-    for name in atomic.list_all(directory):
+    for name in atomic.list_all(directory) if names is None else names:
         ours, made_dir = kind(name)
         if not ours:
             continue
