@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Broker", "CleanReport", "resolve_root", "DEFAULT_ROOT"]
 
+# The settings one publish may override for its messages, in the order _publish_settings takes them.
+_OVERRIDES = ("priority", "message_timeout", "requeue", "requeue_prio", "durable", "requeue_limit")
+
+
 def _check_count(n: object) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"n must be a whole number >= 1, not {n!r}")
@@ -151,12 +155,10 @@ class Broker:
         nodes (see :mod:`ddmq.jobends`); ``overrides`` are publish's.
         """
         key = job_key(None, job)
-        unknown = set(overrides) - {"priority", "message_timeout", "requeue", "requeue_prio", "requeue_limit",
-                                    "durable"}
+        unknown = set(overrides) - set(_OVERRIDES)
         if unknown:
             raise UsageError(f"publish_job_end() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-        keys = ("priority", "message_timeout", "requeue", "requeue_prio", "durable", "requeue_limit")
-        q, settings = self._publish_settings(queue, create, tuple(overrides.get(k) for k in keys))
+        q, settings = self._publish_settings(queue, create, tuple(overrides.get(k) for k in _OVERRIDES))
         msg, data = transitions.new_message(queue, body, settings, headers)
         try:
             return msg if jobends.publish_end(q, key, msg, data, settings.mode) else None
@@ -277,10 +279,9 @@ class Broker:
         if create:
             self.create_queue(queue, exist_ok=True)
         q, settings = self._existing_or_created(queue)
-        if overrides == (None,) * 6:
+        if overrides == (None,) * len(_OVERRIDES):
             return q, settings
-        keys = ("priority", "message_timeout", "requeue", "requeue_prio", "durable", "requeue_limit")
-        chosen = validate({k: v for k, v in zip(keys, overrides) if v is not None}, "publish", InvalidSetting)
+        chosen = validate({k: v for k, v in zip(_OVERRIDES, overrides) if v is not None}, "publish", InvalidSetting)
         return q, settings.overridden(chosen)
 
     # --------------------------------------------------------------- consume
