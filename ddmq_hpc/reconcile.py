@@ -40,10 +40,6 @@ if TYPE_CHECKING:
 PROG = "ddmq-reconcile"
 
 
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
 def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
     """The completion event for a job that the scheduler says has ended (``source: scheduler``)."""
     event: dict[str, Any] = {
@@ -54,8 +50,8 @@ def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
         "job_id": record.raw_id or record.job_id,
         "job_name": record.job_name,
         "user": record.user,
-        "time": _iso(now),
-        "end_time": None if record.end is None else _iso(record.end),
+        "time": console.iso_utc(now),
+        "end_time": None if record.end is None else console.iso_utc(record.end),
         "status": record.exit_code,
         "signal": record.signal,
         "state": record.state,
