@@ -317,9 +317,10 @@ RECONCILED_STAMP = ".reconciled"
 def job_key(cluster: str | None, job_id: str) -> str:
     """The key of a job's end record: ``CLUSTER.JOBID`` (``JOBID`` alone without a cluster name).
 
-    ``JOBID`` as the scheduler prints it (``1234``, ``1234_7`` for an array
-    task, ``1234.server`` for PBS). UsageError for anything that could not
-    be a file name in ``jobs/``.
+    ``JOBID`` as a key writes it: ``1234``, ``1234_7`` for an array task
+    (``ddmq_hpc.jobevents`` turns PBS's ``88[7].server`` into cluster
+    ``server``, job ``88_7``). UsageError for anything that could not be a
+    file name in ``jobs/``.
     """
     key = job_id if not cluster else f"{cluster}.{job_id}"
     if not isinstance(key, str) or not compiled(_JOB_KEY + r"\Z").match(key):
