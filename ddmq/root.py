@@ -16,8 +16,9 @@ import stat
 
 from . import atomic
 from .clock import LeaseClock
-from .errors import DdmqError, ForeignFiles, NotARoot, QueueExists, QueueNotFound, RootNotFound, StorageError, \
-    storage_error
+from .errors import (
+    DdmqError, ForeignFiles, NotARoot, QueueExists, QueueNotFound, RootNotFound, StorageError, UsageError, storage_error,
+)
 from .housekeeping import foreign_entries
 from .layout import JOBS, QUEUE_MARKER, ROOT_MARKER, STATE_DIRS, check_queue_name, doomed_name, marker_tmp_name, \
     settings_tmp_name, staging_name
@@ -224,8 +225,6 @@ class Root:
         """
         unknown = [key for key in unset if key not in SCHEMA]
         if unknown:
-            from .errors import UsageError
-
             raise UsageError(f"unknown setting {unknown[0]!r} (known: {', '.join(SCHEMA)})")
         q = self.checked(name)
         try:
