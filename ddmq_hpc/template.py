@@ -76,7 +76,7 @@ def limit_seconds(scheduler: str, text: str) -> int | None:
     return total or None
 
 
-def _word(option: str, value: str) -> str:
+def pbs_value(option: str, value: str) -> str:
     """A ``#PBS`` value: one word, because qsub ends it at white space (and PBS takes no job
     name with any), and without quotes or backslashes, which PBS versions read differently."""
     if not value or any(c.isspace() for c in value):
@@ -87,7 +87,7 @@ def _word(option: str, value: str) -> str:
     return value
 
 
-def _sbatch_value(option: str, value: str) -> str:
+def sbatch_value(option: str, value: str) -> str:
     """A value as sbatch reads it back from an ``#SBATCH`` line, whatever it holds.
 
     sbatch splits the line with its own tokenizer: white space separates words
@@ -111,7 +111,7 @@ def directives(scheduler: str, *, job_name: str | None = None, time: str | None 
     """The ``#SBATCH``/``#PBS`` lines; ``extra`` (raw lines) come last so they can override."""
     given = {"--job-name": job_name, "--partition": partition, "--time": time, "--array": array,
              "--output": output}
-    value_of = _sbatch_value if scheduler == "slurm" else _word
+    value_of = sbatch_value if scheduler == "slurm" else pbs_value
     values = {option: value_of(option, value) for option, value in given.items() if value is not None}
     if scheduler == "slurm":  # ddmq-template's options are named after SLURM's
         lines = [f"#SBATCH {option}={value}" for option, value in values.items()]
@@ -170,7 +170,7 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
         # What the controller and sacct keep about the job, even one cancelled
         # while pending that never runs a line: ddmq-reconcile finds the jobs it
         # watches by it. Last, so that an --directive cannot drop it.
-        lines.append(f"#SBATCH --comment={_sbatch_value('--comment', watch_tag(queue, root_path))}")
+        lines.append(f"#SBATCH --comment={sbatch_value('--comment', watch_tag(queue, root_path))}")
     if notify is None:
         notify = find_notify() or ""
     if "/" in notify:  # a path, as the shell reads a command name; a bare name is looked up in PATH
