@@ -237,7 +237,7 @@ def describe_end(event: Any, job_id: str, scheduler: str) -> str:
                     "before it could say so itself")
     elif event.get("host"):
         said.append(f"on {event['host']}")
-    return ", ".join(said) + "."
+    return ", ".join(said) + ". "  # Snakemake appends its own sentence
 
 
 class Executor(RemoteExecutor):
