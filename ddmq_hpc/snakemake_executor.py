@@ -360,7 +360,7 @@ class Executor(RemoteExecutor):
         silent = [info for info in active_jobs if not self._report_if_ended(info)]
         now, grace = time.monotonic(), self._settings.grace
         if silent and self._settings.scheduler == "slurm" and any(
-                now - info.aux["submitted"] >= grace for info in silent if info.aux):
+                now - info.aux["submitted"] >= grace for info in silent):
             published = self._reconcile()
             silent = [info for info in silent if info.aux["key"] not in published or not self._report_if_ended(info)]
         for info in silent:
@@ -386,7 +386,7 @@ class Executor(RemoteExecutor):
                                   aux_logs=[info.aux["log"]])
         return True
 
-    def _reconcile(self) -> set:
+    def _reconcile(self) -> set[str]:
         """The keys the reconciler published events for now (empty when it was not due)."""
         settings = self._settings
         try:

@@ -230,6 +230,61 @@ def test_a_refused_submission_is_one_line(slurm: None, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ without a scheduler
+# No PBS server can be installed here: this qsub runs the script at once, in
+# the background and in a session of its own, with the variables PBS sets
+# (the submitter's environment too, as qsub -V asks); qdel sends TERM to
+# that session, as PBS does on a delete.
+FAKE_QSUB = r"""#!/bin/bash
+echo "$*" >> "$PBS_FAKE/qsub.calls"
+script=${@: -1}
+n=$(( $(cat "$PBS_FAKE/counter" 2>/dev/null || echo 0) + 1 ))
+echo $n > "$PBS_FAKE/counter"
+cp "$script" "$PBS_FAKE/$n.sh"
+out=$(sed -n 's/^#PBS -o //p' "$script")
+PBS_JOBID=$n.pbs01 PBS_JOBNAME=$(sed -n 's/^#PBS -N //p' "$script") PBS_O_WORKDIR=$PWD \
+    PBS_ENVIRONMENT=PBS_BATCH setsid bash "$PBS_FAKE/$n.sh" > "$out" 2>&1 < /dev/null &
+echo $! > "$PBS_FAKE/$n.pid"
+echo $n.pbs01
+"""
+FAKE_QDEL = r"""#!/bin/bash
+echo "$*" >> "$PBS_FAKE/qdel.calls"
+for id; do kill -TERM -- -"$(cat "$PBS_FAKE/${id%%.*}.pid")"; done
+"""
+
+
+def test_pbs_jobs_report_their_ends_through_the_queue(tmp_path: Path) -> None:
+    """--ddmq-scheduler pbs: qsub -V with PBS directives, and each job's end read from its record."""
+    fake, workdir, root = tmp_path / "pbs", tmp_path / "work", tmp_path / "root"
+    for directory in (fake, fake / "bin", workdir):
+        directory.mkdir()
+    for name, body in (("qsub", FAKE_QSUB), ("qdel", FAKE_QDEL)):
+        (fake / "bin" / name).write_text(body)
+        (fake / "bin" / name).chmod(0o755)
+    (workdir / "Snakefile").write_text(
+        'rule all:\n    input: "b.txt", "c.txt"\n'
+        'rule a:\n    output: "a.txt"\n    resources: runtime=65, mem_mb=400, pbs_queue="workq"\n'
+        '    shell: "echo $PBS_JOBID > {output}"\n'
+        'rule b:\n    input: "a.txt"\n    output: "b.txt"\n    shell: "cat {input} > {output}"\n'
+        'rule c:\n    output: "c.txt"\n    shell: "echo c went wrong >&2; exit 2"\n')
+    env = {**os.environ, "PBS_FAKE": str(fake), "PATH": f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([*SNAKEMAKE, "--executor", "ddmq", "-j", "2", "--keep-going", "--ddmq-scheduler", "pbs",
+                           "--ddmq-root", str(root), "--ddmq-queue", QUEUE], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert re.findall(r"Error in rule (\w+):", output) == ["c"], output
+    assert re.search(r"PBS job \d+\.pbs01 ended FAILED, exit status 1, on ", output), output
+    assert (workdir / "b.txt").read_text() == (workdir / "a.txt").read_text() != ""
+    calls = (fake / "qsub.calls").read_text().splitlines()
+    assert len(calls) == 3 and all(call.startswith("-V ") for call in calls), calls
+    [script_a] = [text for text in map(Path.read_text, fake.glob("*.sh")) if "#PBS -N snakejob.a." in text]
+    assert "#PBS -l walltime=1:05:00" in script_a and "#PBS -q workq" in script_a
+    assert "#PBS -l select=1:ncpus=1:mem=400mb" in script_a
+    ends = Broker(root).job_ends(QUEUE)
+    assert sorted(ends) == ["pbs01.1", "pbs01.2", "pbs01.3"]
+    assert "c went wrong" in "".join(p.read_text() for p in (workdir / ".snakemake" / "ddmq_logs").rglob("*.log"))
+
+
 def test_importing_ddmq_does_not_import_snakemake() -> None:
     """The commands run at the end of every job: Snakemake's import time must not be theirs."""
     code = ("import sys, ddmq, ddmq_hpc, ddmq_hpc.template, ddmq_hpc.reconcile; "
