@@ -39,12 +39,14 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
-from ddmq import Broker, DdmqError, check_queue_name, resolve_root
+from ddmq import Broker, DdmqError, check_queue_name, console, resolve_root
 
 from .jobevents import key_for, local_cluster
 from .reconcile import reconcile
 from .template import SCHEDULERS, pbs_value, render, sbatch_value
 
+# A job id's end recorded this long before the job was submitted is an earlier job's (see _check_key_is_new).
+REUSED_ID_SLACK = 5.0
 SUBMIT_TIMEOUT = 60.0  # seconds for sbatch/qsub/scancel/qdel: a controller that takes longer is down
 # Options of slurm_extra that would break what this executor relies on: the
 # watch tag the reconciler finds a job by, the script it submits, one job per key.
@@ -267,7 +269,7 @@ class Executor(RemoteExecutor):
             self.logger.warning("ddmq executor: a PBS job killed too hard to run its trap is not detected: "
                                 "ddmq-reconcile does not ask qstat yet")
         self._started = time.time()
-        self._run_name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._started))
+        self._run_name = console.iso_utc(self._started).replace("-", "").replace(":", "")
         self._logdir = Path(".snakemake", "ddmq_logs").resolve()
         # Every job submitted and not yet reported: Snakemake takes its active
         # jobs out of its own list during a status round, and a Ctrl-C then must
@@ -296,6 +298,7 @@ class Executor(RemoteExecutor):
             out.write(script)
         command = ["sbatch", "--parsable", *request.arguments, path] if slurm else ["qsub", "-V", *request.arguments,
                                                                                   path]
+        asked = time.time()
         printed = self._submit(job, command)
         job_id, _, cluster = printed.partition(";")  # sbatch --parsable: ID, or ID;CLUSTER on a multi-cluster site
         try:
@@ -309,8 +312,32 @@ class Executor(RemoteExecutor):
         info = SubmittedJobInfo(job, external_jobid=job_id,
                                 aux={"key": key, "log": str(log), "submitted": time.monotonic()})
         with self._unreported_lock:
-            self._unreported[key] = info
+            self._unreported[key] = info  # from here on, a Ctrl-C or an error cancels it
+        self._check_key_is_new(job, info, asked)
         self.report_job_submission(info)
+
+    def _check_key_is_new(self, job: JobExecutorInterface, info: SubmittedJobInfo, asked: float) -> None:
+        """Refuse a job whose key already has an end recorded before it was submitted.
+
+        The scheduler reused its id (SLURM restarted with a fresh state, or ids
+        wrapped around) and the queue kept the earlier job's end: this job's
+        own end could never be recorded (one end per key), and Snakemake would
+        be told the earlier job's. A record made by this job itself, done
+        before sbatch answered, is not older than the submission, give or take
+        the nodes' clocks (REUSED_ID_SLACK).
+        """
+        queue = self._settings.queue
+        try:
+            earlier = self._broker.job_end(queue, info.aux["key"])
+        except DdmqError:
+            return  # read again, and said, in the status round
+        if earlier is None or earlier.published >= (asked - REUSED_ID_SLACK) * 1e9:
+            return
+        raise WorkflowError(
+            f"{self._what(job)}: queue {queue!r} already holds the end of an earlier job "
+            f"{info.external_jobid}, recorded {console.iso_utc(earlier.published / 1e9)}: "
+            f"the scheduler reuses job ids (restarted, or wrapped around). Use another --ddmq-queue, or "
+            f"`ddmq delete {queue}` when no job uses it")
 
     def _submit(self, job: JobExecutorInterface, command: List[str]) -> str:
         """Run sbatch/qsub; what it printed. Any failure is one line, a WorkflowError."""

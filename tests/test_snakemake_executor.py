@@ -252,23 +252,29 @@ for id; do kill -TERM -- -"$(cat "$PBS_FAKE/${id%%.*}.pid")"; done
 """
 
 
-def test_pbs_jobs_report_their_ends_through_the_queue(tmp_path: Path) -> None:
-    """--ddmq-scheduler pbs: qsub -V with PBS directives, and each job's end read from its record."""
-    fake, workdir, root = tmp_path / "pbs", tmp_path / "work", tmp_path / "root"
-    for directory in (fake, fake / "bin", workdir):
-        directory.mkdir()
+@pytest.fixture
+def fake_pbs(tmp_path: Path) -> dict[str, str]:
+    """The environment with the stand-in qsub and qdel first in PATH; they keep their state in tmp_path/pbs."""
+    fake = tmp_path / "pbs"
+    (fake / "bin").mkdir(parents=True)
     for name, body in (("qsub", FAKE_QSUB), ("qdel", FAKE_QDEL)):
         (fake / "bin" / name).write_text(body)
         (fake / "bin" / name).chmod(0o755)
+    (tmp_path / "work").mkdir()
+    return {**os.environ, "PBS_FAKE": str(fake), "PATH": f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_pbs_jobs_report_their_ends_through_the_queue(fake_pbs: dict[str, str], tmp_path: Path) -> None:
+    """--ddmq-scheduler pbs: qsub -V with PBS directives, and each job's end read from its record."""
+    fake, workdir, root = tmp_path / "pbs", tmp_path / "work", tmp_path / "root"
     (workdir / "Snakefile").write_text(
         'rule all:\n    input: "b.txt", "c.txt"\n'
         'rule a:\n    output: "a.txt"\n    resources: runtime=65, mem_mb=400, pbs_queue="workq"\n'
         '    shell: "echo $PBS_JOBID > {output}"\n'
         'rule b:\n    input: "a.txt"\n    output: "b.txt"\n    shell: "cat {input} > {output}"\n'
         'rule c:\n    output: "c.txt"\n    shell: "echo c went wrong >&2; exit 2"\n')
-    env = {**os.environ, "PBS_FAKE": str(fake), "PATH": f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run([*SNAKEMAKE, "--executor", "ddmq", "-j", "2", "--keep-going", "--ddmq-scheduler", "pbs",
-                           "--ddmq-root", str(root), "--ddmq-queue", QUEUE], cwd=workdir, env=env,
+                           "--ddmq-root", str(root), "--ddmq-queue", QUEUE], cwd=workdir, env=fake_pbs,
                           capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
@@ -283,6 +289,25 @@ def test_pbs_jobs_report_their_ends_through_the_queue(tmp_path: Path) -> None:
     ends = Broker(root).job_ends(QUEUE)
     assert sorted(ends) == ["pbs01.1", "pbs01.2", "pbs01.3"]
     assert "c went wrong" in "".join(p.read_text() for p in (workdir / ".snakemake" / "ddmq_logs").rglob("*.log"))
+
+
+def test_a_job_id_whose_end_is_already_recorded_is_refused(fake_pbs: dict[str, str], tmp_path: Path) -> None:
+    """A reused job id (the scheduler restarted) must not be taken for the earlier job's end: the run stops,
+    saying why, and the job is deleted."""
+    from ddmq_hpc.snakemake_executor import REUSED_ID_SLACK
+
+    workdir, root = tmp_path / "work", tmp_path / "root"
+    Broker(root, create=True).publish_job_end(QUEUE, "pbs01.1", {"event": "job_end", "state": "COMPLETED"},
+                                              create=True)
+    time.sleep(REUSED_ID_SLACK + 0.5)
+    (workdir / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "sleep 60; touch {output}"\n')
+    done = subprocess.run([*SNAKEMAKE, "--executor", "ddmq", "-j", "1", "--ddmq-scheduler", "pbs", "--ddmq-root",
+                           str(root), "--ddmq-queue", QUEUE], cwd=workdir, env=fake_pbs, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"rule a (job 1): queue '{QUEUE}' already holds the end of an earlier job 1.pbs01" in done.stderr, \
+        done.stderr
+    assert (tmp_path / "pbs" / "qdel.calls").read_text() == "1.pbs01\n"
 
 
 def test_importing_ddmq_does_not_import_snakemake() -> None:
