@@ -4,9 +4,8 @@ One ``--keep-going`` run covers most of it, since the node runs two jobs at a
 time: the example workflow (workflow_examples/snakemake-executor, its
 Snakefile and its profile) plus a job that fails, a job killed with SIGKILL
 (no trap runs: the reconciler must report it), and a job whose resources
-must reach sbatch. A ``sacct`` wrapper first in PATH counts the scheduler
-queries. A second run is interrupted with SIGINT while its jobs sleep: they
-must be cancelled. Each run has its own ddmq root under tmp_path.
+must reach sbatch. Wrappers first in PATH count the scheduler queries. A second run is interrupted with SIGINT while its jobs sleep: they
+must be cancelled, with one scancel. Each run has its own ddmq root under tmp_path.
 
 Without SLURM these tests skip, or fail where DDMQ_REQUIRE_SLURM=1 (CI). The
 resource mapping and the settings are also checked without a scheduler.
@@ -16,6 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -29,7 +29,7 @@ import pytest
 from ddmq import Broker
 from ddmq_hpc.jobevents import key_for, watch_tag
 from tests.support.capability import need
-from tests.test_reconcile import REAL_SACCT, accounting_problem
+from tests.test_reconcile import accounting_problem
 from tests.test_slurm import job_info, scancel
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "snakemake-executor"
@@ -45,14 +45,23 @@ def slurm() -> None:
     need("slurm", problem and f"SLURM with accounting is not available: {problem}")
 
 
-def run_env(tmp_path: Path) -> dict[str, str]:
-    """The test's environment, with a sacct first in PATH that logs each call before running the real one."""
+def counting_env(tmp_path: Path, *commands: str) -> dict[str, str]:
+    """The test's environment, with wrappers first in PATH that log each call of ``commands``
+    (to tmp_path/NAME.calls) before running the real one."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    wrapper = bin_dir / "sacct"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "sacct.calls"}\nexec {REAL_SACCT} "$@"\n')
-    wrapper.chmod(0o755)
+    for name in commands:
+        real = shutil.which(name)
+        assert real is not None, f"{name} not found"
+        wrapper = bin_dir / name
+        wrapper.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / f"{name}.calls"}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def calls(tmp_path: Path, command: str) -> list[str]:
+    log = tmp_path / f"{command}.calls"
+    return log.read_text().splitlines() if log.exists() else []
 
 
 def submitted(output: str) -> dict[str, tuple[str, str]]:
@@ -103,7 +112,7 @@ def test_a_workflow_with_a_failure_and_a_hard_kill(slurm: None, tmp_path: Path) 
     done = subprocess.run(
         [*SNAKEMAKE, "--workflow-profile", str(EXAMPLE), "--keep-going", "--ddmq-root", str(root),
          "--ddmq-queue", QUEUE, "--ddmq-grace", "3", "--ddmq-reconcile-interval", "5"],
-        cwd=workdir, env=run_env(tmp_path), capture_output=True, text=True, timeout=600)
+        cwd=workdir, env=counting_env(tmp_path, "sacct", "squeue"), capture_output=True, text=True, timeout=600)
     wall = time.monotonic() - started
     output = done.stdout + done.stderr
     jobs = submitted(output)
@@ -143,8 +152,8 @@ def test_a_workflow_with_a_failure_and_a_hard_kill(slurm: None, tmp_path: Path) 
 
         # The scheduler was asked far less than once per job per round: sacct at most once per
         # reconcile interval, and only while a job was silent.
-        calls = (tmp_path / "sacct.calls").read_text().splitlines() if (tmp_path / "sacct.calls").exists() else []
-        assert 1 <= len(calls) <= wall / 5 + 1, calls
+        assert 1 <= len(calls(tmp_path, "sacct")) <= wall / 5 + 1, calls(tmp_path, "sacct")
+        assert calls(tmp_path, "squeue") == []
 
         # Snakemake noticed each job's end within about a status round (1 s) of its publication.
         delays = [noticed - end.published / 1e9 for sm, end in ends.items()
@@ -176,7 +185,8 @@ def test_an_interrupted_run_cancels_its_jobs(slurm: None, tmp_path: Path) -> Non
     log = tmp_path / "snakemake.out"
     with open(log, "w") as out:
         proc = subprocess.Popen([*SNAKEMAKE, "--executor", "ddmq", "-j", "3", "--ddmq-root", str(root),
-                                 "--ddmq-queue", QUEUE], cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+                                 "--ddmq-queue", QUEUE], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                env=counting_env(tmp_path, "scancel"))
     try:
         deadline = time.monotonic() + 180
         while len(submitted(log.read_text())) < 3 or not running(our_jobs(root)):
@@ -186,6 +196,7 @@ def test_an_interrupted_run_cancels_its_jobs(slurm: None, tmp_path: Path) -> Non
         time.sleep(2)  # the running jobs' commands have started
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) != 0
+        assert calls(tmp_path, "scancel") == [" ".join(sorted(jobs))]  # one scancel for all of them
         states = {sid: final_state(sid) for sid in jobs}
         assert set(states.values()) == {"CANCELLED"}, (states, log.read_text())
         assert our_jobs(root) == []
@@ -305,7 +316,7 @@ def test_a_job_id_whose_end_is_already_recorded_is_refused(fake_pbs: dict[str, s
                            str(root), "--ddmq-queue", QUEUE], cwd=workdir, env=fake_pbs, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1
-    assert f"rule a (job 1): queue '{QUEUE}' already holds the end of an earlier job 1.pbs01" in done.stderr, \
+    assert f"rule a (job 0): queue '{QUEUE}' already holds the end of an earlier job 1.pbs01" in done.stderr, \
         done.stderr
     assert (tmp_path / "pbs" / "qdel.calls").read_text() == "1.pbs01\n"
 
