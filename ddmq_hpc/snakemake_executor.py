@@ -248,15 +248,20 @@ class Executor(RemoteExecutor):
     def __post_init__(self) -> None:
         settings = self.workflow.executor_settings
         self._settings = settings
-        for name in ("reconcile_interval", "grace", "status_interval"):
-            if not getattr(settings, name) >= 0:  # also NaN
-                raise WorkflowError(f"--ddmq-{name.replace('_', '-')} must be 0 or more seconds, "
-                                    f"not {getattr(settings, name)}")
+        for name, least in (("reconcile_interval", 0.0), ("grace", 0.0), ("status_interval", 0.01)):
+            value = getattr(settings, name)
+            if not least <= value < math.inf:  # also NaN
+                raise WorkflowError(f"--ddmq-{name.replace('_', '-')} must be {least:g} or more seconds "
+                                    f"(and finite), not {value}")
         try:
             check_queue_name(settings.queue)
             self._root = os.path.abspath(resolve_root(settings.root)[0])
-            self._broker = Broker(self._root, create=True)
-            self._broker.create_queue(settings.queue, exist_ok=True)
+            # One Broker per thread (a Broker keeps open directories and caches, and
+            # is not shared between threads): submissions run in Snakemake's main
+            # thread, status rounds in the executor's wait thread.
+            self._submit_broker = Broker(self._root, create=True)
+            self._submit_broker.create_queue(settings.queue, exist_ok=True)
+            self._status_broker = Broker(self._root)
         except DdmqError as exc:
             raise WorkflowError(f"ddmq executor: {exc}") from None
         self._cluster: Optional[str] = None
@@ -328,7 +333,7 @@ class Executor(RemoteExecutor):
         """
         queue = self._settings.queue
         try:
-            earlier = self._broker.job_end(queue, info.aux["key"])
+            earlier = self._submit_broker.job_end(queue, info.aux["key"])
         except DdmqError:
             return  # read again, and said, in the status round
         if earlier is None or earlier.published >= (asked - REUSED_ID_SLACK) * 1e9:
@@ -397,7 +402,7 @@ class Executor(RemoteExecutor):
         """Report the job to Snakemake if its end is recorded (one read); whether it was."""
         assert info.aux is not None and info.external_jobid is not None
         try:
-            end = self._broker.job_end(self._settings.queue, info.aux["key"])
+            end = self._status_broker.job_end(self._settings.queue, info.aux["key"])
         except DdmqError as exc:  # a storage hiccup: the job stays active, and is asked about again
             self._warn_once(f"ddmq executor: cannot read the end of job {info.external_jobid}: {exc}")
             return False
@@ -418,7 +423,7 @@ class Executor(RemoteExecutor):
         settings = self._settings
         try:
             published = reconcile(settings.queue, root=self._root, grace=settings.grace,
-                                  min_interval=settings.reconcile_interval, broker=self._broker,
+                                  min_interval=settings.reconcile_interval, broker=self._status_broker,
                                   window=time.time() - self._started + settings.grace + 60)
         except DdmqError as exc:
             self._warn_once(f"ddmq executor: cannot ask the scheduler about silent jobs: {exc}")

@@ -341,6 +341,18 @@ def test_every_setting_has_a_default_and_help(tmp_path: Path) -> None:
         assert option in done.stdout
 
 
+@pytest.mark.parametrize(("option", "said"), [
+    ("--ddmq-grace=-1", "--ddmq-grace must be 0 or more seconds (and finite), not -1.0"),
+    ("--ddmq-status-interval=0", "--ddmq-status-interval must be 0.01 or more seconds (and finite), not 0.0"),
+    ("--ddmq-queue=bad/name", "ddmq executor: invalid queue name 'bad/name'"),
+])
+def test_a_bad_setting_is_one_line(tmp_path: Path, option: str, said: str) -> None:
+    (tmp_path / "Snakefile").write_text('rule a:\n    output: "a"\n    shell: "touch {output}"\n')
+    done = subprocess.run([*SNAKEMAKE, "--executor", "ddmq", "-j", "1", option], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def resources(**values: Any) -> dict[str, Any]:
     return values
 
