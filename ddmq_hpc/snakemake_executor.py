@@ -273,8 +273,7 @@ class Executor(RemoteExecutor):
         else:
             self.logger.warning("ddmq executor: a PBS job killed too hard to run its trap is not detected: "
                                 "ddmq-reconcile does not ask qstat yet")
-        self._started = time.time()
-        self._run_name = console.iso_utc(self._started).replace("-", "").replace(":", "")
+        self._run_name = console.iso_utc().replace("-", "").replace(":", "")
         self._logdir = Path(".snakemake", "ddmq_logs").resolve()
         # Every job submitted and not yet reported: Snakemake takes its active
         # jobs out of its own list during a status round, and a Ctrl-C then must
@@ -390,10 +389,9 @@ class Executor(RemoteExecutor):
         if not active_jobs:  # also the rounds before __post_init__ has run
             return
         silent = [info for info in active_jobs if not self._report_if_ended(info)]
-        now, grace = time.monotonic(), self._settings.grace
-        if silent and self._settings.scheduler == "slurm" and any(
-                now - info.aux["submitted"] >= grace for info in silent):
-            published = self._reconcile()
+        waited = max((time.monotonic() - info.aux["submitted"] for info in silent), default=0.0)
+        if self._settings.scheduler == "slurm" and silent and waited >= self._settings.grace:
+            published = self._reconcile(waited)
             silent = [info for info in silent if info.aux["key"] not in published or not self._report_if_ended(info)]
         for info in silent:
             yield info
@@ -418,13 +416,18 @@ class Executor(RemoteExecutor):
                                   aux_logs=[info.aux["log"]])
         return True
 
-    def _reconcile(self) -> set[str]:
-        """The keys the reconciler published events for now (empty when it was not due)."""
+    def _reconcile(self, waited: float) -> set[str]:
+        """The keys the reconciler published events for now (empty when it was not due).
+
+        The scheduler is asked about jobs that ended since the oldest silent
+        job was submitted (``waited`` seconds ago, and a minute for the clocks):
+        one short listing, however long the workflow has run.
+        """
         settings = self._settings
         try:
             published = reconcile(settings.queue, root=self._root, grace=settings.grace,
                                   min_interval=settings.reconcile_interval, broker=self._status_broker,
-                                  window=time.time() - self._started + settings.grace + 60)
+                                  window=waited + 60)
         except DdmqError as exc:
             self._warn_once(f"ddmq executor: cannot ask the scheduler about silent jobs: {exc}")
             return set()
