@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from ddmq import Broker
-from ddmq_hpc.jobevents import key_for, watch_tag
+from ddmq_hpc.jobevents import key_for, local_cluster, watch_tag
 from tests.support.capability import need
 from tests.test_reconcile import accounting_problem
 from tests.test_slurm import job_info, scancel
@@ -125,7 +125,7 @@ def test_a_workflow_with_a_failure_and_a_hard_kill(slurm: None, tmp_path: Path) 
         assert (workdir / "resources.txt").is_file()
         assert len(jobs) == 4 + 4 + 1 + 3  # make_sample, count_words, report; fails, killed, resources
 
-        # The failed job: the state from its trap (the status is the job's Snakemake's), and its log.
+        # The failed job: its trap's event (status 1: that of the Snakemake that ran the rule), and its log.
         fails_id = dict(errors)["fails"]
         slurm_id, log = jobs[fails_id]
         assert f"SLURM job {slurm_id} ended FAILED, exit status 1, on " in output
@@ -136,7 +136,7 @@ def test_a_workflow_with_a_failure_and_a_hard_kill(slurm: None, tmp_path: Path) 
 
         # One terminal event per job, read back by its key; none from the scheduler but the killed job's.
         b = Broker(root)
-        cluster = job_info(slurm_id).get("ClusterName") or "localcluster"
+        cluster = local_cluster()
         ends = {sm: b.job_end(QUEUE, key_for(sid, cluster)) for sm, (sid, _) in jobs.items()}
         assert all(end is not None for end in ends.values()), ends
         sources = {sm: end.message.get("source") for sm, end in ends.items() if end is not None}
@@ -202,7 +202,7 @@ def test_an_interrupted_run_cancels_its_jobs(slurm: None, tmp_path: Path) -> Non
         assert our_jobs(root) == []
         # A job that was running published its own CANCELLED event from its trap.
         b = Broker(root)
-        events = [b.job_end(QUEUE, key_for(sid, "localcluster")) for sid in jobs]
+        events = [b.job_end(QUEUE, key_for(sid, local_cluster())) for sid in jobs]
         assert any(e is not None and e.message["state"] == "CANCELLED" for e in events), events
     finally:
         if proc.poll() is None:
