@@ -26,6 +26,9 @@ from tests.test_slurm import scancel, slurm_problem
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "cluster-generic"
 QUEUE = "snakemake"  # the profile's
+# The profile's status command with the reconciler's times shortened from its
+# minutes (hard kills are rare; the scheduler is asked once per 5 min) to seconds.
+QUICK_RECONCILE = "ddmq-jobstate --queue snakemake --reconcile --reconcile-grace 5 --reconcile-interval 10"
 
 
 def workflow(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -48,13 +51,14 @@ def events(root: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_a_workflow_with_a_failure_and_a_hard_kill(tmp_path: Path) -> None:
+    assert QUICK_RECONCILE.split(" --reconcile-grace")[0] in (EXAMPLE / "profile" / "config.yaml").read_text()
     problem = slurm_problem()
     need("slurm", problem and f"SLURM is not available: {problem}. Start it as root with tests/harness/start-slurm.sh")
     workdir, env = workflow(tmp_path)
     try:
         done = subprocess.run([str(BIN / "snakemake"), "--profile", "profile", "--keep-going",
-                               "--config", "fail=1", "kill=1"], cwd=workdir, env=env, capture_output=True,
-                              text=True, timeout=900)
+                               "--cluster-generic-status-cmd", QUICK_RECONCILE, "--config", "fail=1", "kill=1"],
+                              cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     finally:  # other helpers' jobs may hold the node: never leave ours behind
         log = "".join(p.read_text() for p in (workdir / ".snakemake" / "log").glob("*.log"))
         submitted = dict(re.findall(r"Submitted job (\d+) with external jobid '(\d+)'", log))
