@@ -1,4 +1,5 @@
-"""Numbers on the command lines of ``ddmq-wait``, ``ddmq-dispatch`` and ``ddmq-notify``.
+"""Numbers on the command lines of ``ddmq-wait``, ``ddmq-dispatch`` and ``ddmq-notify``, and the
+options that ask the reconciler, which ``ddmq-wait`` and ``ddmq-jobstate`` share.
 
 Every numeric option is of type :class:`Number`, so that NaN, infinities,
 negatives where they mean nothing and absurd magnitudes are refused where
@@ -20,7 +21,7 @@ from ddmq import MAX_SECONDS, MIN_SECONDS, UsageError
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every job's start-up
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 # More messages than one wait or one dispatcher run could mean: ddmq is built for
 # messages per second, and each one held is a file and a lease.
@@ -104,3 +105,33 @@ def check_wait_numbers(count: Any, timeout: Any, interval: Any, max_interval: An
     check_number(max_interval, "max_interval", low=MIN_INTERVAL)
     if not interval <= max_interval:
         raise UsageError("need interval <= max_interval")
+
+
+# The reconciler's defaults (ddmq-reconcile's --grace and --min-interval): a
+# job's own trap or epilogue gets two minutes to speak first, and the scheduler
+# is asked at most once a minute per queue.
+RECONCILE_GRACE = 120.0
+RECONCILE_INTERVAL = 60.0
+
+
+def reconcile_options(when: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--reconcile``, ``--reconcile-grace`` and ``--reconcile-interval``, as one decorator.
+
+    A command that may run the reconciler on the side (``ddmq-wait`` while it
+    waits, ``ddmq-jobstate`` for a job with no end) declares them here, so
+    that their names, defaults and limits are the same in every command;
+    ``when`` starts the flag's help: when the command asks.
+    """
+    flag = click.option("--reconcile", is_flag=True,
+                        help=f"{when}, ask the scheduler (as ddmq-reconcile does, at most once per "
+                             "--reconcile-interval) for jobs of QUEUE killed too hard to publish their own end.")
+    grace = click.option("--reconcile-grace", type=seconds(positive=False), default=RECONCILE_GRACE,
+                         metavar="SECONDS", show_default=True,
+                         help="With --reconcile: leave a job that ended less than this long ago to its own trap.")
+    interval = click.option("--reconcile-interval", type=seconds(positive=False), default=RECONCILE_INTERVAL,
+                            metavar="SECONDS", show_default=True,
+                            help="With --reconcile: ask the scheduler at most once in this long.")
+
+    def declare(command: Callable[..., Any]) -> Callable[..., Any]:
+        return flag(grace(interval(command)))
+    return declare

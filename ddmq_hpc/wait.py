@@ -177,7 +177,7 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
          peek: bool = False, interval: float = 1.0, max_interval: float = 30.0,
          create: bool | None = None, deliver: Callable[[list[Message]], None] | None = None,
          missing: Callable[[str], object] | None = None, reconcile_grace: float | None = None,
-         reconcile_interval: float = 60.0) -> list[Message]:
+         reconcile_interval: float = options.RECONCILE_INTERVAL) -> list[Message]:
     """Wait for ``count`` matching messages on ``queue`` and return them.
 
     Claimed messages are passed to ``deliver`` (if given) *before* they are
@@ -493,14 +493,7 @@ class _Format(click.Choice):
               help="First poll interval in seconds (default 1).")
 @click.option("--max-interval", type=options.Number(low=options.MIN_INTERVAL), default=30.0,
               help="Poll interval grows to at most this (default 30).")
-@click.option("--reconcile", is_flag=True,
-              help="While waiting, ask the scheduler (as ddmq-reconcile does, at most once per "
-                   "--reconcile-interval) for jobs of QUEUE killed too hard to publish their own end.")
-@click.option("--reconcile-grace", type=options.seconds(positive=False), default=120.0, metavar="SECONDS",
-              show_default=True, help="With --reconcile: leave a job that ended less than this long ago to "
-                                      "its own trap.")
-@click.option("--reconcile-interval", type=options.seconds(positive=False), default=60.0, metavar="SECONDS",
-              show_default=True, help="With --reconcile: ask the scheduler at most once in this long.")
+@options.reconcile_options("While waiting")
 @console.root_option()
 @click.option("--create/--no-create", default=None,
               help="Create a missing root and queue now, or fail at once (exit 4) if either is missing "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker, UsageError
-from ddmq_hpc.jobevents import event_key, key_for, local_cluster, parse_job_id
+from ddmq_hpc.jobevents import event_key, key_for, local_cluster, parse_job_id, watch_tag
 
 BIN = Path(sys.executable).parent
 SCHEDULER_PREFIXES = ("SLURM", "PBS_", "DDMQ_")
@@ -138,6 +139,49 @@ def test_errors_are_one_line_with_an_exit_code(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
         assert (done.returncode, done.stdout) == (code, ""), done
         assert len(done.stderr.splitlines()) == 1 and fragment in done.stderr, done.stderr
+
+
+# --------------------------------------------------------- --reconcile
+def fake_sacct(bin_dir: Path, calls: Path, answer: str) -> None:
+    """A ``sacct`` first in PATH that logs each call to ``calls`` and prints ``answer`` (exit 1 if empty)."""
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("sacct", "squeue"):  # squeue: the reconciler's fallback without accounting
+        script = bin_dir / name
+        reply = f"printf '%s\\n' {shlex.quote(answer)}" if answer else f"echo '{name}: refused' >&2; exit 1"
+        script.write_text(f"#!/bin/sh\necho {name} >> {shlex.quote(str(calls))}\n{reply}\n")
+        script.chmod(0o755)
+
+
+def test_reconcile_answers_failed_for_a_job_killed_too_hard_to_speak(tmp_path: Path) -> None:
+    """The scheduler is asked for a job with no end, at most once per interval, never for one with an end."""
+    root = tmp_path / "root"
+    assert notify(job_env(tmp_path, root, SLURM_JOB_ID="40", SLURM_CLUSTER_NAME="c"), "--status", "0").returncode == 0
+    calls = tmp_path / "calls"
+    killed = f"41|41|FAILED|0:9|c|2026-12-04T07:00:00|root|align|{watch_tag('done', str(root))}"
+    fake_sacct(tmp_path / "bin", calls, killed)
+    env = {**job_env(tmp_path, root), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    ask = ["--cluster", "c", "--reconcile", "--reconcile-grace", "0", "--reconcile-interval", "600"]
+    assert jobstate(env, "40", *ask) == "success\n"
+    assert not calls.exists()  # an end recorded: the scheduler is not asked
+    assert jobstate(env, "41", *ask) == "failed\n"
+    assert calls.read_text() == "sacct\n"
+    [end] = [m.message for m in Broker(root).peek("done", n=10) if m.message.get("job_id") == "41"]
+    assert (end["source"], end["state"], end["signal"]) == ("scheduler", "FAILED", 9)
+    assert [jobstate(env, "42", *ask) for _ in range(5)] == ["running\n"] * 5  # a round of status calls...
+    assert calls.read_text() == "sacct\n"  # ... asks nothing more within the interval
+    assert jobstate(env, "42", "--cluster", "c") == "running\n"
+
+
+def test_reconcile_with_a_scheduler_that_cannot_be_asked_warns_and_answers(tmp_path: Path) -> None:
+    """An error instead of a word would end the workflow: the answer is the queue's, the reason on stderr."""
+    root = tmp_path / "root"
+    Broker(root, create=True).create_queue("done")
+    fake_sacct(tmp_path / "bin", tmp_path / "calls", "")
+    env = {**job_env(tmp_path, root), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([str(BIN / "ddmq-jobstate"), "--queue", "done", "--cluster", "c", "--reconcile", "7"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "running\n"), done
+    assert len(done.stderr.splitlines()) == 1 and "sacct: refused" in done.stderr, done.stderr
 
 
 # ------------------------------------------------------------------- cost
