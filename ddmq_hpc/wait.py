@@ -239,13 +239,7 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
             except (QueueNotFound, RootNotFound, NotARoot) as exc:
                 if create is not None:
                     raise
-                path = resolve_root(root)[0]
-                if isinstance(exc, RootNotFound):
-                    absent = f"ddmq root {path} does not exist{{}}"
-                elif isinstance(exc, NotARoot):  # as a root is while it is being made: a directory, no marker
-                    absent = f"{path} is not a ddmq root{{}}"
-                else:
-                    absent = f"queue {queue!r} does not exist{{}} in {path}"
+                absent = absence(exc, queue, root)
                 if not told and missing is not None:
                     missing(absent.format(" (yet)"))
                 told = True
@@ -277,6 +271,20 @@ def wait(queue: str, *, root: str | None = None, match: str | None = None, regex
     assert b is not None  # messages were found through it
     _deliver_and_ack(b, held, deliver, peek)
     return held
+
+
+def absence(exc: QueueNotFound | RootNotFound | NotARoot, queue: str, root: str | None) -> str:
+    """What is missing that a waiter waits for, with one ``{}`` for " (yet)" or "".
+
+    Said once when the wait starts and again if it times out, by ``ddmq-wait``
+    and by the Cylc xtrigger, in the same words.
+    """
+    path = resolve_root(root)[0]
+    if isinstance(exc, RootNotFound):
+        return f"ddmq root {path} does not exist{{}}"
+    if isinstance(exc, NotARoot):  # as a root is while it is being made: a directory, no marker
+        return f"{path} is not a ddmq root{{}}"
+    return f"queue {queue!r} does not exist{{}} in {path}"
 
 
 def _reconciled(b: Broker | None, queue: str, root: str | None, grace: float, interval: float,
