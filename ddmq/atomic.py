@@ -200,9 +200,8 @@ def syncfs_fd(fd: int) -> None:
     import ctypes
 
     if _libc_syncfs is None:
-        import ctypes.util
-
-        _libc_syncfs = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+        # The C library already loaded into this process (ctypes.util.find_library would run ldconfig).
+        _libc_syncfs = ctypes.CDLL(None, use_errno=True).syncfs
         _libc_syncfs.argtypes = [ctypes.c_int]
     if _libc_syncfs(fd) != 0:
         code = ctypes.get_errno()
