@@ -13,7 +13,6 @@ or never published, and the command says so (:class:`OutputFailed`).
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
@@ -343,11 +342,13 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
         try:
             render(rows, fmt, lambda rows: "\n".join(row["id"] for row in rows))
         except OutputFailed as exc:
-            raise exc.saying(progress() if published else "nothing was published") from None
+            raise exc.saying(progress()) from None
 
     b = Broker(root, create=True if create else None)
-    publish = functools.partial(b.publish_many, queue, create=create, headers=parsed_headers or None,
-                                before_visible=show, **settings)
+
+    def publish(bodies: list[Any]) -> None:
+        b.publish_many(queue, bodies, create=create, headers=parsed_headers or None, before_visible=show, **settings)
+
     if not lines:
         publish(bodies)
         return
