@@ -594,7 +594,8 @@ class Dispatcher:
 @click.option("--kill-grace", type=options.seconds(positive=False), default=5.0, metavar="S",
               help="Seconds between SIGTERM and SIGKILL when a handler is killed (default 5).")
 @click.option("--reply-queue", metavar="QUEUE",
-              help="Publish a result (JSON object) per message to this existing queue.")
+              help="Publish a result (JSON object) per message to this existing queue, once the message is "
+                   "settled (the failed ones, nacked at the end of the run, in one batch).")
 @click.option("--log-file", metavar="FILE",
               help="Append a line per message (success or failure), stamped in ISO 8601 UTC, to FILE.")
 @console.common_options(PROG)
