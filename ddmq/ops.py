@@ -17,7 +17,7 @@ import os
 import sys
 
 from .broker import Broker
-from .console import Empty, os_reason, parse_pairs, say
+from .console import EXIT_INTERRUPTED, Empty, os_reason, parse_pairs, say
 from .errors import DdmqError, PartlyPublished, UsageError
 from .layout import check_queue_name
 from .message import MAX_MESSAGE_BYTES, loads_body
@@ -352,23 +352,38 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
     if not lines:
         publish(bodies)
         return
+    import signal
+
+    # Ctrl-C (or SIGTERM) between two renames of a batch would leave the count
+    # of what was published unknown, and a retry from the line the error names
+    # would duplicate messages: the signals wait while a batch goes out.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
     try:
         for numbered in line_batches(as_json, as_base64, batch):
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
             try:
                 publish([body for _, body in numbered])
+                published += len(numbered)
+                last_line = numbered[-1][0]
             except PartlyPublished as exc:
                 if exc.published:
                     last_line = numbered[exc.published - 1][0]
                 published += exc.published
                 raise
-            published += len(numbered)
-            last_line = numbered[-1][0]
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     except OutputFailed:
         raise
     except DdmqError as exc:
         if published:
             exc.args = (f"{exc}; in all {progress()}",)
         raise
+    except KeyboardInterrupt:
+        if not published:
+            raise
+        interrupted = DdmqError(f"interrupted; in all {progress()}")
+        interrupted.exit_code = EXIT_INTERRUPTED
+        raise interrupted from None
 
 
 def consume_command(root: str | None, fmt: str, queue: str, count: int = 1, lease: float | None = None,

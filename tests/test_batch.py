@@ -178,3 +178,22 @@ def test_dispatch_replies_to_the_failed_messages_of_a_run_in_one_batch(b: Broker
     assert {m.message["request_id"] for m in replies} == ids
     assert {m.message["disposition"] for m in replies} == {"requeued"}
     assert [s for s in syncs(inj.calls, root) if "replies" in s] == ["syncfs replies/tmp", "fsync replies/ready"]
+
+
+def test_ctrl_c_between_batches_says_what_was_published(b: Broker, root: Path) -> None:
+    """A publisher fed by a slow pipe publishes what is waiting; interrupted, it names the line to resume from."""
+    import signal
+
+    b.create_queue("q")
+    proc = subprocess.Popen([*DDMQ, "-r", str(root), "publish", "q", "--lines"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"one\ntwo\n\nthree\n")
+    proc.stdin.flush()
+    ids = [proc.stdout.readline() for _ in range(3)]  # published without waiting for a whole batch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.decode() == ("ddmq: interrupted; in all 3 message(s) were published, from input lines 1-4: "
+                            "resume with the lines after 4 (tail -n +5)\n")
+    assert [m.id for m in b.consume("q", n=10)] == [i.decode().strip() for i in ids]
