@@ -174,9 +174,12 @@ class Ext4Image:
     (lazy init off), so no background zeroing runs during the measurements.
     """
 
+    NAME = "ext4-journal"
+    MKFS = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
+
     def __init__(self, cache: Path):
-        self.file = cache / f"ext4-journal-{os.getpid()}.img"
-        self.mountpoint = cache / f"ext4-journal-{os.getpid()}"
+        self.file = cache / f"{self.NAME}-{os.getpid()}.img"
+        self.mountpoint = cache / f"{self.NAME}-{os.getpid()}"
         self.mounted = False
 
     def mount(self) -> Path:
@@ -184,8 +187,7 @@ class Ext4Image:
             raise OSError("mounting an image needs root")
         with open(self.file, "wb") as f:
             f.truncate(EXT4_IMAGE_GIB << 30)
-        run_command(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.file)],
-            capture_output=True)
+        run_command([*self.MKFS, str(self.file)], capture_output=True)
         self.mountpoint.mkdir(exist_ok=True)
         run_command(["mount", "-o", "loop", str(self.file), str(self.mountpoint)], capture_output=True)
         self.mounted = True
@@ -200,6 +202,13 @@ class Ext4Image:
             self.mountpoint.rmdir()
         except OSError:
             pass
+
+
+class XfsImage(Ext4Image):
+    """The same with XFS (mkfs.xfs's defaults; its log is always on): the other common local filesystem."""
+
+    NAME = "xfs"
+    MKFS = ["mkfs.xfs", "-q", "-f"]
 
 
 # ---------------------------------------------------------------- RabbitMQ

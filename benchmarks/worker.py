@@ -58,6 +58,11 @@ class Adapter:
     def publish(self, body: str) -> None:
         raise NotImplementedError
 
+    def publish_batch(self, bodies: list[str]) -> None:
+        """Publish ``bodies`` as one batch (``--batch``): by default one at a time."""
+        for body in bodies:
+            self.publish(body)
+
     def take(self):
         raise NotImplementedError
 
@@ -81,6 +86,9 @@ class Ddmq(Adapter):
 
     def publish(self, body: str) -> None:
         self.b.publish(QUEUE, body)
+
+    def publish_batch(self, bodies: list[str]) -> None:
+        self.b.publish_many(QUEUE, bodies)  # one durability barrier for the batch
 
     def take(self):
         b = self.b
@@ -169,7 +177,9 @@ class Rabbit(Adapter):
         import pika
 
         self.conn, self.ch = self._connect()
-        if self.durable:
+        if self.durable and self.args.batch > 1:
+            self._batch_confirms()
+        elif self.durable:
             self.ch.confirm_delivery()  # basic_publish now returns only once the broker confirmed
         self.ch.basic_qos(prefetch_count=100)
         self.props = pika.BasicProperties(delivery_mode=2 if self.durable else 1)
@@ -177,6 +187,40 @@ class Rabbit(Adapter):
 
     def publish(self, body: str) -> None:
         self.ch.basic_publish("", self.qname, body.encode(), properties=self.props)
+
+    def _batch_confirms(self) -> None:
+        """Confirms for a whole batch: publish it all, then wait until the broker confirmed every message.
+
+        pika's BlockingChannel waits for each confirm in basic_publish, so the
+        batch goes through the asynchronous channel underneath it (``_impl``),
+        as a client using SelectConnection or aio-pika would publish.
+        """
+        self.unconfirmed: set[int] = set()
+        self.sent_tags = 0
+        selected = []
+
+        def on_confirm(frame) -> None:
+            method = frame.method
+            if type(method).__name__ == "Nack":
+                raise RuntimeError(f"RabbitMQ nacked delivery {method.delivery_tag}")
+            if method.multiple:
+                self.unconfirmed = {t for t in self.unconfirmed if t > method.delivery_tag}
+            else:
+                self.unconfirmed.discard(method.delivery_tag)
+
+        self.ch._impl.confirm_delivery(ack_nack_callback=on_confirm, callback=selected.append)
+        while not selected:
+            self.conn.process_data_events(time_limit=0.01)
+
+    def publish_batch(self, bodies: list[str]) -> None:
+        if not (self.durable and self.args.batch > 1):
+            return super().publish_batch(bodies)
+        for body in bodies:
+            self.ch._impl.basic_publish("", self.qname, body.encode(), properties=self.props)
+            self.sent_tags += 1
+            self.unconfirmed.add(self.sent_tags)
+        while self.unconfirmed:
+            self.conn.process_data_events(time_limit=0.001)
 
     def take(self):
         if self._gen is None:
@@ -327,9 +371,12 @@ def w1(args: argparse.Namespace) -> dict:
     published = 0
     c0 = time.process_time()
     t0 = time.perf_counter()
-    for body in sent:
-        adapter.publish(body)
-        published += 1
+    for start in range(0, len(sent), args.batch):
+        if args.batch == 1:
+            adapter.publish(sent[start])
+        else:
+            adapter.publish_batch(sent[start:start + args.batch])
+        published = min(start + args.batch, len(sent))
         if time.perf_counter() - t0 > cap:
             capped = True
             break
@@ -439,6 +486,8 @@ def main() -> None:
     p.add_argument("--root", required=True)
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--durable", action="store_true")
+    p.add_argument("--batch", type=int, default=1, help="W1: publish this many at a time (ddmq: publish_many; "
+                   "RabbitMQ persistent: wait for the confirms of a whole batch)")
     p.add_argument("--consumers", type=int, default=4)
     p.add_argument("--amqp-port", type=int, default=5672)
     p.add_argument("--server-pid", type=int, help="RabbitMQ server pid, to count its CPU time")

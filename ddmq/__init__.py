@@ -16,7 +16,7 @@ ddmq command follows are in :mod:`ddmq.console`.
 from . import broker
 from .broker import Broker, CleanReport, resolve_root
 from .errors import (
-    DdmqError, ForeignFiles, InvalidQueueName, LeaseLost, NotARoot, NotFound, QueueExists,
+    DdmqError, ForeignFiles, InvalidQueueName, LeaseLost, NotARoot, NotFound, PartlyPublished, QueueExists,
     QueueNotFound, RootNotFound, SettingsError, StorageError, UsageError, storage_error,
 )
 from .layout import MAX_PRIORITY, check_queue_name
@@ -28,6 +28,6 @@ __version__ = "1.0.0.dev0"  # the one place it is written: pyproject.toml reads 
 __all__ = [
     "Broker", "broker", "Message", "CleanReport", "DdmqError", "UsageError", "InvalidQueueName",
     "SettingsError", "NotFound", "RootNotFound", "NotARoot", "QueueNotFound", "QueueExists",
-    "LeaseLost", "ForeignFiles", "StorageError", "MAX_DEPTH", "loads_body", "__version__",
+    "LeaseLost", "ForeignFiles", "StorageError", "PartlyPublished", "MAX_DEPTH", "loads_body", "__version__",
     "resolve_root", "check_queue_name", "storage_error", "MAX_PRIORITY", "MAX_SECONDS", "MIN_SECONDS",
 ]

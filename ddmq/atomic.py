@@ -18,6 +18,8 @@ from .errors import storage_error
 # command-line tool several milliseconds of start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .errors import StorageError
 
 # Errors with which the loser of a rename race can come back: ENOENT (the
@@ -166,6 +168,60 @@ def fsync_dir(directory: Dir) -> None:
         os.fsync(directory.fd)
     except OSError:
         pass  # some network filesystems refuse fsync on directories; the data itself was synced
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    """Whether the running Linux kernel is at least ``major.minor`` (False elsewhere or when unreadable)."""
+    if os.uname().sysname != "Linux":
+        return False
+    try:
+        got = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return got >= (major, minor)
+
+
+_libc_syncfs: Any = None  # libc's syncfs, looked up on first use (ctypes costs start-up time)
+
+
+def syncfs_reliable() -> bool:
+    """Whether :func:`syncfs` may stand in for an fsync of every file: Linux, and a kernel that reports its errors.
+
+    Before Linux 5.8 syncfs(2) returned 0 even when writing back a file
+    failed, so a batch could be reported durable when it was not; fsync
+    always reported such errors.
+    """
+    return _kernel_at_least(5, 8)
+
+
+def syncfs_fd(fd: int) -> None:
+    """syncfs(2) on the filesystem of ``fd``; OSError as ``os.fsync`` raises it (``os`` has no syncfs)."""
+    global _libc_syncfs
+    import ctypes
+
+    if _libc_syncfs is None:
+        # The C library already loaded into this process (ctypes.util.find_library would run ldconfig).
+        _libc_syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        _libc_syncfs.argtypes = [ctypes.c_int]
+    if _libc_syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def syncfs(directory: Dir) -> None:
+    """One barrier for every file written on ``directory``'s filesystem: on stable storage when this returns.
+
+    syncfs(2) writes back and waits for all dirty data and metadata of the
+    filesystem (on ext4 one journal commit, on XFS one log force, then one
+    cache flush), where an fsync per file pays that commit and flush once
+    per file. It is only as good as the filesystem's own ``sync_fs``:
+    complete on local filesystems (ext4, XFS, btrfs), not on FUSE (sshfs),
+    so it is used only on a local filesystem (see transitions.publish_many).
+    """
+    try:
+        syncfs_fd(directory.fd)
+    except OSError as exc:
+        raise storage_error("sync the filesystem of", directory.path, exc) from None
 
 
 def write_private(directory: Dir, name: str, data: bytes, durable: bool, mode: int | None = None) -> None:

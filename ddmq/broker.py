@@ -17,7 +17,7 @@ import sys
 import types
 
 from . import housekeeping, inventory, jobends, transitions
-from .errors import DdmqError, InvalidSetting, QueueExists, QueueNotFound, StorageError, UsageError
+from .errors import DdmqError, InvalidSetting, PartlyPublished, QueueExists, QueueNotFound, StorageError, UsageError
 from .housekeeping import CleanReport
 from .layout import DEAD, READY, WORK, abandoned_in_root, job_key
 from .message import Message
@@ -258,18 +258,23 @@ class Broker:
     ) -> list[Message]:
         """Publish several messages, each one atomically, with one durability barrier for all.
 
-        Every payload is written (and, if durable, synced) first; then
-        ``before_visible`` is called with the messages, if given; then each is
-        renamed into ``ready/`` and the directory is synced once. A failure
-        before the first rename, ``before_visible`` raising included, publishes
-        nothing: so a command can print the new ids first and publish only if
-        that worked. A failure after it says how many were published.
+        Every payload is written first; if durable, one barrier makes them all
+        durable (one syncfs on a local filesystem, instead of an fsync each);
+        then ``before_visible`` is called with the messages, if given; then
+        each is renamed into ``ready/`` and the directory is synced once. So
+        with ``durable`` every message is on stable storage before any is
+        visible, and its name too when this returns. A failure before the
+        first rename, ``before_visible`` raising included, publishes nothing:
+        so a command can print the new ids first and publish only if that
+        worked. A failure after it raises :class:`PartlyPublished`, whose
+        ``published`` says how many (the first ones) are in the queue.
+        ``messages`` is read into a list first: pass chunks of a long stream.
         """
         q, settings = self._publish_settings(queue, create, (priority, message_timeout, requeue, requeue_prio,
                                                              durable, requeue_limit))
         try:
             return transitions.publish_many(q, messages, settings, headers, before_visible)
-        except transitions.PartlyPublished:
+        except PartlyPublished:
             raise
         except StorageError as exc:
             raise self._root.gone(queue, exc) from None

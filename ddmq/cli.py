@@ -40,6 +40,9 @@ def _settings(**values: Any) -> dict[str, Any]:
 
 
 # The settings a message carries, which publish takes and create makes the queue's defaults.
+# Messages per batch with `publish --lines`: a durability barrier (milliseconds on a disk) is paid once
+# per this many, and the ids of a batch are held until it is written.
+LINES_BATCH = 1000
 MESSAGE_SETTINGS = ("priority", "message_timeout", "requeue", "requeue_prio", "requeue_limit", "durable")
 
 
@@ -107,19 +110,34 @@ def delete(root: str | None, fmt: str | None, queues: tuple[str, ...], force: bo
               help="Publish the content of PATH, exactly (repeatable: one message each).")
 @click.option("--base64", "as_base64", is_flag=True,
               help="A binary body: --file contents are base64-encoded; a MESSAGE (or stdin) must be base64 already.")
+@click.option("--lines", is_flag=True,
+              help="Each line of stdin is a message (empty lines are skipped), published in batches.")
+@click.option("--batch", type=click.IntRange(min=1), default=LINES_BATCH, show_default=True, metavar="N",
+              help="With --lines: at most N messages per batch (one durability barrier each).")
 @console.setting_options(*MESSAGE_SETTINGS)
 def publish(root: str | None, fmt: str | None, queue: str, messages: tuple[str, ...], as_json: bool,
-            headers: tuple[str, ...], create: bool, files: tuple[str, ...], as_base64: bool, **settings: Any) -> None:
+            headers: tuple[str, ...], create: bool, files: tuple[str, ...], as_base64: bool, lines: bool,
+            batch: int, **settings: Any) -> None:
     """Publish MESSAGES to QUEUE (read one message from stdin if none or '-').
 
+    All the MESSAGES (or --file PATHs) are one batch: with durable on, one
+    durability barrier for all, not one each. --lines reads one message per
+    line from stdin (--json: a JSON value per line) and publishes them N at
+    a time, or as soon as no more input is waiting, so memory stays bounded
+    and a slow producer's lines are not held back.
+
     Prints the id of each message published, before they become visible: if
-    the ids cannot be printed, nothing is published. A body is text (UTF-8);
-    binary data goes with --base64, as base64 text with the header
+    the ids of a batch cannot be printed, that batch is not published. If
+    publishing fails midway, the one-line error says how many messages were
+    published, from which input lines, and where to resume (`tail -n +K`):
+    resuming there publishes every line exactly once. A body is text
+    (UTF-8); binary data goes with --base64, as base64 text with the header
     content-transfer-encoding=base64: `ddmq consume --base64 | base64 -d`
     gives the bytes back.
     """
     root, fmt = context(root, fmt)
-    ops.publish_command(root, fmt, queue, messages, as_json, headers, create, files, as_base64, **settings)
+    ops.publish_command(root, fmt, queue, messages, as_json, headers, create, files, as_base64, lines, batch,
+                        **settings)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -80,6 +80,20 @@ class StorageError(DdmqError):
         self.errno = errno_
 
 
+class PartlyPublished(StorageError):
+    """A batch publish failed after some of its messages became visible.
+
+    ``published`` of the batch's messages, its first ones in the order given,
+    are in the queue, complete; the others are not and never will be (their
+    private files are removed). Retrying only the rest publishes each
+    message exactly once.
+    """
+
+    def __init__(self, message: str, errno_: int | None, published: int):
+        super().__init__(message, errno_)
+        self.published = published
+
+
 _STORAGE_REASONS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",

@@ -13,18 +13,19 @@ or never published, and the command says so (:class:`OutputFailed`).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from .broker import Broker
-from .console import Empty, os_reason, parse_pairs, say
-from .errors import DdmqError, UsageError
+from .console import EXIT_INTERRUPTED, Empty, os_reason, parse_pairs, say
+from .errors import DdmqError, PartlyPublished, UsageError
 from .layout import check_queue_name
-from .message import loads_body
+from .message import MAX_MESSAGE_BYTES, loads_body
 from .render import TRANSFER_ENCODING, OutputFailed, plain_message, render, write
 
 TYPE_CHECKING = False  # typing is for annotations only: it slows every command's start-up
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable
+    from typing import Any, Callable, Iterable, Iterator
 
     from .inventory import Entry
     from .message import Message
@@ -225,8 +226,6 @@ def publish_bodies(messages: Iterable[str], files: Iterable[str] = (), as_json: 
     messages, files = list(messages), list(files)
     if messages and files:
         raise UsageError("give MESSAGE arguments or --file, not both")
-    if as_json and as_base64:
-        raise UsageError("--json and --base64 cannot be combined: a binary body is base64 text")
     if files:
         if as_base64:
             import base64
@@ -244,31 +243,147 @@ def publish_bodies(messages: Iterable[str], files: Iterable[str] = (), as_json: 
     return bodies
 
 
+def stdin_lines() -> Iterator[tuple[int, bytes, bool]]:
+    """Each line of stdin: (its number, its bytes without the newline, whether no more input is waiting).
+
+    Read a block at a time, so memory is bounded by a block and one line (at
+    most a message's size), however long the input. "Nothing waiting" lets
+    a publisher fed by a slow pipe (``tail -f``) publish what it has instead
+    of holding it until a whole batch arrived.
+    """
+    import select
+
+    if sys.stdin is None:
+        raise UsageError("no stdin to read the messages from")
+    fd = sys.stdin.fileno()
+    pending = bytearray()
+    number = 0
+    while True:
+        try:
+            block = os.read(fd, 1 << 16)
+        except OSError as exc:
+            raise DdmqError(f"cannot read the messages from stdin: {os_reason(exc)}") from None
+        if not block:
+            if pending:
+                yield number + 1, bytes(pending), True
+            return
+        pending += block
+        cut = pending.rfind(b"\n")
+        if cut < 0:
+            if len(pending) > MAX_MESSAGE_BYTES:
+                raise UsageError(f"line {number + 1} of stdin is longer than a message may be "
+                                 f"({MAX_MESSAGE_BYTES} bytes)")
+            continue
+        lines = bytes(pending[:cut]).split(b"\n")
+        del pending[:cut + 1]
+        for i, line in enumerate(lines, 1):
+            number += 1
+            yield number, line, i == len(lines) and not select.select([fd], [], [], 0)[0]
+
+
+def line_batches(as_json: bool, as_base64: bool, size: int) -> Iterator[list[tuple[int, Any]]]:
+    """stdin's non-empty lines as bodies with their line numbers, at most ``size`` a batch.
+
+    A batch ends at ``size`` lines, at the end of the input, or when no more
+    input is waiting. An empty line is no message (a trailing blank line in a
+    file must not publish an empty body); a line is checked (UTF-8, --json,
+    --base64) when it is read, so a bad one stops before its batch publishes.
+    """
+    batch: list[tuple[int, Any]] = []
+    for number, line, idle in stdin_lines():
+        if line:
+            where = f"line {number} of stdin"
+            body = utf8(line, where)
+            batch.append((number, _base64(body, where) if as_base64 else loads_body(body, "--json") if as_json
+                          else body))
+        if batch and (len(batch) >= size or idle):
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[str], as_json: bool = False,
                     headers: Iterable[str] = (), create: bool = False, files: Iterable[str] = (),
-                    as_base64: bool = False, **settings: Any) -> None:
+                    as_base64: bool = False, lines: bool = False, batch: int = 0,
+                    **settings: Any) -> None:
     """``ddmq publish`` once its command line is parsed.
 
     ``messages`` are the MESSAGE arguments ('-', or none at all, reads one
-    from stdin), ``headers`` the ``KEY=VALUE`` strings. Prints the new ids
-    before any message becomes visible: if they cannot be printed, nothing is
-    published, so a script that retries does not publish twice.
+    from stdin), ``headers`` the ``KEY=VALUE`` strings; they are published
+    as one batch (one durability barrier). With ``lines`` every non-empty
+    line of stdin is a message, published ``batch`` at a time. Prints the
+    ids of a batch before any of its messages becomes visible: if they
+    cannot be printed, that batch is not published, so a script that retries
+    does not publish twice; an error after a batch was published says how
+    many messages were, from which input lines, and where to resume.
     """
-    bodies = publish_bodies(messages, files, as_json, as_base64)
+    if lines and (list(messages) or list(files)):
+        raise UsageError("--lines reads the messages from stdin: give no MESSAGE and no --file")
+    if as_json and as_base64:
+        raise UsageError("--json and --base64 cannot be combined: a binary body is base64 text")
+    if lines and (not isinstance(batch, int) or batch < 1):
+        raise UsageError(f"batch must be a positive number of messages, not {batch!r}")
+    bodies = [] if lines else publish_bodies(messages, files, as_json, as_base64)
     parsed_headers = parse_pairs(headers, "header")
     if as_base64:
         parsed_headers[TRANSFER_ENCODING] = "base64"
     check_queue_name(queue)  # before the root is created
+    published, last_line = 0, 0  # in earlier batches (--lines)
 
-    def show(published: list[Message]) -> None:
-        rows = [{"queue": queue, "id": msg.id, "priority": msg.priority} for msg in published]
+    def progress() -> str:
+        if not published:
+            return "nothing was published"
+        return (f"{published} message(s) were published, from input lines 1-{last_line}: "
+                f"resume with the lines after {last_line} (tail -n +{last_line + 1})")
+
+    def show(ready: list[Message]) -> None:
+        rows = [{"queue": queue, "id": msg.id, "priority": msg.priority} for msg in ready]
         try:
             render(rows, fmt, lambda rows: "\n".join(row["id"] for row in rows))
         except OutputFailed as exc:
-            raise exc.saying("nothing was published") from None
+            raise exc.saying(progress()) from None
 
     b = Broker(root, create=True if create else None)
-    b.publish_many(queue, bodies, create=create, headers=parsed_headers or None, before_visible=show, **settings)
+
+    def publish(bodies: list[Any]) -> None:
+        b.publish_many(queue, bodies, create=create, headers=parsed_headers or None, before_visible=show, **settings)
+
+    if not lines:
+        publish(bodies)
+        return
+    import signal
+
+    # Ctrl-C (or SIGTERM) between two renames of a batch would leave the count
+    # of what was published unknown, and a retry from the line the error names
+    # would duplicate messages: the signals wait while a batch goes out.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    try:
+        for numbered in line_batches(as_json, as_base64, batch):
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+            try:
+                publish([body for _, body in numbered])
+                published += len(numbered)
+                last_line = numbered[-1][0]
+            except PartlyPublished as exc:
+                if exc.published:
+                    last_line = numbered[exc.published - 1][0]
+                published += exc.published
+                raise
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    except OutputFailed:
+        raise
+    except DdmqError as exc:
+        if published:
+            exc.args = (f"{exc}; in all {progress()}",)
+        raise
+    except KeyboardInterrupt:
+        if not published:
+            raise
+        interrupted = DdmqError(f"interrupted; in all {progress()}")
+        interrupted.exit_code = EXIT_INTERRUPTED
+        raise interrupted from None
 
 
 def consume_command(root: str | None, fmt: str, queue: str, count: int = 1, lease: float | None = None,

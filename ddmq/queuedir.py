@@ -147,6 +147,10 @@ class Queue:
     def __repr__(self) -> str:
         return f"Queue({self.dir.path!r})"
 
+    def on_local_filesystem(self) -> bool:
+        """Whether the root is on a filesystem only this host writes to (ext4, XFS...), not a network one."""
+        return not self._cached_remotely()
+
     def state(self, name: str) -> atomic.Dir:
         """The state directory called ``name`` (ready, work, dead or tmp)."""
         return {READY: self.ready, WORK: self.work, DEAD: self.dead, TMP: self.tmp}[name]

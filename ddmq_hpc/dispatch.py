@@ -62,7 +62,7 @@ from typing import IO, Any, Mapping
 
 import click
 
-from ddmq import Broker, DdmqError, LeaseLost, Message, console, storage_error
+from ddmq import Broker, DdmqError, LeaseLost, Message, PartlyPublished, console, storage_error
 
 from . import options
 
@@ -483,42 +483,63 @@ class Dispatcher:
                     all_ok = False
                     break
                 if outcome.state == "ok" or outcome.lease_lost:
-                    if not self.finish(msg, outcome):
+                    if not self.finish([(msg, outcome)]):
                         all_ok = False
                 else:
                     failed.append((msg, outcome))
         finally:
-            for msg, outcome in failed:
-                self.finish(msg, outcome)
+            self.finish(failed)
         if self.stop.signum:
             return 128 + self.stop.signum
         return console.EXIT_OK if all_ok and not failed else console.EXIT_ERROR
 
-    def finish(self, msg: Message, outcome: Outcome) -> bool:
-        """Settle one message, then reply and report; True if it was acked.
+    def finish(self, done: list[tuple[Message, Outcome]]) -> bool:
+        """Settle messages, then reply to them (one batch) and report each; True if every one was acked.
 
         Never raises: a message that cannot be settled is left to its lease
         (expiry requeues it), a reply or log line that cannot be written is
-        reported, and the run goes on.
+        reported, and the run goes on. Each reply is published after its
+        message was settled, so its disposition is what happened; the failed
+        messages nacked at the end of a run are settled first and their
+        replies then published together, with one durability barrier.
+        """
+        settled: list[tuple[Message, Outcome, str]] = []
+        for msg, outcome in done:
+            try:
+                settled.append((msg, outcome, settle(self.broker, msg, outcome)))
+            except DdmqError as exc:
+                self.report(msg, "failed", f"{outcome.detail or 'handler exited 0'}, but it could not be settled: "
+                                           f"{exc}; it will be redelivered when its lease expires")
+        if self.args.reply_queue is not None and settled:
+            self.publish_replies(self.args.reply_queue, settled)
+        all_acked = len(settled) == len(done)
+        for msg, outcome, disposition in settled:
+            text = summary(outcome, disposition)
+            state = "lease-lost" if disposition == "lease-lost" else outcome.state
+            self.report(msg, state, text, quiet=disposition == "acked")
+            all_acked = all_acked and disposition == "acked"
+        return all_acked
+
+    def publish_replies(self, queue: str, settled: list[tuple[Message, Outcome, str]]) -> None:
+        """Publish the replies of settled messages as one batch; what a batch could not publish, one by one.
+
+        One reply that cannot be published (a handler's output that cannot be
+        encoded) must not cost the others theirs: after a failed batch, the
+        replies it did not publish are tried alone, and each failure is
+        reported against its own message.
         """
         try:
-            disposition = settle(self.broker, msg, outcome)
-        except DdmqError as exc:
-            self.report(msg, "failed", f"{outcome.detail or 'handler exited 0'}, but it could not be settled: "
-                                       f"{exc}; it will be redelivered when its lease expires")
-            return False
-        if self.args.reply_queue is not None:
+            self.broker.publish_many(queue, [reply(outcome, msg, disposition) for msg, outcome, disposition in settled])
+            return
+        except PartlyPublished as exc:
+            rest = settled[exc.published:]
+        except (DdmqError, TypeError, ValueError):
+            rest = settled
+        for msg, outcome, disposition in rest:
             try:
-                self.broker.publish(self.args.reply_queue, reply(outcome, msg, disposition))
+                self.broker.publish(queue, reply(outcome, msg, disposition))
             except (DdmqError, TypeError, ValueError) as exc:
-                console.say(PROG, f"message {msg.id}: cannot publish the reply to {self.args.reply_queue!r}: {exc}")
-        text = summary(outcome, disposition)
-        state = "lease-lost" if disposition == "lease-lost" else outcome.state
-        if disposition == "acked":
-            self.report(msg, state, text, quiet=True)
-            return True
-        self.report(msg, state, text)
-        return False
+                console.say(PROG, f"message {msg.id}: cannot publish the reply to {queue!r}: {exc}")
 
     def give_back(self, msg: Message, why: str) -> None:
         """Release a message the handler was not started for (LocalTrouble): unchanged, not counted."""
@@ -573,7 +594,8 @@ class Dispatcher:
 @click.option("--kill-grace", type=options.seconds(positive=False), default=5.0, metavar="S",
               help="Seconds between SIGTERM and SIGKILL when a handler is killed (default 5).")
 @click.option("--reply-queue", metavar="QUEUE",
-              help="Publish a result (JSON object) per message to this existing queue.")
+              help="Publish a result (JSON object) per message to this existing queue, once the message is "
+                   "settled (the failed ones, nacked at the end of the run, in one batch).")
 @click.option("--log-file", metavar="FILE",
               help="Append a line per message (success or failure), stamped in ISO 8601 UTC, to FILE.")
 @console.common_options(PROG)

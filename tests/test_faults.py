@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from click.testing import CliRunner
 
-from ddmq import Broker, DdmqError, LeaseLost, StorageError
+from ddmq import Broker, DdmqError, LeaseLost, PartlyPublished, StorageError
 from ddmq.cli import cli
 from ddmq.layout import WorkName, new_message_id, new_token, parse_ready, parse_work
 from ddmq.message import CorruptMessage, decode
@@ -113,12 +113,14 @@ class Scenario:
     build: Callable[[Broker, Path], dict]  # makes the starting state; returns what op needs (held messages)
     op: Callable[[Broker, dict], Any]
     # queue -> {body: "live" | "dead:REASON"} (each exactly once), or None: the queue must not exist.
-    # ``done``: whether the operation's decisive step happened.
+    # ``done``: how many of the operation's decisive steps happened (one, for all but a batch).
     expect: Callable[[bool], dict[str, dict[str, str] | None]]
     decisive: Callable[[Call, str], bool] | None = None
     # Raising means it did not happen; returning means it did (if claims(returned value)) or did not.
     contract: bool = False
     claims: Callable[[Any], bool] = lambda result: True
+    # For a batch (several decisive steps): how many the outcome, returned or raised, says happened.
+    reported: Callable[[Any, BaseException | None], int] | None = None
     # A consume that raises leaves nothing leased to nobody: a message hidden in work/ until its
     # lease expires (message_timeout, often hours) is not "consumable after the fault is removed".
     gives_back: bool = False
@@ -248,6 +250,21 @@ def _recreate(queue: str, **settings: Any) -> Callable[[Broker, bool], list[str]
     return after
 
 
+BATCH = ("n1", "n2", "n3")
+
+
+def _published_count(result: Any, exc: BaseException | None) -> int:
+    """How many messages of a batch publish_many says are in the queue: all, PartlyPublished's count, or none."""
+    if exc is None:
+        return len(result)
+    return exc.published if isinstance(exc, PartlyPublished) else 0
+
+
+def _check_batch(root: Path, ctx: dict, result: Any) -> list[str]:
+    ready = {parse_ready(n).id for n in os.listdir(root / Q / "ready") if parse_ready(n)}
+    return [f"publish_many returned {m.id} ({m.message}), which is not in ready/" for m in result if m.id not in ready]
+
+
 TO_READY = renamed("q/work/", "q/ready/")
 TO_DEAD = renamed("q/", "q/dead/", not_suffix=".reason")
 EXCL = os.O_CREAT | os.O_EXCL
@@ -258,6 +275,12 @@ SCENARIOS = [
         lambda done: {Q: live("a", "b", *(["new"] if done else []))},
         decisive=renamed("q/tmp/", "q/ready/"), contract=True,
         steps=(step("open", "q/tmp/", EXCL), step("write", "q/tmp/"), step("fsync", "q/tmp/"),
+               renamed("q/tmp/", "q/ready/"), step("fsync", "q/ready"))),
+    Scenario(
+        "publish_many", _queue_ab, lambda b, c: b.publish_many(Q, list(BATCH)),
+        lambda done: {Q: live("a", "b", *BATCH[:done])},
+        decisive=renamed("q/tmp/", "q/ready/"), reported=_published_count, check=_check_batch,
+        steps=(step("open", "q/tmp/", EXCL), step("write", "q/tmp/"), step("syncfs", "q/tmp"),
                renamed("q/tmp/", "q/ready/"), step("fsync", "q/ready"))),
     Scenario(
         "consume", _queue_a, lambda b, c: b.consume(Q, lease=LEASE), lambda done: {Q: live("a")},
@@ -334,7 +357,7 @@ def label(data: bytes) -> str:
         return f"<garbage {data[:40]!r}>"
 
 
-def instant_problems(root: Path, sc: Scenario, done: bool) -> list[str]:
+def instant_problems(root: Path, sc: Scenario, done: int) -> list[str]:
     """Right after the fault: only complete queues and complete messages are visible, each once."""
     problems = []
     found: dict[str, collections.Counter] = {}
@@ -402,7 +425,13 @@ def outcome_problems(sc: Scenario, inj: Injector, result: Any, exc: BaseExceptio
             problems.append(f"StorageError {text!r} does not say {REASON_WORDS[code][0]!r}")
         if "\n" in text:
             problems.append(f"StorageError is not one line: {text!r}")
-    if sc.contract and sc.decisive is not None:
+    if sc.reported is not None and sc.decisive is not None:
+        happened = sum(c.performed and sc.decisive(c, inj.root) for c in inj.calls)
+        said = sc.reported(result, exc)
+        if said != happened:
+            problems.append(f"{'returned' if exc is None else f'raised {type(exc).__name__}({exc})'}, which says "
+                            f"{said} happened, but {happened} did: a retry would lose or duplicate messages")
+    elif sc.contract and sc.decisive is not None:
         done = inj.performed(lambda c: sc.decisive(c, inj.root))
         if exc is None and sc.claims(result) and not done:
             problems.append(f"returned {result!r} although its decisive step did not happen")
@@ -436,7 +465,7 @@ def leftovers(root: Path) -> list[Path]:
     return found
 
 
-def recover(root: Path, sc: Scenario, done: bool) -> list[str]:
+def recover(root: Path, sc: Scenario, done: int) -> list[str]:
     """Another client cleans up after the fault (leases already expired); everything comes out once."""
     problems = []
     b = Broker(root)
@@ -574,8 +603,8 @@ def test_sigkill_at_every_step(sc: Scenario, work_dir: Path) -> None:
     shown = [f"{i}: {c.rel(croot)}" for i, c in enumerate(calls)]
     for must in sc.steps:
         assert any(must(c, croot) for c in calls), f"{sc.name} no longer makes the step {must.__doc__}: {shown}"
-    decisive = next((i for i, c in enumerate(calls) if sc.decisive and sc.decisive(c, croot)), None)
-    assert (decisive is None) == (sc.decisive is None), f"decisive step not found in {shown}"
+    decisive = [i for i, c in enumerate(calls) if sc.decisive and sc.decisive(c, croot)]
+    assert bool(decisive) == (sc.decisive is not None), f"decisive step not found in {shown}"
 
     # Every call that changes the disk is a numbered step, so "after step i" and "before step
     # i+1" are the same instant for every other process: kill before each step, after the last
@@ -592,7 +621,7 @@ def test_sigkill_at_every_step(sc: Scenario, work_dir: Path) -> None:
             err = root.parent / f"{root.name}.child-error"
             problems.append(f"not killed there (status {status}): "
                             f"{err.read_text() if err.exists() else 'it finished first'}")
-        done = decisive is not None and (i > decisive or (i == decisive and when != "before"))
+        done = sum(d < i or (d == i and when != "before") for d in decisive)
         problems += instant_problems(root, sc, done)
         cases.append((where, root, done, problems))
     wait_for_leases(tpl.cases)
@@ -638,7 +667,7 @@ def run_faults(sc: Scenario, tmp_path: Path, mocker: Any, code: int, when: str,
             removing = inj.fired and (inj.fired.prim in ("unlink", "rmdir") or p.name.startswith(".delete."))
             if not (removing and (inj.fired.path + os.sep).startswith(str(p) + os.sep)):
                 problems.append(f"left {rel(str(p), str(root))} behind")
-        done = sc.decisive is not None and inj.performed(lambda c, inj=inj: sc.decisive(c, inj.root))
+        done = sum(c.performed and sc.decisive(c, inj.root) for c in inj.calls) if sc.decisive else 0
         problems += instant_problems(root, sc, done)
         if exc is None and sc.check is not None:
             problems += sc.check(root, ctx, result)

@@ -7,6 +7,7 @@
 #                                      (runuser, mountpoint)
 #   tests/test_clock.py                faketime (libfaketime: a process with a shifted clock)
 #   tests/test_multiuser.py            python3-yaml (the system python run as other users)
+#   benchmarks/batch.py, barrier.py    xfsprogs (mkfs.xfs: the XFS image durable batches are measured on)
 #
 # Idempotent and non-interactive.  If every package is already installed
 # (checked with dpkg-query) it does nothing -- no `apt-get update` -- so re-runs
@@ -23,7 +24,7 @@
 # Run as root (or with sudo).  Usage:  tests/harness/install-system-deps.sh
 set -euo pipefail
 
-PKGS=(slurm-wlm slurmdbd mariadb-server munge openssh-server openssh-client sshfs fuse3 iproute2 procps hostname util-linux faketime python3-yaml)
+PKGS=(slurm-wlm slurmdbd mariadb-server munge openssh-server openssh-client sshfs fuse3 iproute2 procps hostname util-linux faketime python3-yaml xfsprogs)
 LOG=${DDMQ_APT_LOG:-${TMPDIR:-/tmp}/ddmq-install-system-deps.log}
 export DEBIAN_FRONTEND=noninteractive
 

@@ -2,6 +2,7 @@
 
 An :class:`Injector` wraps the primitives every ddmq state change is made of
 (``os.open``/``read``/``write``/``fsync``/``close``/``rename``/``unlink``/
+``syncfs`` (ddmq's one call outside ``os``, in :mod:`ddmq.atomic`)/
 ``rmdir``/``mkdir``/``utime``/``chmod``/``fchmod``, the listing and stat
 calls, and the built-in ``open``; ``shutil.rmtree`` is seen step by step through the ``os`` calls it
 makes). It numbers, in order, the calls that touch a path under one root and
@@ -44,6 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Union
 
+from ddmq import atomic
+
 # name -> (module, attribute); "fopen" is the built-in open (also io.open, used by pathlib).
 PRIMITIVES: dict[str, tuple[Any, str]] = {
     "open": (os, "open"), "read": (os, "read"), "write": (os, "write"), "fsync": (os, "fsync"),
@@ -51,6 +54,7 @@ PRIMITIVES: dict[str, tuple[Any, str]] = {
     "mkdir": (os, "mkdir"), "utime": (os, "utime"), "stat": (os, "stat"), "lstat": (os, "lstat"),
     "listdir": (os, "listdir"), "scandir": (os, "scandir"), "fopen": (builtins, "open"),
     "chmod": (os, "chmod"), "fchmod": (os, "fchmod"), "fstat": (os, "fstat"),
+    "syncfs": (atomic, "syncfs_fd"),  # a batch publish's one barrier (os has no syncfs)
     # Not used by ddmq today; wrapped so that a change to them is still seen as a step.
     "replace": (os, "replace"), "remove": (os, "remove"), "link": (os, "link"), "symlink": (os, "symlink"),
     "truncate": (os, "truncate"), "ftruncate": (os, "ftruncate"),
@@ -58,7 +62,7 @@ PRIMITIVES: dict[str, tuple[Any, str]] = {
 _ALIASES = {"fopen": [(io, "open")]}
 # Steps that change a file, or read one (a crash "after reading"); stats and listings change nothing.
 # (The built-in open counts as a crash step only when it opens for writing; "fopen-r" adds read opens.)
-CRASH_STEPS = frozenset({"open", "read", "write", "fsync", "close", "rename", "unlink", "rmdir", "mkdir", "utime",
+CRASH_STEPS = frozenset({"open", "read", "write", "fsync", "syncfs", "close", "rename", "unlink", "rmdir", "mkdir", "utime",
                          "chmod", "fchmod", "fopen", "replace", "remove", "link", "symlink", "truncate",
                          "ftruncate"})
 ALL_STEPS = frozenset(PRIMITIVES) | {"fopen-r"}
@@ -181,7 +185,7 @@ class Injector:
         return os.path.normpath(p)
 
     def _describe(self, prim: str, args: tuple, kwargs: dict) -> Call | None:
-        if prim in ("read", "write", "fsync", "close", "fchmod", "fstat", "ftruncate"):
+        if prim in ("read", "write", "fsync", "syncfs", "close", "fchmod", "fstat", "ftruncate"):
             opened = self._opened(args[0]) if args else None
             if prim == "close" and (opened is None or args[0] not in self._fds
                                     or opened[1] & getattr(os, "O_DIRECTORY", 0)):
