@@ -24,10 +24,16 @@ from pathlib import Path
 from benchmarks.provision import AMQP_PORT, Rabbit, log, run_command
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+# dirq dies at a lost lock race between two sshfs mounts (SFTP reports it as EPERM); this is dirq with
+# that fixed (worker.DirqLostRaceEperm), run beside it where consumers race across mounts.
+DIRQ_EPERM = "dirq, EPERM as lost race"
 
 # Sizes and repetitions. "disk_durable_n" caps the fsync-bound runs on
 # block devices (ddmq durable, floor durable, RabbitMQ persistent): one fsync
 # costs milliseconds there, and per-message cost is what is compared.
+# "shared_*" are W1's and W3's size and repetitions, and the operation costs'
+# file count, on a filesystem shared through two sshfs mounts, where every
+# system call is a round trip to the server (milliseconds per message).
 PROFILES = {
     "full": dict(
         w1_n=5000, w1_reps=5, disk_durable_n=500,
@@ -36,6 +42,7 @@ PROFILES = {
         w3_n=5000, w3_reps=5,
         w4_reps=15, w5_samples=8, sys_n=1000, w5_intervals=(0.05, 0.2), w5_strace_s=20.0, w5_backlog=1000,
         ops_n=2000, ops_rounds=3,
+        shared_n=2000, shared_reps=5, shared_ops_n=300,
     ),
     "quick": dict(
         w1_n=1000, w1_reps=2, disk_durable_n=200,
@@ -44,6 +51,7 @@ PROFILES = {
         w3_n=1000, w3_reps=2,
         w4_reps=5, w5_samples=3, sys_n=200, w5_intervals=(0.05,), w5_strace_s=5.0, w5_backlog=1000,
         ops_n=500, ops_rounds=3,
+        shared_n=300, shared_reps=2, shared_ops_n=100,
     ),
 }
 
@@ -56,11 +64,14 @@ def median(xs):
 class Suite:
     """The workloads of one run, on the directories and venvs provisioned; every result lands in ``runs``."""
 
-    def __init__(self, args, prof: dict, venvs: dict[str, Path], dirs: dict[str, Path], tools: dict):
+    def __init__(self, args, prof: dict, venvs: dict[str, Path], dirs: dict[str, Path], tools: dict,
+                 shared: dict[str, tuple[Path, Path]] | None = None):
         self.args = args
         self.p = prof
         self.venvs = venvs
         self.dirs = dirs
+        # A shared filesystem: its queues directory through mount A (also in dirs) and through mount B.
+        self.shared = shared or {}
         self.tools = tools
         self.rabbit: Rabbit | None = None
         self.runs: list[dict] = []
@@ -70,6 +81,9 @@ class Suite:
 
     # A case: (label, venv, impl, durable)
     def cases_w1(self, fs: str) -> list[tuple]:
+        if fs in self.shared:  # the floor a queue is measured against, ddmq and dirq (compared non-durable)
+            return [("floor + read", "ddmq", "floor-read", False), ("ddmq durable:false", "ddmq", "ddmq", False),
+                    ("dirq", "dirq", "dirq", False)]
         cases = [
             ("floor", "ddmq", "floor", False),
             ("floor + read", "ddmq", "floor-read", False),  # no durable variant
@@ -84,7 +98,10 @@ class Suite:
         return cases
 
     def n_for(self, fs: str, durable: bool, n: int) -> int:
-        return capped_n(self.p, fs, durable, n)
+        return self.p["shared_n"] if fs in self.shared else capped_n(self.p, fs, durable, n)
+
+    def reps(self, fs: str, key: str) -> int:
+        return self.p["shared_reps"] if fs in self.shared else self.p[key]
 
     def fresh_root(self, fs: str) -> Path:
         self.seq += 1
@@ -98,6 +115,8 @@ class Suite:
         cmd = [str(self.venvs[venv] / "bin" / "python"), str(WORKER), "w3" if workload == "w3" else "w1",
                "--impl", impl,
                "--root", str(root), "--n", str(n), *(["--durable"] if durable else []), *(extra or [])]
+        if fs in self.shared:  # the other node: W1 consumes there, half of W3's consumers too
+            cmd += ["--root-b", str(self.shared[fs][1] / root.name)]
         if impl.startswith("rabbit"):
             cmd += ["--amqp-port", str(AMQP_PORT)]
             if self.rabbit and self.rabbit.server_pid:
@@ -125,7 +144,7 @@ class Suite:
     # Filesystem operation costs ---------------------------------------------
     def op_costs(self, fs: str) -> None:
         """Cost of each system call of the floor, alone, in this process, in two fresh directories."""
-        n, rounds = self.p.get("ops_n", 2000), self.p.get("ops_rounds", 3)
+        n, rounds = self.p["shared_ops_n" if fs in self.shared else "ops_n"], self.p["ops_rounds"]
         base = self.dirs[fs]
         base.mkdir(parents=True, exist_ok=True)
         out = {"n": n, "rounds": rounds, "body_bytes": OPCOST_BODY, "dirs": []}
@@ -149,13 +168,15 @@ class Suite:
     def w1(self, fs: str) -> None:
         p = self.p
         cases = self.cases_w1(fs)
-        for rep in range(p["w1_reps"]):
+        for rep in range(self.reps(fs, "w1_reps")):
             k = rep % len(cases)
             order = cases[k:] + cases[:k]
             if rep % 2:
                 order.reverse()
             for label, venv, impl, durable in order:
                 self.worker("w1", fs, label, venv, impl, durable, self.n_for(fs, durable, p["w1_n"]), rep=rep)
+        if fs in self.shared:
+            return
         # ddmq 0.9.14: quadratic and slow, so fewer repetitions, each bracketed by
         # a ddmq durable:false run so the ratio is still side by side.
         for rep in range(p["old_reps"]):
@@ -222,14 +243,16 @@ class Suite:
         p = self.p
         cases = [("ddmq durable:false", "ddmq", "ddmq", False), ("ddmq durable:true", "ddmq", "ddmq", True),
                  ("dirq", "dirq", "dirq", False)]
+        if fs in self.shared:  # publisher on A, two consumers on A and two on B; compared non-durable
+            cases[1] = (DIRQ_EPERM, "dirq", "dirq-eperm", False)
         if self.rabbit is not None:
             cases.append(("RabbitMQ persistent+confirms", "rabbit", "rabbit", True))
-        for rep in range(p["w3_reps"]):
+        for rep in range(self.reps(fs, "w3_reps")):
             order = cases[rep % len(cases):] + cases[:rep % len(cases)]
             for label, venv, impl, durable in order:
                 n = self.n_for(fs, durable, p["w3_n"])
                 self.worker("w3", fs, label, venv, impl, durable, n, extra=["--consumers", "4"], rep=rep)
-                if impl == "ddmq" and not durable:  # its W1 twin, in the same round
+                if impl == "ddmq" and not durable and fs not in self.shared:  # its W1 twin, in the same round
                     self.worker("w1", fs, "ddmq durable:false (W3 twin)", venv, impl, durable, n, rep=f"w3-{rep}")
 
     # W4 ---------------------------------------------------------------------
