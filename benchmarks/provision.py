@@ -223,6 +223,15 @@ class SshfsPair:
         self.state = cache / f"{name}-{os.getpid()}"
         self.options = SSHFS_OPTIONS[name]
         self.mounted = False
+        self.a = self.state / "mnt-a" / "queues"
+        self.b = self.state / "mnt-b" / "queues"
+
+    def sshfs_pids(self) -> list[int]:
+        """The sshfs processes serving mount A and mount B, as the harness recorded them."""
+        for line in (self.state / "env").read_text().splitlines():
+            if line.startswith("SSHFS_PIDS="):
+                return [int(pid) for pid in line.split("=", 1)[1].strip("'").split()]
+        return []
 
     def mount(self) -> tuple[Path, Path]:
         if os.geteuid() != 0:
@@ -237,9 +246,8 @@ class SshfsPair:
         if out.returncode != 0:
             self.remove()
             raise OSError((out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1])
-        a, b = self.state / "mnt-a" / "queues", self.state / "mnt-b" / "queues"
-        a.mkdir()
-        return a, b
+        self.a.mkdir()
+        return self.a, self.b
 
     def remove(self) -> None:
         if self.mounted:

@@ -92,15 +92,15 @@ def main() -> None:
     log("installing the working tree into " + str(venvs["ddmq"]))
     ddmq_version = install_working_tree(cache, venvs["ddmq"])
     pairs: list[SshfsPair] = []
-    shared: dict[str, tuple[Path, Path]] = {}  # fs -> the queues directory through mount A and through mount B
+    shared: dict[str, SshfsPair] = {}  # fs -> its two mounts
     signal.signal(signal.SIGTERM, on_signal)
     for fs in [f for f in fss if f in SSHFS_OPTIONS]:
         pair = SshfsPair(cache, fs)
         pairs.append(pair)
         atexit.register(pair.remove)  # whatever fails before the measurements' own cleanup (remove is idempotent)
         try:
-            shared[fs] = pair.mount()
-            dirs[fs] = shared[fs][0]
+            dirs[fs] = pair.mount()[0]
+            shared[fs] = pair
         except OSError as exc:
             fss.remove(fs)
             notes.append(f"{fs} left out: {exc}")
@@ -118,23 +118,17 @@ def main() -> None:
     try:
         suite.w4_old_cli()
         for fs in fss:
-            log(f"== {fs}: {dirs[fs]}" + (f" and {shared[fs][1]}" if fs in shared else ""))
+            log(f"== {fs}: {dirs[fs]}" + (f" and {shared[fs].b}" if fs in shared else ""))
             if only & {"w1", "w2"}:
                 suite.op_costs(fs)  # before RabbitMQ starts: nothing else of the suite running
-            if fs in shared:  # a queue across two mounts: W1 and W3 with dirq beside ddmq
-                if "w1" in only:
-                    suite.w1(fs)
-                if "w3" in only:
-                    suite.w3(fs)
-                continue
-            if use_rabbit and only & {"w1", "w2", "w3"}:
+            if use_rabbit and only & {"w1", "w2", "w3"} and fs not in shared:
                 suite.rabbit = Rabbit(dirs[fs] / "rabbitmq")
                 log("starting RabbitMQ")
                 suite.rabbit.start()
             try:
                 if "w1" in only:
                     suite.w1(fs)
-                if "w2" in only:
+                if "w2" in only and fs not in shared:
                     suite.w2(fs)
                 if "w3" in only:
                     suite.w3(fs)
@@ -143,6 +137,10 @@ def main() -> None:
                     log("stopping RabbitMQ")
                     suite.rabbit.stop()
                     suite.rabbit = None
+            if fs in shared:  # a queue across two mounts: W1 and W3 (ddmq beside dirq) and W1's round trips
+                if "w1" in only:
+                    suite.shared_round_trips(fs)
+                continue
             if "w1" in only and fs == "tmpfs":
                 suite.w1_syscalls(fs)
             if "w4" in only:
