@@ -1,6 +1,6 @@
 """The ddmq benchmark suite: ddmq (this working tree) against ddmq 0.9.14, RabbitMQ and dirq.
 
-    python3 -m benchmarks.run            # full run, ~20 min on 2 cores; writes docs/performance.md
+    python3 -m benchmarks.run            # full run, ~25 min on 2 cores; writes docs/performance.md
     python3 -m benchmarks.run --quick    # ~2-3 min; prints the tables, writes only the JSON
 
 (from the checkout). This module is the command line and the order of the
@@ -18,8 +18,10 @@ Each comparison runs side by side in the same run: the implementations take
 turns within every repetition (the order rotates), medians are reported, and
 ratios are the medians of the per-repetition ratios. Everything runs on the
 local disk as it is mounted, on an ext4 image with a journal that the suite
-makes and loop-mounts on that disk (as root), and on tmpfs (/dev/shm).
-Results: ``benchmarks/results/
+makes and loop-mounts on that disk (as root), and on tmpfs (/dev/shm);
+W1 and W3 also run across two sshfs mounts of one directory (as root;
+``--fs sshfs-nocache`` adds the same with sshfs's caches off), ddmq beside
+dirq, with their SFTP round trips per message. Results: ``benchmarks/results/
 {quick,full}-TIMESTAMP.json`` (raw, every run) and, for full runs,
 ``docs/performance.md`` (everything above its "Analysis" heading is
 regenerated; the analysis below it is kept).
