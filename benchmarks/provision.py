@@ -29,9 +29,14 @@ RABBIT_NODE = "ddmqbench@localhost"
 
 # The filesystems, in the order they are run and reported: the local disk as
 # mounted, an ext4 image with a journal loop-mounted on it (see Ext4Image),
-# and tmpfs.
-FILESYSTEMS = ("disk", "ext4-journal", "tmpfs")
+# tmpfs, and one directory shared through two sshfs mounts (see SshfsPair),
+# with sshfs's default caching and, when asked for, with its caches off.
+FILESYSTEMS = ("disk", "ext4-journal", "tmpfs", "sshfs")
+OPTIONAL_FILESYSTEMS = ("sshfs-nocache",)
 EXT4_IMAGE_GIB = 4
+# sshfs -o options of each shared filesystem (tests/test_shared_storage.py tests the same two).
+SSHFS_OPTIONS = {"sshfs": "", "sshfs-nocache": "dir_cache=no,entry_timeout=0,attr_timeout=0,negative_timeout=0"}
+HARNESS = REPO / "tests" / "harness"
 
 VENVS = {
     # name: (pip requirement lines, extra steps)
@@ -209,6 +214,55 @@ class XfsImage(Ext4Image):
 
     NAME = "xfs"
     MKFS = ["mkfs.xfs", "-q", "-f"]
+
+
+# ------------------------------------------------------------ sshfs pair
+class SshfsPair:
+    """One directory exported by a private sshd and mounted twice with sshfs: two "nodes" on shared storage.
+
+    Each mount is its own SFTP session with its own client caches, as two
+    cluster nodes on NFS are (``tests/harness/mount-shared.sh``, which the
+    shared-storage tests use too). Every system call that reaches the
+    filesystem is a round trip to the server, so this is where a queue's
+    call count shows. ``a`` and ``b`` are the same directory through each
+    mount; ``remove`` unmounts both and stops the sshd, also after a failure.
+    """
+
+    def __init__(self, cache: Path, name: str):
+        self.state = cache / f"{name}-{os.getpid()}"
+        self.options = SSHFS_OPTIONS[name]
+        self.mounted = False
+        self.a = self.state / "mnt-a" / "queues"
+        self.b = self.state / "mnt-b" / "queues"
+
+    def sshfs_pids(self) -> list[int]:
+        """The sshfs processes serving mount A and mount B, as the harness recorded them."""
+        for line in (self.state / "env").read_text().splitlines():
+            if line.startswith("SSHFS_PIDS="):
+                return [int(pid) for pid in line.split("=", 1)[1].strip("'").split()]
+        return []
+
+    def mount(self) -> tuple[Path, Path]:
+        if os.geteuid() != 0:
+            raise OSError("the sshfs harness needs root (a private sshd and FUSE mounts)")
+        self.mounted = True  # from the first step on: a half-made mount is undone too
+        try:
+            out = run_command([str(HARNESS / "mount-shared.sh"), str(self.state)], check=False,
+                              capture_output=True, env={**os.environ, "SSHFS_OPTS": self.options})
+        except BaseException:  # Ctrl-C while mounting
+            self.remove()
+            raise
+        if out.returncode != 0:
+            self.remove()
+            raise OSError((out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1])
+        self.a.mkdir()
+        return self.a, self.b
+
+    def remove(self) -> None:
+        if self.mounted:
+            run_command([str(HARNESS / "umount-shared.sh"), str(self.state)], check=False, capture_output=True,
+                        env={**os.environ, "PURGE": "1"})
+        self.mounted = False
 
 
 # ---------------------------------------------------------------- RabbitMQ

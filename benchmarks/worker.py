@@ -6,16 +6,25 @@ environment and a measurement never shares a process with another one:
 
     python worker.py w1 --impl ddmq --root DIR --n 5000 [--durable]
     python worker.py w3 --impl ddmq --root DIR --n 5000 --consumers 4
+    python worker.py w3 --impl ddmq --root MNT_A/q --root-b MNT_B/q ...   # across two mounts
 
 It prints one JSON object on stdout. Timing starts after the queue exists
 (set-up is not timed) and ends when the last message is acked; the bodies
 received are checked against those sent (every message back exactly once).
+
+With ``--root-b`` (the same queue directory seen through a second mount of
+the shared filesystem: another "node"), W1 publishes through ``--root`` and
+consumes through ``--root-b``, and W3's publisher uses ``--root`` while its
+consumers alternate between the two, starting with ``--root``; W3 then also
+reports how many messages each mount consumed and the latency from each
+publish returning to its body being consumed.
 
 Implementations (``--impl``):
   ddmq       the working tree (``Broker``), durable on or off
   ddmq014    ddmq 0.9.14 from PyPI (``broker``), its defaults (clean=True)
   ddmq014nc  ddmq 0.9.14 with clean=False on every call (its fast path)
   dirq       dirq.QueueSimple (Directory::Queue), the usual add / lock+get+remove loop
+  dirq-eperm the same, with EPERM from its lock's link read as a lost race (as sshfs reports one)
   rabbit     RabbitMQ through pika: durable queue, persistent messages,
              publisher confirms, manual acks (basic_consume, prefetch 100)
   rabbit-transient  the same without durability: transient queue and
@@ -32,9 +41,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import json
 import multiprocessing as mp
 import os
+import queue
+import statistics
 import sys
 import time
 import warnings
@@ -46,8 +58,9 @@ QUEUE = "bench"
 class Adapter:
     """publish(body) and take() -> the bodies of messages claimed and acked in one pass."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, root: str | None = None):
         self.args = args
+        self.root = root or args.root  # a queue on a shared filesystem is reached through one of two mounts
 
     def setup(self) -> None:
         """Create the queue (called once, before timing, in the parent)."""
@@ -66,6 +79,13 @@ class Adapter:
     def take(self):
         raise NotImplementedError
 
+    def take_over(self, publisher: Adapter) -> None:
+        """Consume, in this process, what ``publisher`` (the same queue through another mount) published.
+
+        A queue finds its messages by itself; only the floor, which keeps no
+        listing, needs the names handed over.
+        """
+
     def close(self) -> None:
         pass
 
@@ -77,12 +97,12 @@ class Ddmq(Adapter):
     def setup(self) -> None:
         from ddmq import Broker
 
-        Broker(self.args.root, create=True).create_queue(QUEUE, exist_ok=True, durable=self.args.durable)
+        Broker(self.root, create=True).create_queue(QUEUE, exist_ok=True, durable=self.args.durable)
 
     def open(self) -> None:
         from ddmq import Broker
 
-        self.b = Broker(self.args.root)
+        self.b = Broker(self.root)
 
     def publish(self, body: str) -> None:
         self.b.publish(QUEUE, body)
@@ -111,7 +131,7 @@ class Ddmq014(Adapter):
         warnings.simplefilter("ignore")  # yaml.load() without a Loader
         import ddmq
 
-        self.b = ddmq.broker(self.args.root, create=True)
+        self.b = ddmq.broker(self.root, create=True)
 
     def publish(self, body: str) -> None:
         self.b.publish(QUEUE, body, clean=self.clean)
@@ -137,7 +157,7 @@ class Dirq(Adapter):
     def open(self) -> None:
         from dirq.QueueSimple import QueueSimple
 
-        self.q = QueueSimple(os.path.join(self.args.root, QUEUE))
+        self.q = QueueSimple(os.path.join(self.root, QUEUE))
 
     def publish(self, body: str) -> None:
         self.q.add(body)
@@ -146,6 +166,32 @@ class Dirq(Adapter):
         q = self.q
         for name in q:
             if not q.lock(name):
+                continue
+            data = q.get(name)
+            q.remove(name)
+            yield data.decode() if isinstance(data, bytes) else data
+
+
+class DirqLostRaceEperm(Dirq):
+    """dirq, with a failed lock whose errno is EPERM read as a lost race, as EEXIST and ENOENT already are.
+
+    dirq locks an element by hard-linking it to NAME.lck; the consumer that
+    loses gets EEXIST (or ENOENT) locally, but EPERM over SFTP, whose link
+    request can only say "failure", and dirq raises that, so a consumer dies
+    at the first race between two mounts. This variant measures what dirq
+    would cost on sshfs with that one line of its lock fixed.
+    """
+
+    def take(self):
+        q = self.q
+        for name in q:
+            try:
+                locked = q.lock(name)
+            except OSError as exc:
+                if exc.errno != errno.EPERM:
+                    raise
+                locked = False
+            if not locked:
                 continue
             data = q.get(name)
             q.remove(name)
@@ -165,7 +211,7 @@ class Rabbit(Adapter):
 
     @property
     def qname(self) -> str:
-        return f"bench-{os.path.basename(self.args.root.rstrip('/'))}"
+        return f"bench-{os.path.basename(self.root.rstrip('/'))}"
 
     def setup(self) -> None:
         conn, ch = self._connect()
@@ -253,14 +299,18 @@ class Floor(Adapter):
 
     def setup(self) -> None:
         for d in ("tmp", "ready", "work"):
-            os.makedirs(os.path.join(self.args.root, QUEUE, d), exist_ok=True)
+            os.makedirs(os.path.join(self.root, QUEUE, d), exist_ok=True)
 
     def open(self) -> None:
-        base = os.path.join(self.args.root, QUEUE)
+        base = os.path.join(self.root, QUEUE)
         self.tmp, self.ready, self.work = (os.path.join(base, d) for d in ("tmp", "ready", "work"))
         self.names = collections.deque()
         self.i = 0
         self.pid = os.getpid()
+
+    def take_over(self, publisher: Adapter) -> None:
+        assert isinstance(publisher, Floor)
+        self.names = publisher.names
 
     def publish(self, body: str) -> None:
         self.i += 1
@@ -315,7 +365,7 @@ class FloorRead(Floor):
 
 
 ADAPTERS = {
-    "ddmq": Ddmq, "ddmq014": Ddmq014, "ddmq014nc": Ddmq014NoClean, "dirq": Dirq,
+    "ddmq": Ddmq, "ddmq014": Ddmq014, "ddmq014nc": Ddmq014NoClean, "dirq": Dirq, "dirq-eperm": DirqLostRaceEperm,
     "rabbit": Rabbit, "rabbit-transient": RabbitTransient, "floor": Floor, "floor-read": FloorRead,
 }
 
@@ -359,10 +409,15 @@ def children_cpu() -> float:
 
 # ---------------------------------------------------------------- workloads
 def w1(args: argparse.Namespace) -> dict:
-    """One process: publish n, then consume and ack them all."""
+    """One process: publish n, then consume and ack them all (through the second mount, given one)."""
     adapter = ADAPTERS[args.impl](args)
     adapter.setup()
     adapter.open()
+    taker = adapter
+    if args.root_b:
+        taker = ADAPTERS[args.impl](args, args.root_b)
+        taker.open()
+        taker.take_over(adapter)
     sent = bodies(args.n)
     got: list[str] = []
     server0 = proc_cpu(args.server_pid)
@@ -384,7 +439,7 @@ def w1(args: argparse.Namespace) -> dict:
     empty = 0
     while not capped and len(got) < published and empty < 2:
         before = len(got)
-        for body in adapter.take():
+        for body in taker.take():
             got.append(body)
             if len(got) >= published:
                 break
@@ -396,6 +451,8 @@ def w1(args: argparse.Namespace) -> dict:
     cpu = time.process_time() - c0
     server1 = proc_cpu(args.server_pid)
     adapter.close()
+    if taker is not adapter:
+        taker.close()
     if not capped:
         adapter.teardown()
     result = {
@@ -409,33 +466,52 @@ def w1(args: argparse.Namespace) -> dict:
     return result
 
 
-def _w3_consumer(args, start, stop_at, counter, out) -> None:
-    adapter = ADAPTERS[args.impl](args)
+def _reporting_failure(role: str, target):
+    """Run target in a W3 child; an exception is sent to the parent first, which stops the run with it.
+
+    Paths in the message are shortened to the mount they were reached through (A: --root, B: --root-b).
+    """
+    def run(*args):
+        out, options = args[-1], args[0]
+        try:
+            target(*args)
+        except BaseException as exc:
+            text = f"{role}: {type(exc).__name__}: {exc}".replace(options.root, "A")
+            out.put(("failed", text.replace(options.root_b, "B") if options.root_b else text))
+            raise
+    return run
+
+
+def _w3_consumer(args, root, start, stop_at, counter, out) -> None:
+    adapter = ADAPTERS[args.impl](args, root)
     adapter.open()
-    got = []
+    got, at = [], []
     start.wait()
     deadline = time.monotonic() + args.deadline
     while counter.value < stop_at and time.monotonic() < deadline:
         n = 0
         for body in adapter.take():
             got.append(body)
+            at.append(time.time())
             n += 1
             with counter.get_lock():
                 counter.value += 1
         if n == 0:
             time.sleep(0.001)
     adapter.close()
-    out.put((os.getpid(), got, time.perf_counter(), time.process_time()))
+    out.put((root, got, at, time.process_time()))
 
 
 def _w3_publisher(args, start, out) -> None:
     adapter = ADAPTERS[args.impl](args)
     adapter.open()
     start.wait()
+    visible = []  # when each publish returned: its message can be consumed from then on
     for body in bodies(args.n):
         adapter.publish(body)
+        visible.append(time.time())
     adapter.close()
-    out.put(("publisher", time.perf_counter(), time.process_time()))
+    out.put(("publisher", time.perf_counter(), time.process_time(), visible))
 
 
 def w3(args: argparse.Namespace) -> dict:
@@ -446,37 +522,64 @@ def w3(args: argparse.Namespace) -> dict:
     start = ctx.Barrier(args.consumers + 2)
     counter = ctx.Value("q", 0)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_w3_consumer, args=(args, start, args.n, counter, out))
-             for _ in range(args.consumers)]
-    procs.append(ctx.Process(target=_w3_publisher, args=(args, start, out)))
+    roots = [args.root, args.root_b] if args.root_b else [args.root]
+    procs = [ctx.Process(target=_reporting_failure(f"consumer on {'AB'[i % len(roots)]}", _w3_consumer),
+                         args=(args, roots[i % len(roots)], start, args.n, counter, out))
+             for i in range(args.consumers)]
+    procs.append(ctx.Process(target=_reporting_failure("publisher", _w3_publisher), args=(args, start, out)))
     for p in procs:
         p.start()
     server0 = proc_cpu(args.server_pid)
     start.wait()
     t0 = time.perf_counter()
-    results = [out.get(timeout=args.deadline + 60) for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        try:
+            r = out.get(timeout=1)
+        except queue.Empty:
+            r = None
+        failed = r[1] if r and r[0] == "failed" else next(
+            (f"a process exited with {p.exitcode} and said nothing" for p in procs if p.exitcode), None)
+        if failed or time.perf_counter() - t0 > args.deadline + 60:
+            for p in procs:
+                p.terminate()
+            raise RuntimeError(failed or f"W3 did not finish in {args.deadline + 60:.0f} s")
+        if r:
+            results.append(r)
     t1 = time.perf_counter()
     for p in procs:
         p.join()
     server1 = proc_cpu(args.server_pid)
     got: list[str] = []
+    consumed_at: dict[str, float] = {}
     per_consumer = []
+    per_mount = {root: 0 for root in roots}
     publish_end = None
+    visible: list[float] = []
     cpu = 0.0
     for r in results:
         if r[0] == "publisher":
-            publish_end = r[1]
+            publish_end, visible = r[1], r[3]
             cpu += r[2]
         else:
             got.extend(r[1])
+            consumed_at.update(zip(r[1], r[2]))
             per_consumer.append(len(r[1]))
+            per_mount[r[0]] += len(r[1])
             cpu += r[3]
     adapter.teardown()
-    return {
+    result = {
         "total_s": t1 - t0, "publish_s": (publish_end or t1) - t0, "cpu_s": cpu,
         "server_cpu_s": None if server0 is None or server1 is None else server1 - server0,
         "per_consumer": per_consumer, **verify(bodies(args.n), got),
     }
+    if args.root_b:
+        latency = sorted(consumed_at[b] - t for b, t in zip(bodies(args.n), visible) if b in consumed_at)
+        result.update({"consumed_a": per_mount[args.root], "consumed_b": per_mount[args.root_b],
+                       "latency_s": {"median": statistics.median(latency) if latency else None,
+                                     "p90": latency[int(0.9 * (len(latency) - 1))] if latency else None,
+                                     "max": latency[-1] if latency else None}})
+    return result
 
 
 def main() -> None:
@@ -484,6 +587,8 @@ def main() -> None:
     p.add_argument("workload", choices=("w1", "w3"))
     p.add_argument("--impl", required=True, choices=sorted(ADAPTERS))
     p.add_argument("--root", required=True)
+    p.add_argument("--root-b", help="the same directory through a second mount: W1 consumes through it, "
+                   "and every other W3 consumer uses it")
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--durable", action="store_true")
     p.add_argument("--batch", type=int, default=1, help="W1: publish this many at a time (ddmq: publish_many; "

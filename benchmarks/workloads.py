@@ -8,6 +8,7 @@ to ``Suite.runs``; turning those into tables is the report's job.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -21,13 +22,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.provision import AMQP_PORT, Rabbit, log, run_command
+from benchmarks.provision import AMQP_PORT, Rabbit, SshfsPair, log, run_command
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
+# dirq dies at a lost lock race between two sshfs mounts (SFTP reports it as EPERM); this is dirq with
+# that fixed (worker.DirqLostRaceEperm), run beside it where consumers race across mounts.
+DIRQ_EPERM = "dirq, EPERM as lost race"
 
 # Sizes and repetitions. "disk_durable_n" caps the fsync-bound runs on
 # block devices (ddmq durable, floor durable, RabbitMQ persistent): one fsync
 # costs milliseconds there, and per-message cost is what is compared.
+# "shared_*" are W1's and W3's size and repetitions, and the operation costs'
+# file count, on a filesystem shared through two sshfs mounts, where every
+# system call is a round trip to the server (milliseconds per message).
 PROFILES = {
     "full": dict(
         w1_n=5000, w1_reps=5, disk_durable_n=500,
@@ -36,6 +43,7 @@ PROFILES = {
         w3_n=5000, w3_reps=5,
         w4_reps=15, w5_samples=8, sys_n=1000, w5_intervals=(0.05, 0.2), w5_strace_s=20.0, w5_backlog=1000,
         ops_n=2000, ops_rounds=3,
+        shared_n=2000, shared_reps=5, shared_ops_n=300, shared_trace_n=500,
     ),
     "quick": dict(
         w1_n=1000, w1_reps=2, disk_durable_n=200,
@@ -44,6 +52,7 @@ PROFILES = {
         w3_n=1000, w3_reps=2,
         w4_reps=5, w5_samples=3, sys_n=200, w5_intervals=(0.05,), w5_strace_s=5.0, w5_backlog=1000,
         ops_n=500, ops_rounds=3,
+        shared_n=300, shared_reps=2, shared_ops_n=100, shared_trace_n=100,
     ),
 }
 
@@ -56,11 +65,14 @@ def median(xs):
 class Suite:
     """The workloads of one run, on the directories and venvs provisioned; every result lands in ``runs``."""
 
-    def __init__(self, args, prof: dict, venvs: dict[str, Path], dirs: dict[str, Path], tools: dict):
+    def __init__(self, args, prof: dict, venvs: dict[str, Path], dirs: dict[str, Path], tools: dict,
+                 shared: dict[str, SshfsPair] | None = None):
         self.args = args
         self.p = prof
         self.venvs = venvs
         self.dirs = dirs
+        # A shared filesystem's two mounts; its queues directory through mount A is also in dirs.
+        self.shared = shared or {}
         self.tools = tools
         self.rabbit: Rabbit | None = None
         self.runs: list[dict] = []
@@ -70,6 +82,9 @@ class Suite:
 
     # A case: (label, venv, impl, durable)
     def cases_w1(self, fs: str) -> list[tuple]:
+        if fs in self.shared:  # the floor a queue is measured against, ddmq and dirq (compared non-durable)
+            return [("floor + read", "ddmq", "floor-read", False), ("ddmq durable:false", "ddmq", "ddmq", False),
+                    ("dirq", "dirq", "dirq", False)]
         cases = [
             ("floor", "ddmq", "floor", False),
             ("floor + read", "ddmq", "floor-read", False),  # no durable variant
@@ -84,7 +99,10 @@ class Suite:
         return cases
 
     def n_for(self, fs: str, durable: bool, n: int) -> int:
-        return capped_n(self.p, fs, durable, n)
+        return self.p["shared_n"] if fs in self.shared else capped_n(self.p, fs, durable, n)
+
+    def reps(self, fs: str, key: str) -> int:
+        return self.p["shared_reps"] if fs in self.shared else self.p[key]
 
     def fresh_root(self, fs: str) -> Path:
         self.seq += 1
@@ -98,6 +116,8 @@ class Suite:
         cmd = [str(self.venvs[venv] / "bin" / "python"), str(WORKER), "w3" if workload == "w3" else "w1",
                "--impl", impl,
                "--root", str(root), "--n", str(n), *(["--durable"] if durable else []), *(extra or [])]
+        if fs in self.shared:  # the other node: W1 consumes there, half of W3's consumers too
+            cmd += ["--root-b", str(self.shared[fs].b / root.name)]
         if impl.startswith("rabbit"):
             cmd += ["--amqp-port", str(AMQP_PORT)]
             if self.rabbit and self.rabbit.server_pid:
@@ -125,7 +145,7 @@ class Suite:
     # Filesystem operation costs ---------------------------------------------
     def op_costs(self, fs: str) -> None:
         """Cost of each system call of the floor, alone, in this process, in two fresh directories."""
-        n, rounds = self.p.get("ops_n", 2000), self.p.get("ops_rounds", 3)
+        n, rounds = self.p["shared_ops_n" if fs in self.shared else "ops_n"], self.p["ops_rounds"]
         base = self.dirs[fs]
         base.mkdir(parents=True, exist_ok=True)
         out = {"n": n, "rounds": rounds, "body_bytes": OPCOST_BODY, "dirs": []}
@@ -149,13 +169,15 @@ class Suite:
     def w1(self, fs: str) -> None:
         p = self.p
         cases = self.cases_w1(fs)
-        for rep in range(p["w1_reps"]):
+        for rep in range(self.reps(fs, "w1_reps")):
             k = rep % len(cases)
             order = cases[k:] + cases[:k]
             if rep % 2:
                 order.reverse()
             for label, venv, impl, durable in order:
                 self.worker("w1", fs, label, venv, impl, durable, self.n_for(fs, durable, p["w1_n"]), rep=rep)
+        if fs in self.shared:
+            return
         # ddmq 0.9.14: quadratic and slow, so fewer repetitions, each bracketed by
         # a ddmq durable:false run so the ratio is still side by side.
         for rep in range(p["old_reps"]):
@@ -217,19 +239,76 @@ class Suite:
             self.runs.append(rec)
             log(f"  w1 syscalls {label:22s} {rec['total_per_msg']:8.1f} per message ({rec['fs_per_msg']} fs)")
 
+    def shared_round_trips(self, fs: str) -> None:
+        """Round trips to the file server per message of W1 across two mounts, counted, so independent of load.
+
+        Every request the kernel sends an sshfs process (a read of /dev/fuse)
+        that its caches cannot answer becomes an SFTP request to the server
+        (a write to its ssh socket) and waits for the reply: on a network
+        filesystem the number of those, not the number of system calls, is
+        the cost of a message. Both sshfs processes are traced (strace -f
+        attaches to all their threads) while W1 runs at n and at 0 messages;
+        the client's own system calls are counted too.
+        """
+        if not self.tools.get("strace"):
+            self.notes.append(f"strace missing: round trips on {fs} not counted")
+            return
+        n = self.p["shared_trace_n"]
+        pair = self.shared[fs]
+        cases = [("floor + read", "ddmq", "floor-read"), ("ddmq durable:false", "ddmq", "ddmq"),
+                 ("dirq", "dirq", "dirq")]
+        for label, venv, impl in cases:
+            counts: dict[int, dict[str, float]] = {}
+            for size in (0, n):
+                root = self.fresh_root(fs)
+                out = Path(tempfile.mkdtemp(prefix="round-trips-"))
+                tracers = {pid: subprocess.Popen(
+                    ["strace", "-f", "-qq", "-xx", "-s", "8", "-e", "trace=read,readv,write,writev",
+                     "-o", str(out / f"sshfs.{pid}"), "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for pid in pair.sshfs_pids()}
+                time.sleep(1.0)  # attached to every thread
+                cmd = ["strace", "-f", "-c", "-o", str(out / "client"), str(self.venvs[venv] / "bin" / "python"),
+                       str(WORKER), "w1", "--impl", impl, "--root", str(root), "--n", str(size),
+                       "--root-b", str(pair.b / root.name)]
+                done = run_command(cmd, check=False, capture_output=True, timeout=1800)
+                for tracer in tracers.values():
+                    tracer.send_signal(signal.SIGINT)
+                    tracer.wait(60)
+                counts[size] = ({**sshfs_requests(out, list(tracers)),
+                                 **{f"client {k}": v for k, v in
+                                    parse_strace_summary((out / "client").read_text()).items()}}
+                                if done.returncode == 0 else {})
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(root, ignore_errors=True)
+            per = {k: round((counts[n].get(k, 0) - counts[0].get(k, 0)) / n, 2) for k in counts[n]}
+            rec = {"workload": "shared-round-trips", "fs": fs, "label": label, "n": n,
+                   "sftp_requests_per_msg": round(per.get("sftp requests A", 0) + per.get("sftp requests B", 0), 2),
+                   "fuse_requests_per_msg": round(per.get("fuse requests A", 0) + per.get("fuse requests B", 0), 2),
+                   "sftp_by_type_per_msg": sftp_by_type(per),
+                   "client_fs_syscalls_per_msg": round(sum(v for k, v in per.items()
+                                                           if k.removeprefix("client ") in FS_SYSCALLS
+                                                           and k.startswith("client ")), 2),
+                   "per_msg": {k: v for k, v in per.items() if abs(v) >= 0.005}, "ok": bool(counts[n])}
+            self.runs.append(rec)
+            log(f"  round trips {fs} {label:22s} {rec['sftp_requests_per_msg']:6.1f} SFTP requests per message "
+                f"({rec['fuse_requests_per_msg']} FUSE requests, {rec['client_fs_syscalls_per_msg']} client fs calls)")
+
     # W3 ---------------------------------------------------------------------
     def w3(self, fs: str) -> None:
         p = self.p
         cases = [("ddmq durable:false", "ddmq", "ddmq", False), ("ddmq durable:true", "ddmq", "ddmq", True),
                  ("dirq", "dirq", "dirq", False)]
+        if fs in self.shared:  # publisher on A, two consumers on A and two on B; compared non-durable
+            cases[1] = (DIRQ_EPERM, "dirq", "dirq-eperm", False)
         if self.rabbit is not None:
             cases.append(("RabbitMQ persistent+confirms", "rabbit", "rabbit", True))
-        for rep in range(p["w3_reps"]):
+        for rep in range(self.reps(fs, "w3_reps")):
             order = cases[rep % len(cases):] + cases[:rep % len(cases)]
             for label, venv, impl, durable in order:
                 n = self.n_for(fs, durable, p["w3_n"])
                 self.worker("w3", fs, label, venv, impl, durable, n, extra=["--consumers", "4"], rep=rep)
-                if impl == "ddmq" and not durable:  # its W1 twin, in the same round
+                if impl == "ddmq" and not durable and fs not in self.shared:  # its W1 twin, in the same round
                     self.worker("w1", fs, "ddmq durable:false (W3 twin)", venv, impl, durable, n, rep=f"w3-{rep}")
 
     # W4 ---------------------------------------------------------------------
@@ -499,6 +578,49 @@ def parse_strace_summary(text: str) -> dict[str, int]:
             except ValueError:
                 pass
     return calls
+
+
+def sshfs_requests(traces: Path, pids: list[int]) -> dict[str, float]:
+    """FUSE requests read and SFTP requests written by each traced sshfs process (A first, then B).
+
+    sshfs 3 reads the kernel's requests from /dev/fuse (its fd 3) and writes
+    SFTP requests to its ssh socket (fd 4): the harness's mounts, checked
+    against /proc/PID/fd when traced. The last read of /dev/fuse, still
+    waiting when tracing stops, is not in the file. Each SFTP request is
+    also counted by its type, the fifth byte of the packet (strace -xx
+    shows it as the fifth \\xNN of the first buffer written).
+    """
+    counts: dict[str, float] = collections.Counter()
+    for mount, pid in zip("AB", pids):
+        for line in (traces / f"sshfs.{pid}").read_text().splitlines():
+            call = line.split(None, 1)[-1]
+            if call.startswith(("read(3,", "readv(3,")) and "= -1" not in call:
+                counts[f"fuse requests {mount}"] += 1
+            elif call.startswith(("write(4,", "writev(4,")):
+                counts[f"sftp requests {mount}"] += 1
+                packet = re.search(r'"((?:\\x[0-9a-f]{2}){5})', call)
+                kind = int(packet.group(1).split("\\x")[5], 16) if packet else None
+                counts[f"sftp {mount} {SFTP_TYPES.get(kind, kind)}"] += 1
+        counts.setdefault(f"fuse requests {mount}", 0)
+        counts.setdefault(f"sftp requests {mount}", 0)
+    return counts
+
+
+def sftp_by_type(per: dict[str, float]) -> dict[str, float]:
+    """SFTP requests per message by type, both mounts together, most frequent first."""
+    kinds: dict[str, float] = collections.Counter()
+    for key, value in per.items():
+        words = key.split()
+        if words[0] == "sftp" and words[1] != "requests":
+            kinds[words[2]] += value
+    return {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.005}
+
+
+# SFTP packet types (draft-ietf-secsh-filexfer-02, the version OpenSSH speaks); 200 carries OpenSSH's
+# extensions (posix-rename, hardlink, fsync, statvfs).
+SFTP_TYPES = {3: "open", 4: "close", 5: "read", 6: "write", 7: "lstat", 8: "fstat", 9: "setstat", 10: "fsetstat",
+              11: "opendir", 12: "readdir", 13: "remove", 14: "mkdir", 15: "rmdir", 16: "realpath", 17: "stat",
+              18: "rename", 19: "readlink", 20: "symlink", 200: "extended"}
 
 
 def _proc_cpu(pid: int) -> float | None:
