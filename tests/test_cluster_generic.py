@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,26 @@ def test_a_workflow_with_a_failure_and_a_hard_kill(tmp_path: Path) -> None:
     assert ends["summary"]["state"] == "COMPLETED" and "source" not in ends["summary"]
 
     # Resources reached sbatch through the submit command's format fields.
-    jobs = ",".join(by_job)
-    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", jobs, "-o", "JobID,JobName,ReqMem,Timelimit"],
-                           capture_output=True, text=True, timeout=60, check=True).stdout
-    asked = {name: (mem, limit) for _, name, mem, limit in (line.split("|") for line in sacct.splitlines())}
+    asked = recorded_requests(",".join(by_job), {"smk-process", "smk-summary"})
     assert asked["smk-process"] == ("300M", "00:03:00")  # the rule's mem_mb and runtime
     assert asked["smk-summary"] == ("500M", "00:10:00")  # the profile's default resources
+
+
+def recorded_requests(jobs: str, names: set[str]) -> dict[str, tuple[str, str]]:
+    """``{job name: (ReqMem, Timelimit)}`` as accounting recorded them, once it has every name in ``names``.
+
+    slurmctld sends a job's record to slurmdbd asynchronously, so the last
+    job of a workflow can be missing from ``sacct`` for a few seconds after
+    it ended (seen in CI): ask again for up to a minute.
+    """
+    deadline = time.monotonic() + 60
+    while True:
+        sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", jobs, "-o", "JobID,JobName,ReqMem,Timelimit"],
+                               capture_output=True, text=True, timeout=60, check=True).stdout
+        asked = {name: (mem, limit) for _, name, mem, limit in (line.split("|") for line in sacct.splitlines())}
+        if names <= asked.keys() or time.monotonic() > deadline:
+            return asked
+        time.sleep(1)
 
 
 def test_the_submit_wrapper_refuses_what_it_cannot_submit(tmp_path: Path) -> None:
