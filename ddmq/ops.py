@@ -312,7 +312,8 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
     ``messages`` are the MESSAGE arguments ('-', or none at all, reads one
     from stdin), ``headers`` the ``KEY=VALUE`` strings; they are published
     as one batch (one durability barrier). With ``lines`` every non-empty
-    line of stdin is a message, published ``batch`` at a time. Prints the
+    line of stdin is a message, published ``batch`` at a time (``--batch``,
+    which click checks is at least 1). Prints the
     ids of a batch before any of its messages becomes visible: if they
     cannot be printed, that batch is not published, so a script that retries
     does not publish twice; an error after a batch was published says how
@@ -322,8 +323,6 @@ def publish_command(root: str | None, fmt: str, queue: str, messages: Iterable[s
         raise UsageError("--lines reads the messages from stdin: give no MESSAGE and no --file")
     if as_json and as_base64:
         raise UsageError("--json and --base64 cannot be combined: a binary body is base64 text")
-    if lines and (not isinstance(batch, int) or batch < 1):
-        raise UsageError(f"batch must be a positive number of messages, not {batch!r}")
     bodies = [] if lines else publish_bodies(messages, files, as_json, as_base64)
     parsed_headers = parse_pairs(headers, "header")
     if as_base64:
