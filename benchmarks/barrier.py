@@ -31,15 +31,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ddmq.atomic import syncfs_fd
+
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 SYNC_FILE_RANGE_WRITE = 2
-
-
-def syncfs(fd: int) -> None:
-    if _libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def sync_file_range_write(fd: int) -> None:
@@ -48,11 +44,15 @@ def sync_file_range_write(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _write_all(tmp: int, names: list[str], body: bytes, keep_open: bool) -> list[int]:
+def _write_all(tmp: int, names: list[str], body: bytes, keep_open: bool,
+               sync: Callable[[int], None] | None = None) -> list[int]:
+    """Create and write each file in ``tmp``; ``sync`` (if given) on each right after its write."""
     fds = []
     for name in names:
         fd = os.open(name, FLAGS, 0o644, dir_fd=tmp)
         os.write(fd, body)
+        if sync is not None:
+            sync(fd)
         if keep_open:
             fds.append(fd)
         else:
@@ -75,11 +75,7 @@ def barrier_none(tmp: int, names: list[str], body: bytes) -> None:
 
 def barrier_each(sync: Callable[[int], None]) -> Callable[[int, list[str], bytes], None]:
     def run(tmp: int, names: list[str], body: bytes) -> None:
-        for name in names:
-            fd = os.open(name, FLAGS, 0o644, dir_fd=tmp)
-            os.write(fd, body)
-            sync(fd)
-            os.close(fd)
+        _write_all(tmp, names, body, keep_open=False, sync=sync)
     return run
 
 
@@ -99,7 +95,7 @@ def barrier_sfr_fsync(tmp: int, names: list[str], body: bytes) -> None:
 
 def barrier_syncfs(tmp: int, names: list[str], body: bytes) -> None:
     _write_all(tmp, names, body, keep_open=False)
-    syncfs(tmp)
+    syncfs_fd(tmp)
 
 
 CANDIDATES: dict[str, Callable[[int, list[str], bytes], None]] = {
