@@ -63,7 +63,8 @@ def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
     return event
 
 
-def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_interval: float = 60.0,
+def reconcile(queue: str, *, root: str | None = None, grace: float = options.RECONCILE_GRACE,
+              min_interval: float = options.RECONCILE_INTERVAL,
               window: float = 7 * 86400.0, user: str | None = None,
               broker: Broker | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Publish the missing terminal events of ``queue``'s watched jobs; ``[(job key, event)]`` published.
@@ -106,9 +107,11 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = 120.0, min_
            }),
 )
 @click.argument("queue")
-@click.option("--grace", type=options.seconds(positive=False), default=120.0, metavar="SECONDS", show_default=True,
+@click.option("--grace", type=options.seconds(positive=False), default=options.RECONCILE_GRACE, metavar="SECONDS",
+              show_default=True,
               help="Leave a job that ended less than this long ago to its own trap or epilogue.")
-@click.option("--min-interval", type=options.seconds(positive=False), default=60.0, metavar="SECONDS", show_default=True,
+@click.option("--min-interval", type=options.seconds(positive=False), default=options.RECONCILE_INTERVAL,
+              metavar="SECONDS", show_default=True,
               help="Ask the scheduler at most once in this long for this queue (whoever runs the reconciler).")
 @click.option("--window", type=options.seconds(), default=7 * 86400.0, metavar="SECONDS", show_default=True,
               help="Look at jobs that ended in this long before now.")
