@@ -177,7 +177,7 @@ def _fields(fields: dict[str, Any]) -> dict[str, str]:
         if not key.startswith(FIELD_PREFIX) or key == FIELD_PREFIX:
             raise UsageError(f"unknown argument {key!r}: {NAME} takes queue, {', '.join(_OPTIONS)} "
                              "and field_NAME=VALUE (a body field to match)")
-        matched[key[len(FIELD_PREFIX):]] = body_text(value) if not isinstance(value, str) else value
+        matched[key[len(FIELD_PREFIX):]] = body_text(value)
     return matched
 
 
