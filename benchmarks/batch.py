@@ -31,10 +31,11 @@ import time
 from pathlib import Path
 
 from benchmarks.barrier import measure as measure_barriers
-from benchmarks.provision import (AMQP_PORT, REPO, Ext4Image, Rabbit, XfsImage, add_cache_option, enter_cache,
-                                  ensure_apt, ensure_venv, install_working_tree, log, run_command)
+from benchmarks.provision import (AMQP_PORT, Ext4Image, Rabbit, XfsImage, add_cache_option, enter_cache, ensure_apt,
+                                  ensure_venv, install_working_tree, log, run_command)
+from benchmarks.report import RESULTS
+from benchmarks.workloads import WORKER
 
-WORKER = Path(__file__).resolve().parent / "worker.py"
 DURABLE, NON_DURABLE, RABBIT, ONE_EACH = ("ddmq durable, batch", "ddmq durable:false, batch",
                                           "RabbitMQ persistent, confirms per batch", "ddmq durable, one each")
 CASES = {DURABLE: ("ddmq", "ddmq", True, True), NON_DURABLE: ("ddmq", "ddmq", False, True),
@@ -146,7 +147,7 @@ def main() -> None:
             "rabbitmq": Rabbit(cache).version() if use_rabbit else "not run", "barriers": barriers,
             "runs": runs, "summary": summary(runs)}
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = REPO / "benchmarks" / "results" / f"batch-{stamp}.json"
+    path = RESULTS / f"batch-{stamp}.json"
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(table(data))
     log(f"wrote {path}")

@@ -49,9 +49,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "workflow_examples" / "cluster-generic"
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.provision import REPO
+from benchmarks.report import RESULTS
+
+EXAMPLE = REPO / "workflow_examples" / "cluster-generic"
 BIN = Path(sys.executable).parent
 QUEUE = "snakemake"  # the profile's, and the ddmq executor's default
 ENGINES = ("slurm", "cluster-generic", "ddmq")
@@ -107,7 +108,7 @@ def run_once(engine: str, samples: int, sleep: float, plugin_path: str | None) -
     shutil.copytree(EXAMPLE / "profile", workdir / "profile")
     wrappers(work / "bin", calls)
     calls.touch()
-    python_path = ([plugin_path] if plugin_path and engine == "ddmq" else []) + [str(ROOT)]
+    python_path = ([plugin_path] if plugin_path and engine == "ddmq" else []) + [str(REPO)]
     env = dict(os.environ, DDMQ_ROOT=str(root), PYTHONPATH=os.pathsep.join(python_path),
                PATH=os.pathsep.join([str(work / "bin"), str(EXAMPLE), str(BIN), os.environ["PATH"]]))
     before = load()
@@ -194,7 +195,7 @@ def plugin_problem(engine: str, plugin_path: str | None) -> str | None:
     module = {"slurm": "snakemake_executor_plugin_slurm",
               "cluster-generic": "snakemake_executor_plugin_cluster_generic",
               "ddmq": "snakemake_executor_plugin_ddmq"}[engine]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (plugin_path, str(ROOT)) if p))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (plugin_path, str(REPO)) if p))
     done = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True,
                           cwd="/")  # not this checkout, which -c would put first in sys.path
     return None if done.returncode == 0 else f"{module} cannot be imported: {done.stderr.strip().splitlines()[-1]}"
