@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HARNESS = Path(__file__).resolve().parent.parent / "tests" / "harness"
+from benchmarks.provision import HARNESS, SSHFS_OPTIONS
+
 BIN = Path(sys.executable).parent
-CACHES = {"default": "", "none": "dir_cache=no,entry_timeout=0,attr_timeout=0,negative_timeout=0"}
+# --cache's names for the suite's two sshfs filesystems' options.
+CACHES = {"default": SSHFS_OPTIONS["sshfs"], "none": SSHFS_OPTIONS["sshfs-nocache"]}
 
 
 def sample(a: Path, b: Path, i: int) -> float:
