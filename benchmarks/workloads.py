@@ -255,9 +255,7 @@ class Suite:
             return
         n = self.p["shared_trace_n"]
         pair = self.shared[fs]
-        cases = [("floor + read", "ddmq", "floor-read"), ("ddmq durable:false", "ddmq", "ddmq"),
-                 ("dirq", "dirq", "dirq")]
-        for label, venv, impl in cases:
+        for label, venv, impl, _durable in self.cases_w1(fs):  # all non-durable on a shared filesystem
             counts: dict[int, dict[str, float]] = {}
             for size in (0, n):
                 root = self.fresh_root(fs)
