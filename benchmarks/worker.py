@@ -259,7 +259,7 @@ class Rabbit(Adapter):
             self.conn.process_data_events(time_limit=0.01)
 
     def publish_batch(self, bodies: list[str]) -> None:
-        if not (self.durable and self.args.batch > 1):
+        if not self.durable:  # the caller publishes batches of 1 with publish()
             return super().publish_batch(bodies)
         for body in bodies:
             self.ch._impl.basic_publish("", self.qname, body.encode(), properties=self.props)
