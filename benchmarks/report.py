@@ -185,8 +185,6 @@ def fs_rank(fs: str) -> int:
 
 
 def n_for_fs(p: dict, fs: str, label: str) -> int:
-    if fs in SSHFS_OPTIONS:
-        return p["shared_n"]
     durable = "durable:true" in label or "persistent" in label or label == "floor durable"
     return capped_n(p, fs, durable, p["w1_n"])
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.provision import AMQP_PORT, Rabbit, SshfsPair, log, run_command
+from benchmarks.provision import AMQP_PORT, SSHFS_OPTIONS, Rabbit, SshfsPair, log, run_command
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 # dirq dies at a lost lock race between two sshfs mounts (SFTP reports it as EPERM); this is dirq with
@@ -98,9 +98,6 @@ class Suite:
                       ("RabbitMQ transient", "rabbit", "rabbit-transient", False)]
         return cases
 
-    def n_for(self, fs: str, durable: bool, n: int) -> int:
-        return self.p["shared_n"] if fs in self.shared else capped_n(self.p, fs, durable, n)
-
     def reps(self, fs: str, key: str) -> int:
         return self.p["shared_reps"] if fs in self.shared else self.p[key]
 
@@ -175,7 +172,7 @@ class Suite:
             if rep % 2:
                 order.reverse()
             for label, venv, impl, durable in order:
-                self.worker("w1", fs, label, venv, impl, durable, self.n_for(fs, durable, p["w1_n"]), rep=rep)
+                self.worker("w1", fs, label, venv, impl, durable, capped_n(p, fs, durable, p["w1_n"]), rep=rep)
         if fs in self.shared:
             return
         # ddmq 0.9.14: quadratic and slow, so fewer repetitions, each bracketed by
@@ -304,7 +301,7 @@ class Suite:
         for rep in range(self.reps(fs, "w3_reps")):
             order = cases[rep % len(cases):] + cases[:rep % len(cases)]
             for label, venv, impl, durable in order:
-                n = self.n_for(fs, durable, p["w3_n"])
+                n = capped_n(p, fs, durable, p["w3_n"])
                 self.worker("w3", fs, label, venv, impl, durable, n, extra=["--consumers", "4"], rep=rep)
                 if impl == "ddmq" and not durable and fs not in self.shared:  # its W1 twin, in the same round
                     self.worker("w1", fs, "ddmq durable:false (W3 twin)", venv, impl, durable, n, rep=f"w3-{rep}")
@@ -630,5 +627,8 @@ def _proc_cpu(pid: int) -> float | None:
 
 
 def capped_n(p: dict, fs: str, durable: bool, n: int) -> int:
-    """How many messages a run of ``n`` makes: fsync-bound runs are capped outside tmpfs."""
+    """How many messages a run of ``n`` makes: ``shared_n`` across two sshfs mounts, else fsync-bound runs
+    are capped outside tmpfs (the suite's runs and the report's tables both ask here)."""
+    if fs in SSHFS_OPTIONS:
+        return p["shared_n"]
     return min(n, p["disk_durable_n"]) if fs != "tmpfs" and durable else n
