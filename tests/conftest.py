@@ -9,6 +9,7 @@ import pytest
 
 from ddmq import Broker
 from tests.support.multiuser import shared  # noqa: F401 - a fixture: a root shared by real users
+from tests.support.slurm import accounting, slurm  # noqa: F401 - fixtures: the real SLURM (with accounting), else skip
 
 TESTS = Path(__file__).resolve().parent
 

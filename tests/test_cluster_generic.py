@@ -18,11 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from ddmq import Broker
-from tests.support.capability import need
-from tests.test_slurm import scancel, slurm_problem
+from tests.support.slurm import events_by_job, scancel
 
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "cluster-generic"
@@ -43,18 +40,8 @@ def workflow(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return workdir, env
 
 
-def events(root: Path) -> dict[str, list[dict[str, Any]]]:
-    """The completion events on the profile's queue, by job id."""
-    by_job: dict[str, list[dict[str, Any]]] = {}
-    for msg in Broker(root).peek(QUEUE, n=1000):
-        by_job.setdefault(msg.message["job_id"], []).append(msg.message)
-    return by_job
-
-
-def test_a_workflow_with_a_failure_and_a_hard_kill(tmp_path: Path) -> None:
+def test_a_workflow_with_a_failure_and_a_hard_kill(accounting: None, tmp_path: Path) -> None:
     assert QUICK_RECONCILE.split(" --reconcile-grace")[0] in (EXAMPLE / "profile" / "config.yaml").read_text()
-    problem = slurm_problem()
-    need("slurm", problem and f"SLURM is not available: {problem}. Start it as root with tests/harness/start-slurm.sh")
     workdir, env = workflow(tmp_path)
     try:
         done = subprocess.run([str(BIN / "snakemake"), "--profile", "profile", "--keep-going",
@@ -71,7 +58,7 @@ def test_a_workflow_with_a_failure_and_a_hard_kill(tmp_path: Path) -> None:
     assert (workdir / "results" / "summary.txt").read_text() == "S1\nS2\nS3\n"
     assert not (workdir / "results" / "killed.txt").exists()
 
-    by_job = events(tmp_path / "root")
+    by_job = events_by_job(tmp_path / "root", QUEUE)
     assert sorted(by_job) == sorted(submitted.values())
     assert all(len(ends) == 1 for ends in by_job.values()), by_job  # one end per job
     ends = {ends[0]["job_name"].removeprefix("smk-"): ends[0] for ends in by_job.values()}  # the profile's names

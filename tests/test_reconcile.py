@@ -15,42 +15,19 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from ddmq import Broker
-from ddmq_hpc.jobevents import event_key, key_for
+from ddmq_hpc.jobevents import key_for
 from ddmq_hpc.scheduler import slurm_state
-from tests.support.capability import need
 from tests.support.crontab import cron_entry
 from tests.support.jobscripts import BIN, QUEUE, fake_command, wait_for_file
-from tests.test_slurm import Jobs, scancel, slurm_problem
+from tests.support.slurm import REAL_SACCT, events_by_job, scancel
+from tests.test_slurm import Jobs
 
-REAL_SACCT = "/usr/bin/sacct"
 EXAMPLES = Path(__file__).resolve().parent.parent / "workflow_examples" / "reconcile"
-
-
-def accounting_problem() -> str | None:
-    """Why sacct cannot answer here (no slurmdbd), or None."""
-    problem = slurm_problem()
-    if problem is not None:
-        return problem
-    try:
-        done = subprocess.run([REAL_SACCT, "-n", "-X", "-P", "-j", "1", "--format=JobID"], capture_output=True,
-                              text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"sacct cannot be run: {exc}"
-    if done.returncode != 0:
-        return f"sacct fails ({done.stderr.strip()}): start SLURM with SLURM_ACCOUNTING=slurmdbd"
-    return None
-
-
-@pytest.fixture(scope="module")
-def accounting() -> None:
-    problem = accounting_problem()
-    need("slurm", problem and f"SLURM with accounting is not available: {problem}. Start it as root with "
-                              "SLURM_ACCOUNTING=slurmdbd tests/harness/start-slurm.sh")
 
 
 @pytest.fixture
@@ -91,17 +68,6 @@ def ended(job_ids: list[str], timeout: float = 60) -> dict[str, str]:
             return states
         assert time.monotonic() < deadline, f"jobs not ended after {timeout} s: {states}"
         time.sleep(0.5)
-
-
-def events_by_job(root: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every terminal event in the queue (nothing consumed), by job id as SLURM prints it."""
-    found: dict[str, list[dict[str, Any]]] = {}
-    for message in Broker(root).peek(QUEUE, n=1000):
-        event = message.message
-        key = event_key(event)
-        assert key is not None, event
-        found.setdefault(key.partition(".")[2], []).append(event)
-    return found
 
 
 def jobstate(root: Path, job_id: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -24,36 +23,12 @@ from typing import Any, Iterator
 import pytest
 
 from ddmq_hpc.template import render
-from tests.support.capability import need
 from tests.support.jobscripts import (BIN, QUEUE, events, fake_command, job_env, start, terminate, wait_for_file,
                                       write_script)
+from tests.support.slurm import job_info, scancel
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "slurm"
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
-
-
-def slurm_problem() -> str | None:
-    """Why jobs cannot be submitted here, or None if a node is up to run them."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "sinfo/sbatch not installed"
-    try:
-        info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "`sinfo -h` did not answer within 15 s"
-    if info.returncode != 0:
-        lines = info.stderr.strip().splitlines()
-        return f"`sinfo -h` failed: {lines[-1] if lines else f'exit status {info.returncode}'}"
-    states = info.stdout.split()
-    if not any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no node can run jobs (node states: {', '.join(states) or 'none'})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    """Skip without SLURM, or fail if DDMQ_REQUIRE_SLURM=1 (as in CI) says it must be there."""
-    problem = slurm_problem()
-    need("slurm", problem and f"SLURM is not available: {problem}. Start it as root with tests/harness/start-slurm.sh")
 
 
 def sbatch(script: str, workdir: Path) -> str:
@@ -64,17 +39,6 @@ def sbatch(script: str, workdir: Path) -> str:
                           timeout=30)
     assert done.returncode == 0, f"sbatch failed: {done.stderr}"
     return done.stdout.strip().split(";")[0]
-
-
-def scancel(*job_ids: str) -> None:
-    subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30)
-
-
-def job_info(job_id: str) -> dict[str, str]:
-    """``scontrol show job`` as a dict (empty once SLURM has forgotten the job)."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
-                         timeout=30).stdout
-    return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
 
 def final_state(job_id: str, timeout: float = 40) -> tuple[str, str]:

@@ -28,21 +28,12 @@ import pytest
 
 from ddmq import Broker
 from ddmq_hpc.jobevents import key_for, local_cluster, watch_tag
-from tests.support.capability import need
-from tests.test_reconcile import accounting_problem
-from tests.test_slurm import job_info, scancel
+from tests.support.slurm import job_info, scancel
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "snakemake-executor"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 QUEUE = "smk"
 SUBMITTED = re.compile(r"Job (\d+) has been submitted as SLURM job (\d+) \(log: (.*)\)\.")
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    """SLURM with accounting (the reconciler asks sacct), else skip, or fail where CI requires it."""
-    problem = accounting_problem()
-    need("slurm", problem and f"SLURM with accounting is not available: {problem}")
 
 
 def counting_env(tmp_path: Path, *commands: str) -> dict[str, str]:
@@ -103,7 +94,7 @@ rule resources:
 '''
 
 
-def test_a_workflow_with_a_failure_and_a_hard_kill(slurm: None, tmp_path: Path) -> None:
+def test_a_workflow_with_a_failure_and_a_hard_kill(accounting: None, tmp_path: Path) -> None:
     """Every job's end reaches Snakemake from the queue; the failed and the killed job are the only errors."""
     workdir, root = tmp_path / "work", tmp_path / "root"
     workdir.mkdir()
@@ -174,7 +165,7 @@ def finished_at(output: str, jobid: str) -> float | None:
     return datetime.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y").timestamp() + 1.0
 
 
-def test_an_interrupted_run_cancels_its_jobs(slurm: None, tmp_path: Path) -> None:
+def test_an_interrupted_run_cancels_its_jobs(accounting: None, tmp_path: Path) -> None:
     """SIGINT to Snakemake (Ctrl-C) while its jobs sleep: one scancel, and every job ends CANCELLED."""
     workdir, root = tmp_path / "work", tmp_path / "root"
     workdir.mkdir()
@@ -225,7 +216,7 @@ def final_state(job_id: str, timeout: float = 60) -> str:
         time.sleep(0.5)
 
 
-def test_a_refused_submission_is_one_line(slurm: None, tmp_path: Path) -> None:
+def test_a_refused_submission_is_one_line(accounting: None, tmp_path: Path) -> None:
     """sbatch's refusal ends the run with a one-line WorkflowError naming the rule and sbatch's reason."""
     workdir = tmp_path / "work"
     workdir.mkdir()
