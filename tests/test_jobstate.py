@@ -20,6 +20,7 @@ import pytest
 
 from ddmq import Broker, UsageError
 from ddmq_hpc.jobevents import event_key, key_for, local_cluster, parse_job_id, watch_tag
+from tests.support.jobscripts import fake_command
 
 BIN = Path(sys.executable).parent
 SCHEDULER_PREFIXES = ("SLURM", "PBS_", "DDMQ_")
@@ -144,12 +145,9 @@ def test_errors_are_one_line_with_an_exit_code(tmp_path: Path) -> None:
 # --------------------------------------------------------- --reconcile
 def fake_sacct(bin_dir: Path, calls: Path, answer: str) -> None:
     """A ``sacct`` first in PATH that logs each call to ``calls`` and prints ``answer`` (exit 1 if empty)."""
-    bin_dir.mkdir(exist_ok=True)
     for name in ("sacct", "squeue"):  # squeue: the reconciler's fallback without accounting
-        script = bin_dir / name
         reply = f"printf '%s\\n' {shlex.quote(answer)}" if answer else f"echo '{name}: refused' >&2; exit 1"
-        script.write_text(f"#!/bin/sh\necho {name} >> {shlex.quote(str(calls))}\n{reply}\n")
-        script.chmod(0o755)
+        fake_command(bin_dir, name, f"echo {name} >> {shlex.quote(str(calls))}\n{reply}")
 
 
 def test_reconcile_answers_failed_for_a_job_killed_too_hard_to_speak(tmp_path: Path) -> None:
