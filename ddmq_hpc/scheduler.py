@@ -72,16 +72,22 @@ def slurm_state(raw: str) -> str | None:
     return word if word in SLURM_TERMINAL else None
 
 
-def _run(command: list[str]) -> str:
+def run(command: list[str], cwd: str | None = None, refused: str = "failed") -> str:
+    """Run one scheduler command (a query, sbatch/qsub, scancel/qdel); what it printed on stdout.
+
+    Every way it can go wrong is one line in a SchedulerError: the command
+    missing, no answer within QUERY_TIMEOUT, or ``COMMAND REFUSED: `` and the
+    last line it wrote on stderr (``refused`` says how, e.g. "refused the job").
+    """
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT, check=False)
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=QUERY_TIMEOUT, check=False)
     except FileNotFoundError:
         raise SchedulerError(f"{command[0]} not found: is this a SLURM or PBS login node?") from None
     except subprocess.TimeoutExpired:
         raise SchedulerError(f"{command[0]} did not answer in {QUERY_TIMEOUT:g} s") from None
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise SchedulerError(f"{command[0]} failed: {why}")
+        raise SchedulerError(f"{command[0]} {refused}: {why}")
     return done.stdout
 
 
@@ -130,7 +136,7 @@ def slurm_jobs_sacct(user: str, window: float) -> list[JobRecord]:
     Comment is the last field and split off last, so a ``|`` in it (a root
     path may hold one) cannot shift the others.
     """
-    out = _run(["sacct", "-X", "-n", "-P", "-u", user, "--starttime", f"now-{max(int(window), 1)}",
+    out = run(["sacct", "-X", "-n", "-P", "-u", user, "--starttime", f"now-{max(int(window), 1)}",
                 "--endtime", "now", f"--state={_SACCT_ENDED}", f"--format={','.join(_SACCT_FIELDS)}"])
     records = []
     for line in out.splitlines():
@@ -153,7 +159,7 @@ def slurm_jobs_squeue(user: str) -> list[JobRecord]:
     For a cluster without accounting. squeue has no exit codes, and names no
     cluster: the local one (:func:`~ddmq_hpc.jobevents.local_cluster`) is it.
     """
-    out = _run(["squeue", "--states=all", "-h", "-u", user, "-o", "%i|%A|%T|%e|%j|%k"])
+    out = run(["squeue", "--states=all", "-h", "-u", user, "-o", "%i|%A|%T|%e|%j|%k"])
     cluster = local_cluster()
     records = []
     for line in out.splitlines():

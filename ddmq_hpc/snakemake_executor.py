@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,16 +40,17 @@ from snakemake_interface_executor_plugins.settings import CommonSettings, Execut
 
 from ddmq import Broker, DdmqError, check_queue_name, console, resolve_root
 
-from .jobevents import key_for, local_cluster
+from . import options
+from .jobevents import key_for, local_cluster, succeeded
 from .reconcile import reconcile
+from .scheduler import SchedulerError, run
 from .template import SCHEDULERS, pbs_value, render, sbatch_value
 
 # A job id's end recorded this long before the job was submitted is an earlier job's (see _check_key_is_new).
 REUSED_ID_SLACK = 5.0
-SUBMIT_TIMEOUT = 60.0  # seconds for sbatch/qsub/scancel/qdel: a controller that takes longer is down
 # Options of slurm_extra that would break what this executor relies on: the
 # watch tag the reconciler finds a job by, the script it submits, one job per key.
-_SLURM_EXTRA_FORBIDDEN = ("--comment", "--wrap", "--array", "-a")
+_SLURM_EXTRA_FORBIDDEN = ("--comment", "--wrap", "--array")  # and -a, --array's short form
 
 
 @dataclass
@@ -70,9 +70,10 @@ class ExecutorSettings(ExecutorSettingsBase):
         "help": "Batch scheduler to submit to: slurm (sbatch, scancel) or pbs (qsub, qdel). Default: slurm.",
         "choices": list(SCHEDULERS),
     })
-    reconcile_interval: float = field(default=60.0, metadata={
+    reconcile_interval: float = field(default=options.RECONCILE_INTERVAL, metadata={
         "help": "Ask the scheduler about silent jobs (killed too hard to publish their end) at most once in "
-                "this many seconds, one batched query for all of them (ddmq-reconcile --min-interval). Default: 60.",
+                "this many seconds, one batched query for all of them (ddmq-reconcile --min-interval). "
+                f"Default: {options.RECONCILE_INTERVAL:g}.",
         "metavar": "SECONDS",
     })
     grace: float = field(default=30.0, metadata={
@@ -346,17 +347,9 @@ class Executor(RemoteExecutor):
     def _submit(self, job: JobExecutorInterface, command: List[str]) -> str:
         """Run sbatch/qsub; what it printed. Any failure is one line, a WorkflowError."""
         try:
-            done = subprocess.run(command, cwd=self.workflow.workdir_init, capture_output=True, text=True,
-                                  timeout=SUBMIT_TIMEOUT, check=False)
-        except FileNotFoundError:
-            raise WorkflowError(f"{self._what(job)}: {command[0]} not found: is this a "
-                                f"{self._settings.scheduler.upper()} login node?") from None
-        except subprocess.TimeoutExpired:
-            raise WorkflowError(f"{self._what(job)}: {command[0]} did not answer in {SUBMIT_TIMEOUT:g} s") from None
-        if done.returncode != 0:
-            why = _one_line(done.stderr, f"exit status {done.returncode}")
-            raise WorkflowError(f"{self._what(job)}: {command[0]} refused the job: {why}")
-        return _one_line(done.stdout, "")
+            return _one_line(run(command, cwd=str(self.workflow.workdir_init), refused="refused the job"), "")
+        except SchedulerError as exc:
+            raise WorkflowError(f"{self._what(job)}: {exc}") from None
 
     def _what(self, job: JobExecutorInterface) -> str:
         return f"{'group' if job.is_group() else 'rule'} {job.name} (job {job.jobid})"
@@ -409,7 +402,7 @@ class Executor(RemoteExecutor):
         with self._unreported_lock:
             self._unreported.pop(info.aux["key"], None)
         event = end.message
-        if isinstance(event, dict) and event.get("state") == "COMPLETED":
+        if succeeded(event):
             self.report_job_success(info)
         else:
             self.report_job_error(info, msg=describe_end(event, info.external_jobid, self._settings.scheduler),
@@ -447,12 +440,7 @@ class Executor(RemoteExecutor):
         ids = sorted({info.external_jobid for info in [*active_jobs, *unreported] if info.external_jobid})
         if not ids:
             return
-        command = ["scancel" if self._settings.scheduler == "slurm" else "qdel", *ids]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            run(["scancel" if self._settings.scheduler == "slurm" else "qdel", *ids])
+        except (SchedulerError, OSError) as exc:
             self.logger.warning(f"ddmq executor: could not cancel jobs {' '.join(ids)}: {exc}")
-            return
-        if done.returncode != 0:
-            self.logger.warning(f"ddmq executor: {command[0]} {' '.join(ids)}: "
-                                f"{_one_line(done.stderr, f'exit status {done.returncode}')}")
