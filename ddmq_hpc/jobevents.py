@@ -118,3 +118,12 @@ def event_key(event: Mapping[str, Any]) -> str | None:
         return key_for(job_id, event.get("cluster"))
     except (UsageError, ValueError):
         return None
+
+
+def succeeded(event: Any) -> bool:
+    """Whether a job's terminal event says it succeeded: COMPLETED, and nothing else.
+
+    The one rule ``ddmq-jobstate`` (``success``/``failed``) and the Snakemake
+    executor (success/error) both answer by.
+    """
+    return isinstance(event, dict) and event.get("state") == "COMPLETED"

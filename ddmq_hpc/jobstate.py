@@ -29,7 +29,7 @@ import click
 from ddmq import Broker, DdmqError, UsageError, check_queue_name, console
 
 from . import options
-from .jobevents import key_for, local_cluster, parse_job_id
+from .jobevents import key_for, local_cluster, parse_job_id, succeeded
 
 PROG = "ddmq-jobstate"
 
@@ -70,8 +70,7 @@ def job_state(queue: str, job_id: str, *, root: str | None = None, cluster: str 
             end = broker.job_end(queue, key)
     if end is None:
         return "running"
-    event = end.message
-    return "success" if isinstance(event, dict) and event.get("state") == "COMPLETED" else "failed"
+    return "success" if succeeded(end.message) else "failed"
 
 
 @click.command(
