@@ -25,10 +25,9 @@ import pytest
 from ddmq_hpc.template import render
 from tests.support.jobscripts import (BIN, QUEUE, events, fake_command, job_env, start, terminate, wait_for_file,
                                       write_script)
-from tests.support.slurm import job_info, scancel
+from tests.support.slurm import final_state, job_info, scancel
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "slurm"
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
 
 
 def sbatch(script: str, workdir: Path) -> str:
@@ -39,16 +38,6 @@ def sbatch(script: str, workdir: Path) -> str:
                           timeout=30)
     assert done.returncode == 0, f"sbatch failed: {done.stderr}"
     return done.stdout.strip().split(";")[0]
-
-
-def final_state(job_id: str, timeout: float = 40) -> tuple[str, str]:
-    """The JobState and ExitCode SLURM records once the job has ended."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = job_info(job_id)
-        if info.get("JobState") in ENDED or time.monotonic() > deadline:
-            return info.get("JobState", "?"), info.get("ExitCode", "?")
-        time.sleep(0.5)
 
 
 def wait_events(root: Path, *fields: str, count: int = 1, timeout: float = 60,

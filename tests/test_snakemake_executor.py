@@ -28,7 +28,8 @@ import pytest
 
 from ddmq import Broker
 from ddmq_hpc.jobevents import key_for, local_cluster, watch_tag
-from tests.support.slurm import job_info, scancel
+from tests.support.jobscripts import fake_command
+from tests.support.slurm import final_state, job_info, scancel
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "snakemake-executor"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -40,13 +41,10 @@ def counting_env(tmp_path: Path, *commands: str) -> dict[str, str]:
     """The test's environment, with wrappers first in PATH that log each call of ``commands``
     (to tmp_path/NAME.calls) before running the real one."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     for name in commands:
         real = shutil.which(name)
         assert real is not None, f"{name} not found"
-        wrapper = bin_dir / name
-        wrapper.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / f"{name}.calls"}\nexec {real} "$@"\n')
-        wrapper.chmod(0o755)
+        fake_command(bin_dir, name, f'echo "$*" >> {tmp_path / f"{name}.calls"}\nexec {real} "$@"')
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
@@ -188,7 +186,7 @@ def test_an_interrupted_run_cancels_its_jobs(accounting: None, tmp_path: Path) -
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) != 0
         assert calls(tmp_path, "scancel") == [" ".join(sorted(jobs))]  # one scancel for all of them
-        states = {sid: final_state(sid) for sid in jobs}
+        states = {sid: final_state(sid, 60)[0] for sid in jobs}
         assert set(states.values()) == {"CANCELLED"}, (states, log.read_text())
         assert our_jobs(root) == []
         # A job that was running published its own CANCELLED event from its trap.
@@ -205,15 +203,6 @@ def test_an_interrupted_run_cancels_its_jobs(accounting: None, tmp_path: Path) -
 
 def running(job_ids: list[str]) -> bool:
     return any(job_info(j).get("JobState") == "RUNNING" for j in job_ids)
-
-
-def final_state(job_id: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = job_info(job_id).get("JobState", "?")
-        if state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") or time.monotonic() > deadline:
-            return state
-        time.sleep(0.5)
 
 
 def test_a_refused_submission_is_one_line(accounting: None, tmp_path: Path) -> None:

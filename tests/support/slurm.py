@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.support.capability import need
 from tests.support.jobscripts import QUEUE
 
 REAL_SACCT = "/usr/bin/sacct"
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
 
 
 def slurm_problem() -> str | None:
@@ -77,6 +79,16 @@ def job_info(job_id: str) -> dict[str, str]:
     out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
                          timeout=30).stdout
     return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
+def final_state(job_id: str, timeout: float = 40) -> tuple[str, str]:
+    """The JobState and ExitCode SLURM records once the job has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = job_info(job_id)
+        if info.get("JobState") in ENDED or time.monotonic() > deadline:
+            return info.get("JobState", "?"), info.get("ExitCode", "?")
+        time.sleep(0.5)
 
 
 def events_by_job(root: Path, queue: str = QUEUE) -> dict[str, list[dict[str, Any]]]:
