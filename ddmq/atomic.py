@@ -139,6 +139,28 @@ def make_own_dir(parent: Dir, name: str, file_mode: int | None) -> Dir:
     return made
 
 
+def make_dir_like(parent: Dir, name: str, model: Dir) -> Dir:
+    """mkdir ``name`` in ``parent`` and open it, with ``model``'s permission bits, set on what was opened.
+
+    For directories any member of the group makes on demand (ready/'s
+    shards): made private (0700) first, like :func:`make_own_dir`, then
+    given the bits of the directory they extend, so a member's umask never
+    shuts the group out of a shard. FileExistsError if another client made
+    it first, or swapped ours for its own before we opened it: then use
+    theirs.
+    """
+    os.mkdir(name, 0o700, dir_fd=parent.fd)
+    made = open_dir(parent, name)
+    try:
+        if os.fstat(made.fd).st_uid != os.geteuid():
+            raise FileExistsError(errno.EEXIST, "made by another client meanwhile", made.path)
+        os.fchmod(made.fd, stat.S_IMODE(os.fstat(model.fd).st_mode))
+    except BaseException:
+        made.close()
+        raise
+    return made
+
+
 def probe(directory: Dir, name: str) -> os.stat_result | None:
     """Create the private file ``name`` exclusively, stat it and remove it at once; None if it cannot be made.
 
@@ -265,20 +287,30 @@ def publish_file(tmp_dir: Dir, tmp: str, directory: Dir, final: str, data: bytes
         fsync_dir(directory)
 
 
-def rename_private(tmp_dir: Dir, tmp: str, directory: Dir, final: str) -> None:
+def rename_private(tmp_dir: Dir, tmp: str, directory: Dir, final: str, may_vanish: bool = False,
+                   keep: bool = False) -> bool:
     """Rename a private file written by :func:`write_private` into place; StorageError if it failed.
 
     An NFS client whose rename reply was lost can report ENOENT/ESTALE for a
     rename that happened (retrying would publish twice). ``final`` is not
     always fresh (clean.stamp is replaced), so the proof is that our private
-    file is gone *and* the destination is there. On failure ``tmp`` is removed.
+    file is gone *and* the destination is there. On failure ``tmp`` is removed
+    (left with ``keep``), except with ``may_vanish`` when ``directory`` itself
+    was removed meanwhile (ENOENT or ESTALE, ``tmp`` still there): then
+    False, and the caller makes the directory again (a slot of ready/, see
+    :mod:`ddmq.shards`).
     """
     try:
         os.rename(tmp, final, src_dir_fd=tmp_dir.fd, dst_dir_fd=directory.fd)
     except OSError as exc:
-        if not (exc.errno in _RACE_ERRNOS and renamed(tmp_dir, tmp, directory, final)):
+        if exc.errno in _RACE_ERRNOS and renamed(tmp_dir, tmp, directory, final):
+            return True
+        if may_vanish and exc.errno in (errno.ENOENT, errno.ESTALE) and exists(tmp_dir, tmp) and removed(directory):
+            return False
+        if not keep:
             discard(tmp_dir, tmp)
-            raise storage_error("publish", directory.join(final), exc) from None
+        raise storage_error("publish", directory.join(final), exc) from None
+    return True
 
 
 def move(src_dir: Dir, src: str, dst_dir: Dir, dst: str) -> bool:
@@ -301,6 +333,14 @@ def move(src_dir: Dir, src: str, dst_dir: Dir, dst: str) -> bool:
         if exc.errno in _AMBIGUOUS_ERRNOS and not _writable(src_dir, dst_dir):
             raise storage_error("move", src_dir.join(src), exc) from None
         return False
+
+
+def removed(directory: Dir) -> bool:
+    """Whether a directory held open was removed: no links left (local), or a stale handle (NFS)."""
+    try:
+        return os.fstat(directory.fd).st_nlink == 0
+    except OSError:
+        return True
 
 
 def exists(directory: Dir, name: str) -> bool:

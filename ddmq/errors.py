@@ -50,6 +50,10 @@ class NotARoot(NotFound):
     """The directory exists but was never initialised as a ddmq root."""
 
 
+class UnknownLayout(DdmqError):
+    """The root's marker names an on-disk layout this ddmq does not read (or none: an older ddmq's)."""
+
+
 class QueueNotFound(NotFound):
     """The queue does not exist in this root."""
 

@@ -19,9 +19,8 @@ from . import atomic
 from .errors import storage_error
 from .jobends import roll_forward
 from .layout import (
-    CLEAN_STAMP, DEAD, JOBS, NAMED_STATES, QUEUE_ENTRIES, READY, REASON_SUFFIX, STATE_DIRS, abandoned_in_ready,
-    abandoned_in_tmp,
-    is_publish_tmp, parse_in, parse_job_end, parse_ready, parse_work, stamp_tmp_name,
+    CLEAN_STAMP, DEAD, JOBS, QUEUE_ENTRIES, READY, REASON_SUFFIX, TMP, WORK, abandoned_in_ready, abandoned_in_tmp,
+    is_publish_tmp, parse_job_end, parse_work, stamp_tmp_name,
 )
 from .log import logger
 from .message import CorruptMessage
@@ -107,14 +106,13 @@ def clean_queue(q: Queue, scan_ready: bool) -> CleanReport:
             report.dead_lettered += dead_letter(q, q.work, name, "foreign", "file name is not a ddmq lease name")
         elif work.expires <= now:
             _expired(q, name, work, now, report)
-    if scan_ready:  # one listing of ready/, however long the queue
-        names = atomic.list_all(q.ready)
-        for name in names:
-            if not atomic.hidden(name) and parse_ready(name) is None:
-                report.dead_lettered += dead_letter(q, q.ready, name, "foreign",
-                                                    "file name is not a ddmq message name")
-        # probes a consumer killed between making and removing one (see Queue.refresh_view)
-        report.temp_removed += remove_abandoned(q.ready, now, abandoned_in_ready, names)
+    if scan_ready:  # one walk of ready/'s tree, however long the queue
+        foreign: list[tuple[atomic.Dir, str]] = []
+        for directory in q.tree.directories(lambda d, name: foreign.append((d, name)), remove_before=now):
+            # probes a consumer killed between making and removing one (see Queue.refresh_view)
+            report.temp_removed += remove_abandoned(directory, now, abandoned_in_ready)
+        for directory, name in foreign:
+            report.dead_lettered += dead_letter(q, directory, name, "foreign", "file name is not a ddmq message name")
     names = atomic.list_all(q.tmp)
     for name in filter(is_publish_tmp, names):
         try:
@@ -205,10 +203,15 @@ def in_tmp(name: str) -> tuple[bool, bool]:
 def foreign_entries(q: Queue) -> list[str]:
     """Everything in the queue ddmq did not write: what ``delete`` refuses to remove without force."""
     foreign = [n for n in sorted(atomic.listdir(q.dir)) if n not in QUEUE_ENTRIES]
-    for state in STATE_DIRS:
+    stray: list[tuple[atomic.Dir, str]] = []
+    for directory, name in q.tree.entries(lambda d, name: stray.append((d, name))):
+        if not stat.S_ISREG(directory.mode(name) or 0):
+            stray.append((directory, name))
+    foreign += [directory.join(name)[len(q.dir.path) + 1:] for directory, name in stray]
+    for state in (WORK, DEAD, TMP):
         directory = q.state(state)
         for name in atomic.listdir(directory):
-            ours = state not in NAMED_STATES or parse_in(state, name) is not None
+            ours = state != WORK or parse_work(name) is not None
             if not ours or not stat.S_ISREG(directory.mode(name) or 0):
                 foreign.append(f"{state}/{name}")
     if atomic.exists(q.dir, JOBS):
@@ -218,10 +221,19 @@ def foreign_entries(q: Queue) -> list[str]:
 
 
 def purge(q: Queue, dead: bool) -> int:
-    """Remove every ready message (or, with ``dead``, every dead letter); returns how many."""
-    directory = q.dead if dead else q.ready
+    """Remove every ready message (or, with ``dead``, every dead letter); returns how many.
+
+    Anything else in ready/'s tree or dead/ goes too (a foreign directory
+    removed without following a link in it); empty bands and slots are left
+    for consumers to remove.
+    """
+    listed: list[tuple[atomic.Dir, str]] = []
+    if dead:
+        listed += [(q.dead, name) for name in atomic.listdir(q.dead)]
+    else:
+        listed += list(q.tree.entries(lambda d, name: listed.append((d, name))))
     removed = 0
-    for name in atomic.listdir(directory):
+    for directory, name in listed:
         mode = directory.mode(name)
         if mode is None:
             continue  # gone meanwhile

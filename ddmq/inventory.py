@@ -70,10 +70,9 @@ def _named(entry: Entry, parsed: ReadyName | WorkName | None) -> None:
             entry.lease_expires = parsed.expires
 
 
-def entry(q: Queue, state: str, name: str, with_message: bool = True) -> Entry:
-    """The entry for ``name`` in ``state``'s directory, its payload read if ``with_message``."""
+def entry(q: Queue, state: str, directory: atomic.Dir, name: str, with_message: bool = True) -> Entry:
+    """The entry for ``name`` in ``directory`` (``state``'s, or a slot of ready/), its payload read if ``with_message``."""
     found = Entry(state, name)
-    directory = q.state(state)
     if state == DEAD:
         dead = parse_dead(name)
         if dead is not None:
@@ -112,20 +111,33 @@ def _reason_detail(q: Queue, dead: str) -> str | None:
     return detail if isinstance(detail, str) else None
 
 
+def listed(q: Queue, state: str) -> list[tuple[atomic.Dir, str]]:
+    """Every entry of ``state`` with its directory, ``.reason`` records left out, in name order.
+
+    For ready/, its messages in delivery order, then anything in its tree
+    that fits no name grammar (where it lies).
+    """
+    if state == READY:
+        foreign: list[tuple[atomic.Dir, str]] = []
+        messages = list(q.tree.entries(lambda directory, name: foreign.append((directory, name))))
+        return messages + foreign
+    directory = q.state(state)
+    return [(directory, name) for name in sorted(atomic.listdir(directory)) if not name.endswith(REASON_SUFFIX)]
+
+
 def entries(q: Queue, state: str, n: int | None = None) -> list[Entry]:
     """Up to ``n`` entries of ``state`` in name order (delivery order for ready/, age for dead/)."""
-    names = sorted(name for name in atomic.listdir(q.state(state)) if not name.endswith(REASON_SUFFIX))
-    return [entry(q, state, name) for name in names[:n]]
+    return [entry(q, state, directory, name) for directory, name in listed(q, state)[:n]]
 
 
 def find(q: Queue, message_id: str) -> Entry:
     """The message ``message_id`` wherever it is now (ready, work or dead), or NotFound."""
     for state in (READY, WORK, DEAD):
-        for name in atomic.listdir(q.state(state)):
-            if message_id in name and not name.endswith(REASON_SUFFIX):
-                found = entry(q, state, name, with_message=False)
+        for directory, name in listed(q, state):
+            if message_id in name:
+                found = entry(q, state, directory, name, with_message=False)
                 if found.id == message_id:
-                    return entry(q, state, name)
+                    return entry(q, state, directory, name)
     raise NotFound(f"no message {message_id} in queue {q.name!r} (acked, purged, or never published here)")
 
 
@@ -135,8 +147,8 @@ def dead_letters(q: Queue) -> list[str]:
 
 
 def _names(q: Queue) -> tuple[list[str], list[str], list[str]]:
-    """The names in ready/, work/ and dead/ (``.reason`` records left out): one listing of each."""
-    return atomic.listdir(q.ready), atomic.listdir(q.work), dead_letters(q)
+    """The names in ready/ (its whole tree), work/ and dead/ (``.reason`` records left out)."""
+    return [name for _, name in listed(q, READY)], atomic.listdir(q.work), dead_letters(q)
 
 
 def counts(q: Queue) -> dict[str, int]:
@@ -184,7 +196,7 @@ def requeue_dead(q: Queue, ids: Iterable[str] | None = None) -> tuple[list[str],
             skipped.append(name)
             continue
         fresh = str(ReadyName(original.priority, original.published, original.id, 0))
-        if atomic.move(q.dead, name, q.ready, fresh):
+        if q.tree.move_in(q.dead, name, fresh):
             q.readied(fresh)
             atomic.remove(q.dead, name + REASON_SUFFIX)
             requeued.append(original.id)

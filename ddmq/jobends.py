@@ -61,9 +61,14 @@ def publish_end(q: Queue, key: str, msg: Message, data: bytes, mode: int | None)
     if msg.durable:
         atomic.fsync_dir(jobs)
     name = ready_name(msg.priority, msg.published, msg.id)
-    atomic.rename_private(q.tmp, tmp, q.ready, name)
+    try:
+        # kept on failure: the record links it, and housekeeping publishes it (roll_forward)
+        slot = q.tree.put(q.tmp, tmp, name, keep=True)
+    except StorageError as exc:
+        raise StorageError(f"{exc} (the end of job {key} is recorded; the queue's next clean publishes it "
+                           f"once it is {ROLL_FORWARD_AFTER:.0f} s old)", exc.errno) from None
     if msg.durable:
-        atomic.fsync_dir(q.ready)
+        q.tree.sync([slot])
     q.readied(name)
     return True
 
@@ -129,7 +134,7 @@ def roll_forward(q: Queue, name: str, st: os.stat_result, now_ns: int) -> bool:
     if msg is None:
         return False
     ready = ready_name(msg.priority, msg.published, msg.id)
-    if not atomic.move(q.tmp, name, q.ready, ready):
+    if not q.tree.move_in(q.tmp, name, ready):
         return False
     logger().warning("published %s/tmp/%s: its job end was recorded but its publisher stopped before "
                      "making it visible", q.dir.path, name)

@@ -25,6 +25,8 @@ STATE_DIRS = (READY, WORK, DEAD, TMP)
 JOBS = "jobs"
 CLEAN_STAMP = "clean.stamp"
 REASON_SUFFIX = ".reason"
+# The directories of a queue that hold messages, at their top or in their shards.
+QUEUE_DIRS = STATE_DIRS + (JOBS,)
 # Entries a queue directory may hold; anything else was not written by ddmq.
 QUEUE_ENTRIES = frozenset((QUEUE_MARKER, CLEAN_STAMP, JOBS) + STATE_DIRS)
 
@@ -238,8 +240,65 @@ def parse_work(name: str) -> WorkName | None:
     )
 
 
-# The directories whose every entry must be a message name of their grammar.
-NAMED_STATES = (READY, WORK)
+# ------------------------------------------------------ ready/ as a tree
+# The on-disk layout this code reads and writes, in the root marker as
+# ``layout: 2``; a client refuses a root with another (see ddmq.root).
+# Layout 1 kept every ready message directly in ready/.
+LAYOUT = 2
+# ready/ERA/BAND/SLOT/NAME. An era is one priority and 2**47 ns (about 39 h)
+# of publish times; a band, 2**37 ns (about 137 s) of its era; a slot, 2**27
+# ns (about 134 ms) of its band: at most 1024 bands in an era and 1024 slots
+# in a band. However long the queue, its head is found by listing four
+# small directories (see ddmq.shards).
+_SHARD_SHIFTS = (47, 37, 27)
+SHARD_LEVELS = len(_SHARD_SHIFTS)
+_PER_SHARD = 1024  # bands in an era, slots in a band: 2**(47 - 37) = 2**(37 - 27)
+_ERA_NAME = rf"\d{{{_PRIO_WIDTH}}}\.\d{{6}}\Z"
+_SUB_SHARD_NAME = r"\d{4}\Z"
+
+
+def era_name(priority: int, published: int) -> str:
+    """The era of ready/ for a priority and a publish time (ns): ``PPPPPP.EEEEEE``."""
+    return f"{priority:0{_PRIO_WIDTH}d}.{published >> 47:06d}"
+
+
+def band_name(published: int) -> str:
+    """The band of its era for a publish time (ns): ``BBBB``, 0000 to 1023."""
+    return f"{(published >> 37) % _PER_SHARD:04d}"
+
+
+def slot_name(published: int) -> str:
+    """The slot of its band for a publish time (ns): ``SSSS``, 0000 to 1023."""
+    return f"{(published >> 27) % _PER_SHARD:04d}"
+
+
+def shard_of(ready: str) -> tuple[str, str, str]:
+    """(era, band, slot) of a ready name: the directories under ready/ it lies in.
+
+    Read from the name's fixed-width priority and publish time, so anyone
+    holding the name (a consumer's listing, a requeue, an operator's
+    ``requeue --dead``) knows where it is without a lookup.
+    """
+    published = int(ready[_PRIO_WIDTH + 1:_PRIO_WIDTH + 1 + _TIME_WIDTH])
+    return era_name(int(ready[:_PRIO_WIDTH]), published), band_name(published), slot_name(published)
+
+
+def is_shard(level: int, name: str) -> bool:
+    """Whether ``name`` is a directory name of ready/'s tree at ``level`` (0: an era, 1: a band, 2: a slot)."""
+    if level == 0:
+        return bool(compiled(_ERA_NAME).match(name))
+    return bool(compiled(_SUB_SHARD_NAME).match(name)) and int(name) < _PER_SHARD
+
+
+def shard_end(path: tuple[str, ...]) -> int:
+    """When the time range of an era, band or slot (its path under ready/) ends, in ns.
+
+    No publisher whose clock is right writes into it after that.
+    """
+    start = int(path[0][_PRIO_WIDTH + 1:]) << _SHARD_SHIFTS[0]
+    for part, shift in zip(path[1:], _SHARD_SHIFTS[1:]):
+        start += int(part) << shift
+    return start + (1 << _SHARD_SHIFTS[len(path) - 1])
 
 
 def parse_in(state: str, name: str) -> ReadyName | WorkName | None:

@@ -13,7 +13,6 @@ but never make it act outside the root.
 """
 from __future__ import annotations
 
-import errno
 import heapq
 import os
 import stat
@@ -22,8 +21,9 @@ import time
 from . import atomic
 from .clock import CLOCK_TOLERANCE
 from .errors import QueueNotFound, StorageError, storage_error
-from .layout import CLEAN_STAMP, DEAD, JOBS, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK, ready_probe_name
+from .layout import CLEAN_STAMP, DEAD, JOBS, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK, ready_probe_name, shard_of
 from .settings import Settings
+from .shards import ReadyTree, dir_stamp, ignore_foreign
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .clock import LeaseClock
     from .message import Message
     from .settings import SettingsCache
+    from .shards import Foreign, Stamps
 
     Match = Callable[[Message], bool]
 
@@ -64,24 +65,46 @@ PROBE_EVERY = 1.0
 class Listing:
     """A consumer's snapshot of ready/ as a heap, so the best name pops first.
 
-    Names this process itself moves into ready/ (publish, nack, requeue) are
-    pushed in, so its own writes are never hidden behind an older listing.
-    ``stamp`` is ready/'s stat taken just before the listing, when it can
-    prove later that nothing entered or left since (see Queue.ready_names);
-    ``skip`` is the set of names filtered out of it.
+    Filled slot by slot from a walk of ready/'s tree (see
+    :meth:`ddmq.shards.ReadyTree.walk`): the next slot is listed only when
+    the names at hand run out, or when the best of them lies beyond it (a
+    name this process pushed). Names this process itself moves into ready/
+    (publish, nack, requeue) are pushed in, so its own writes are never
+    hidden behind an older listing. ``stamps`` holds each directory's stat
+    taken just before it was listed, to prove later that nothing entered or
+    left (see Queue.ready_names); ``skip`` is the set of names filtered out.
     """
 
-    def __init__(self, names: list[str], started: float, stamp: tuple[int, ...] | None,
-                 skip: set[str] | frozenset[str]):
-        heapq.heapify(names)
-        self.names = names
-        self.taken = time.monotonic()
-        self.max_age = max(LISTING_MAX_AGE, (self.taken - started) / LISTING_MAX_SHARE)
-        self.stamp = stamp
+    def __init__(self, tree: ReadyTree, started: float, skip: set[str] | frozenset[str],
+                 foreign: Foreign, now_ns: int):
+        self.names: list[str] = []
+        self.stamps: Stamps = []
         self.skip = skip
+        self.done = False  # the walk reached its end: every slot was listed
+        self._walk = tree.walk(self.stamps, foreign, remove_before=now_ns)
+        self._listed_at = now_ns  # on the lease clock, as the directories' mtimes
+        self._last = ""  # the key of the last slot listed
+        self._cost = 0.0
+        self.taken = started
+        self.max_age = LISTING_MAX_AGE
 
-    def pop(self) -> str:
-        return heapq.heappop(self.names)
+    def pop(self) -> str | None:
+        """The best name not yet handed out, listing further slots as needed; None once all were."""
+        names = self.names
+        while not self.done and (not names or shard_key(names[0]) > self._last):
+            started = time.monotonic()
+            try:
+                self._last, _, found = next(self._walk)
+            except StopIteration:
+                self.done = True
+            else:
+                skip = self.skip
+                for name in found:
+                    if name not in skip:
+                        heapq.heappush(names, name)
+            self._cost += time.monotonic() - started
+            self.max_age = max(LISTING_MAX_AGE, self._cost / LISTING_MAX_SHARE)
+        return heapq.heappop(names) if names else None
 
     def push(self, name: str) -> None:
         heapq.heappush(self.names, name)
@@ -91,26 +114,34 @@ class Listing:
         for _ in range(min(count, len(self.names))):
             heapq.heappop(self.names)
 
+    def idle(self) -> bool:
+        """Whether every slot was listed and every name handed out."""
+        return self.done and not self.names
 
-def dir_stamp(directory: atomic.Dir) -> tuple[int, ...] | None:
-    """What changes when an entry is added to, removed from or renamed within a directory.
+    def unchanged(self) -> bool:
+        """Whether no directory of this listing changed since it was listed.
 
-    StorageError(ENOENT) for a directory that was removed while held open (a
-    deleted queue): listing it would show it empty, not gone.
-    """
-    try:
-        st = os.fstat(directory.fd)
-    except OSError:
-        return None  # the listing that follows reports the error
-    if st.st_nlink == 0:
-        raise StorageError(f"{directory.path} was removed", errno.ENOENT)
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+        A stamp is trusted only if its mtime is SETTLED_AFTER older than the
+        listing: a change in the same timestamp tick as an earlier one leaves
+        the mtime as it was.
+        """
+        settled = self._listed_at - SETTLED_AFTER * 1e9
+        try:
+            return all(stamp is not None and stamp[0] <= settled and dir_stamp(directory) == stamp
+                       for directory, stamp in self.stamps)
+        except StorageError:
+            return False  # a directory of the tree was removed meanwhile
+
+
+def shard_key(name: str) -> str:
+    """``ERA/BAND/SLOT`` of a ready name, comparable with the keys a walk yields."""
+    return "/".join(shard_of(name))
 
 
 class Queue:
     """One queue's open directories and what this process remembers about it."""
 
-    __slots__ = ("name", "dir", "ready", "work", "dead", "tmp", "root", "clock", "listing", "clean_due", "expiry_due", "_jobs",
+    __slots__ = ("name", "dir", "ready", "tree", "work", "dead", "tmp", "root", "clock", "listing", "clean_due", "expiry_due", "_jobs",
                  "_probe_due", "_cached_remotely",
                  "_files", "_checked", "_rejected")
 
@@ -135,6 +166,7 @@ class Queue:
             self.tmp = atomic.open_dir(self.dir, TMP)
         except OSError as exc:
             raise atomic.refused(self.dir.join(exc.filename) if exc.filename else self.dir.path, exc) from None
+        self.tree = ReadyTree(self.ready)
         self._jobs: atomic.Dir | None = None
         self._cached_remotely = cached_remotely
         self._probe_due = 0.0  # monotonic time of the next refresh_view
@@ -230,39 +262,38 @@ class Queue:
         return (named.st_ino, named.st_dev) == (held.st_ino, held.st_dev)
 
     # --------------------------------------------------------------- listing
-    def ready_names(self, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
+    def ready_names(self, skip: set[str] | frozenset[str] = frozenset(), foreign: Foreign = ignore_foreign) \
+            -> Iterator[str]:
         """Ready names in delivery order, from a listing at most LISTING_MAX_AGE old (see LISTING_MAX_SHARE).
 
-        Listing a directory of 100 000 entries for every consume would make each
-        message cost O(queue); instead the sorted listing is kept and consumed
-        from the front, and re-read when it runs out or grows old. Names taken by
-        other consumers meanwhile simply fail to claim. StorageError (ENOENT)
-        once the queue was deleted.
+        The head of the queue is found by listing ready/, its first era, band
+        and non-empty slot (see :mod:`ddmq.shards`); further
+        slots are listed only as the names at hand run out. The listing is
+        kept and consumed from the front, and walked again when it runs out
+        or grows old; names taken by other consumers meanwhile simply fail
+        to claim. Entries that fit no name grammar go to ``foreign``.
+        StorageError (ENOENT) once the queue was deleted.
         """
         listing = self.listing
         fresh = False
         while True:
-            if listing is None or not listing.names or time.monotonic() - listing.taken > listing.max_age:
-                if fresh and listing is not None and not listing.names:
+            if listing is not None and (fresh or time.monotonic() - listing.taken <= listing.max_age):
+                name = listing.pop()
+                if name is not None:
+                    yield name
+                    continue
+                if fresh:
                     return
-                started = time.monotonic()
-                probed = listing is not None and not listing.names and self.refresh_view(started)
-                stamp = dir_stamp(self.ready)
-                if (not probed and listing is not None and not listing.names and listing.stamp is not None
-                        and listing.stamp == stamp and listing.skip is skip):
-                    # Nothing entered or left ready/ since it was last listed:
-                    # an idle waiter's poll is this one stat, not a listing
-                    # whose cost grows with the queue.
-                    return
-                if stamp is not None and not probed and self.now() - stamp[0] < SETTLED_AFTER * 1e9:
-                    stamp = None  # (after a probe, the next one re-lists anyway)
-                names = atomic.listdir(self.ready)
-                listing = Listing([n for n in names if n not in skip] if skip else names, started, stamp, skip)
-                self.listing = listing
-                fresh = True
-                if not listing.names:
-                    return
-            yield listing.pop()
+            started = time.monotonic()
+            idle = listing is not None and listing.idle()
+            probed = idle and self.refresh_view(started)
+            if idle and not probed and listing is not None and listing.skip is skip and listing.unchanged():
+                # Nothing entered or left any directory of ready/ since it was
+                # last walked: an idle waiter's poll is a stat of each (ready/,
+                # and the few directories of its tree not yet removed), not a walk.
+                return
+            listing = self.listing = Listing(self.tree, started, skip, foreign, self.now())
+            fresh = True
 
     def refresh_view(self, now: float) -> bool:
         """Make this client's cached view of ready/ fresh, if it caches one and a refresh is due.
@@ -272,15 +303,21 @@ class Queue:
         node's publish for that long. A change a client makes itself to a
         directory drops its cached view of it (sshfs invalidates the
         directory; NFS sees in its own change's reply that others changed it
-        too), so an idle consumer makes and removes a private file in ready/,
+        too), so an idle consumer makes and removes a private file in ready/
+        and in each directory of its tree a publisher may still write to (whose time
+        range has not ended; see :func:`ddmq.shards.ReadyTree.open_directories`),
         at most once per PROBE_EVERY. It costs publishers nothing. True if
         this call made the probe.
         """
         if now < self._probe_due or not self._cached_remotely():
             return False
         self._probe_due = now + PROBE_EVERY
+        listed = [directory for directory, _ in self.listing.stamps] if self.listing is not None else []
+        made = False
         # None without write access: the listing is then as fresh as the cache lets it be.
-        return atomic.probe(self.ready, ready_probe_name()) is not None
+        for directory in [self.ready] + self.tree.open_directories(listed, self.now()):
+            made = atomic.probe(directory, ready_probe_name()) is not None or made
+        return made
 
     def lost_race(self) -> None:
         """After another consumer claimed the name we tried: skip 0-3 of the next ones.

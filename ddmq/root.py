@@ -17,13 +17,14 @@ import stat
 from . import atomic
 from .clock import LeaseClock
 from .errors import (
-    DdmqError, ForeignFiles, NotARoot, QueueExists, QueueNotFound, RootNotFound, StorageError, UsageError, storage_error,
+    DdmqError, ForeignFiles, NotARoot, QueueExists, QueueNotFound, RootNotFound, StorageError, UnknownLayout, UsageError,
+    storage_error,
 )
 from .housekeeping import foreign_entries
-from .layout import JOBS, QUEUE_MARKER, ROOT_MARKER, STATE_DIRS, check_queue_name, doomed_name, marker_tmp_name, \
+from .layout import LAYOUT, JOBS, QUEUE_MARKER, ROOT_MARKER, STATE_DIRS, check_queue_name, doomed_name, marker_tmp_name, \
     settings_tmp_name, staging_name
 from .queuedir import Queue
-from .settings import DEFAULTS, SCHEMA, Settings, SettingsCache, dump, dump_value
+from .settings import DEFAULTS, LAYOUT_KEY, SCHEMA, Settings, SettingsCache, dump, dump_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class Root:
             self._dir = atomic.open_root(self.path)
             mode = self._dir.lstat(ROOT_MARKER).st_mode
             if stat.S_ISREG(mode):
+                self._check_layout()
                 return
             raise NotARoot(f"{self.path}/{ROOT_MARKER} is not a regular file (a link, FIFO or device "
                            "is in its place); refusing to use this root")
@@ -106,7 +108,27 @@ class Root:
         except OSError as exc:
             raise storage_error("create root", self.path, exc) from None
         root = self.dir
-        atomic.publish_file(root, marker_tmp_name(), root, ROOT_MARKER, dump({}).encode(), durable=True)
+        atomic.publish_file(root, marker_tmp_name(), root, ROOT_MARKER, dump({}, LAYOUT).encode(), durable=True)
+
+    def _check_layout(self) -> None:
+        """UnknownLayout unless the root marker says ``layout: LAYOUT``: the tree this code reads and writes.
+
+        A client that wrote messages in a layout other clients do not read
+        would strand them (or, worse, have those clients dead-letter whole
+        directories as foreign); so one that does not know the root's layout
+        refuses it, before touching any queue.
+        """
+        layout = self.files.values_in(self.dir, ROOT_MARKER).get(LAYOUT_KEY)
+        if layout == LAYOUT:
+            return
+        marker = self.dir.join(ROOT_MARKER)
+        if layout is None:
+            raise UnknownLayout(
+                f"{marker} has no '{LAYOUT_KEY}:' line: the root was made by an earlier ddmq, whose on-disk "
+                f"layout this ddmq (layout {LAYOUT}) does not read; drain its queues with that ddmq, or, if "
+                f"they hold no messages, add the line '{LAYOUT_KEY}: {LAYOUT}'")
+        raise UnknownLayout(f"{marker} says {LAYOUT_KEY}: {str(layout)[:20]}, an on-disk layout this ddmq "
+                            f"(layout {LAYOUT}) does not read: use a ddmq that does")
 
     def cached_remotely(self) -> bool:
         """Whether the root is on a filesystem whose clients cache listings: not a local disk or tmpfs.

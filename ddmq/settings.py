@@ -8,6 +8,7 @@ job and their start-up time matters.
 """
 from __future__ import annotations
 
+import re
 import stat
 
 from .atomic import NOT_A_FILE_ERRNOS, read_file
@@ -67,6 +68,11 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
              "octal permission bits for the queue's files, like 0660 (or null: the umask decides)"),
 }
 DEFAULTS: dict[str, Any] = {key: spec[0] for key, spec in SCHEMA.items()}
+# Not a setting: the root marker's on-disk layout version (ddmq.layout.LAYOUT),
+# which ddmq.root checks. On a line of its own, it is read without YAML, so a
+# root marker that holds nothing else costs a command no YAML import.
+LAYOUT_KEY = "layout"
+_LAYOUT_LINE = re.compile(r"^layout:[ \t]*([0-9]+)[ \t]*$", re.MULTILINE | re.ASCII)
 
 
 class Settings:
@@ -135,6 +141,9 @@ def validate(values: Mapping[str, Any], source: str,
     """
     result = {}
     for key, value in values.items():
+        if key == LAYOUT_KEY:  # checked by the root (ddmq.root), refused in a queue's file (merged)
+            result[key] = value
+            continue
         if key not in SCHEMA:
             known = ", ".join(SCHEMA)
             raise error(f"{source}: unknown setting {_shown(key)} (known: {known})")
@@ -202,6 +211,9 @@ def load_file(directory: Dir, name: str) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise SettingsError(f"{path}: not UTF-8 text") from None
+    layout = _LAYOUT_LINE.search(text)
+    if layout is not None and not _has_content(text[:layout.start()] + text[layout.end():]):
+        return {LAYOUT_KEY: int(layout[1])}
     if not _has_content(text):
         return {}
     import yaml
@@ -224,14 +236,17 @@ def dump_value(key: str, value: Any) -> Any:
     return f"0{value:o}" if key == "mode" and value is not None else value
 
 
-def dump(values: Mapping[str, Any]) -> str:
-    """YAML text for a settings file, with a header saying what it is."""
+def dump(values: Mapping[str, Any], layout: int | None = None) -> str:
+    """YAML text for a settings file, with a header saying what it is; a root's with its ``layout`` line."""
     import yaml
 
     header = (
         "# ddmq settings. Keys: " + ", ".join(SCHEMA) + "\n"
         "# Root file: defaults for every queue; queue file: overrides for that queue.\n"
     )
+    if layout is not None:
+        header += f"# The on-disk layout of this root's queues; ddmq refuses a layout it does not know.\n" \
+                  f"{LAYOUT_KEY}: {layout}\n"
     shown = {k: dump_value(k, v) for k, v in values.items()}
     body = yaml.safe_dump(shown, default_flow_style=False, sort_keys=True) if values else ""
     return header + body
@@ -281,5 +296,11 @@ class SettingsCache:
         result = dict(DEFAULTS)
         last = len(files) - 1
         for i, (directory, name) in enumerate(files):
-            result.update(self.values_in(directory, name, required and i == last))
+            values = self.values_in(directory, name, required and i == last)
+            if LAYOUT_KEY in values:
+                if i:
+                    raise SettingsError(f"{directory.join(name)}: '{LAYOUT_KEY}' belongs in the root's "
+                                        "ddmq.yaml only")
+                values = {k: v for k, v in values.items() if k != LAYOUT_KEY}
+            result.update(values)
         return result

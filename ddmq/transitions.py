@@ -18,7 +18,7 @@ import time
 from . import atomic
 from .errors import DdmqError, LeaseLost, NotFound, PartlyPublished, StorageError, UsageError, storage_error
 from .layout import (
-    DEAD, READY, REASON_SUFFIX, WORK, ReadyName, WorkName, claimed_name, dead_name, lease_receipt,
+    DEAD, QUEUE_DIRS, READY, REASON_SUFFIX, WORK, ReadyName, WorkName, claimed_name, dead_name, lease_receipt,
     new_message_id, new_token, parse_dead, parse_in, parse_ready, parse_receipt, parse_work, publish_tmp_name, ready_name,
     reason_tmp_name,
 )
@@ -89,8 +89,11 @@ def new_message(queue: str, body: Any, settings: Settings,
 
 def publish(q: Queue, msg: Message, data: bytes, mode: int | None) -> None:
     """Write the payload privately in tmp/, then rename it into ready/: visible and complete at once."""
-    name = ready_name(msg.priority, msg.published, msg.id)
-    atomic.publish_file(q.tmp, publish_tmp_name(msg.id), q.ready, name, data, msg.durable, mode)
+    name, tmp = ready_name(msg.priority, msg.published, msg.id), publish_tmp_name(msg.id)
+    atomic.write_private(q.tmp, tmp, data, msg.durable, mode)
+    slot = q.tree.put(q.tmp, tmp, name)
+    if msg.durable:
+        q.tree.sync([slot])
     q.readied(name)
 
 
@@ -123,17 +126,20 @@ def publish_many(q: Queue, bodies: Iterable[Any], settings: Settings, headers: d
         for _, tmp, _ in pending:
             atomic.discard(q.tmp, tmp)
         raise
+    slots: list[atomic.Dir] = []
     for done, (_, tmp, name) in enumerate(pending):
         try:
-            atomic.rename_private(q.tmp, tmp, q.ready, name)
+            slot = q.tree.put(q.tmp, tmp, name)
         except StorageError as exc:
             for _, rest, _ in pending[done + 1:]:
                 atomic.discard(q.tmp, rest)
             raise PartlyPublished(f"{exc} ({done} of {len(pending)} messages were published)", exc.errno, done) \
                 from None
+        if slot not in slots:
+            slots.append(slot)
         q.readied(name)
     if settings.durable and pending:
-        atomic.fsync_dir(q.ready)
+        q.tree.sync(slots)
     return [msg for msg, _, _ in pending]
 
 
@@ -146,17 +152,17 @@ def claim(q: Queue, n: int, lease: float | None, settings: Settings, ack: bool,
     # rejected are dropped when ready/ is listed, before any parsing, so an
     # idle poll costs one listing, not a parse per waiting message.
     rejected: set[str] | frozenset[str] = q.rejected_by(match) if match is not None else frozenset()
-    for name in q.ready_names(rejected):
+    for name in q.ready_names(rejected, lambda directory, foreign: dead_letter(
+            q, directory, foreign, "foreign", "file name is not a ddmq message name")):
         ready = parse_ready(name)
         if ready is None:
-            dead_letter(q, q.ready, name, "foreign", "file name is not a ddmq message name")
-            continue
-        if match is not None and matching(q, q.ready, name, match) is None:
+            continue  # the walk hands out message names only, and dead-letters the rest
+        if match is not None and not _matches(q, name, match):
             continue
         seconds = lease if lease is not None else settings.message_timeout
         expires, token = q.now() + int(seconds * 1e9), new_token()
         work_name = claimed_name(name, expires, token)
-        if not atomic.move(q.ready, name, q.work, work_name):
+        if not q.tree.move_out(name, q.work, work_name):
             logger().debug("lost race: %s/%s/%s was claimed by another client", q.root.path, q.name, name)
             q.lost_race()
             continue
@@ -217,7 +223,8 @@ def held(q: Queue, receipt: Receipt) -> WorkName:
         work = parse_work(name)
         if work is not None and work.id == msg_id and (token is None or work.token == token):
             return work
-    if token is None and not any(msg_id in name for state in (q.ready, q.dead) for name in atomic.listdir(state)):
+    if token is None and not any(msg_id in name for _, name in q.tree.entries()) \
+            and not any(msg_id in name for name in atomic.listdir(q.dead)):
         # A bare id (an operator's, not a consumer's receipt) that is nowhere in the queue.
         raise NotFound(f"no message {msg_id} in queue {q.name!r} (acked, purged, or never published here)")
     raise LeaseLost(
@@ -280,7 +287,7 @@ def retire(q: Queue, work: WorkName, msg: Message, requeue: bool, reason: str) -
     if requeue and msg.requeue:
         if msg.requeue_limit is None or work.requeues < msg.requeue_limit:
             requeued = work.requeued(msg.requeue_prio)
-            if not atomic.move(q.work, str(work), q.ready, str(requeued)):
+            if not q.tree.move_in(q.work, str(work), str(requeued)):
                 return None
             q.readied(str(requeued))
             return READY
@@ -295,7 +302,7 @@ def release(q: Queue, receipt: Receipt) -> None:
     """Put a held message back exactly as it was: priority and requeue count unchanged."""
     work = held(q, receipt)
     ready = ReadyName(work.priority, work.published, work.id, work.requeues)
-    if not atomic.move(q.work, str(work), q.ready, str(ready)):
+    if not q.tree.move_in(q.work, str(work), str(ready)):
         raise LeaseLost(f"message {work.id} was taken back before it could be released")
     q.readied(str(ready))
     if isinstance(receipt, Message):
@@ -369,10 +376,14 @@ def read(directory: atomic.Dir, name: str, expected_id: str | None) -> Message |
     msg = decode(data)
     if expected_id is not None and msg.id != expected_id:
         raise CorruptMessage(f"payload id {msg.id!r} does not match the file name")
-    # A message belongs to the queue it lies in (a state directory's parent),
-    # whatever its payload says: ack, nack and release find it there.
-    if directory.parent is not None and directory.parent.name:
-        msg.queue = directory.parent.name
+    # A message belongs to the queue it lies in (the parent of the state
+    # directory it is in, or under), whatever its payload says: ack, nack
+    # and release find it there.
+    state = directory
+    while state.parent is not None and state.name not in QUEUE_DIRS:
+        state = state.parent  # from a shard of ready/ or jobs/
+    if state.parent is not None and state.parent.name:
+        msg.queue = state.parent.name
     return msg
 
 
@@ -417,11 +428,22 @@ def matching(q: Queue, directory: atomic.Dir, name: str, match: Match) -> Messag
     return msg
 
 
+def _matches(q: Queue, name: str, match: Match) -> bool:
+    """Whether ``match`` accepts the ready message ``name`` (False if it is gone meanwhile)."""
+    slot = q.tree.slot_dir(name)
+    return slot is not None and matching(q, slot, name, match) is not None
+
+
 def peek(q: Queue, n: int, state: str, match: Match | None) -> list[Message]:
     """Up to ``n`` messages in ``state``'s directory, in name order, without claiming them."""
-    directory = q.state(state)
+    listed: Iterable[tuple[atomic.Dir, str]]
+    if state == READY:
+        listed = q.tree.entries()  # lazily: a peek of one message lists the head's slot, not the queue
+    else:
+        directory = q.state(state)
+        listed = [(directory, name) for name in sorted(atomic.listdir(directory))]
     found: list[Message] = []
-    for name in sorted(atomic.listdir(directory)):
+    for directory, name in listed:
         if len(found) >= n:
             break
         if state == DEAD:  # its requeue count and priority are in the name it had before

@@ -24,6 +24,7 @@ from ddmq.errors import (
     DdmqError, InvalidQueueName, NotARoot, NotFound, RootNotFound, SettingsError, StorageError, UsageError,
 )
 from ddmq.layout import ReadyName, WorkName, new_message_id, new_token
+from tests.support.queuefiles import ready_files, ready_path
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -76,9 +77,8 @@ def valid_payload(b: Broker) -> bytes:
     """The bytes of a real message (published to a scratch queue, then removed)."""
     b.create_queue("scratch", exist_ok=True)
     b.publish("scratch", {"real": "message"})
-    ready = b.root / "scratch" / "ready"
-    [name] = os.listdir(ready)
-    data = (ready / name).read_bytes()
+    [path] = (b.root / "scratch" / "ready").rglob("*.msg")
+    data = path.read_bytes()
     b.delete_queue("scratch")
     return data
 
@@ -255,7 +255,7 @@ def test_json_command_refuses_bad_names_before_touching_disk(b, q, tmp_path):
 def _plant(kind: str, directory: Path, b: Broker, outside: Path, state: str) -> tuple[str, str]:
     """Put one bad entry in ``directory``; returns (its name, the dead-letter reason expected)."""
     name = ready_name() if state == "ready" else expired_work_name()
-    path = directory / name
+    path = ready_path(directory, name) if state == "ready" else directory / name
     if kind == "garbage":
         path.write_bytes(b"\x00\x01 this is not json {{{")
     elif kind == "empty":
@@ -496,7 +496,7 @@ def test_read_only_queue_when_publishing(b, q, root, mocker):
         b.publish(q, "m")
     assert "read-only" in str(info.value)
     mocker.stopall()
-    assert os.listdir(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
+    assert ready_files(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
     b.publish(q, "m")
     assert b.consume(q)[0].message == "m"
 
@@ -571,7 +571,7 @@ def test_disk_full_during_publish(b, q, root, mocker):
         b.publish(q, "x" * 1000)
     assert "no space" in str(info.value) and info.value.errno == errno.ENOSPC
     mocker.stopall()
-    assert os.listdir(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
+    assert ready_files(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
     b.publish(q, "after")
     assert [m.message for m in b.consume(q, n=5)] == ["after"]
 
@@ -601,7 +601,7 @@ def test_disk_full_after_a_partial_write(b, q, root, mocker):
         b.publish(q, "y" * 10_000)
     mocker.stopall()
     assert len(calls) == 2
-    assert os.listdir(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
+    assert ready_files(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
     b.publish(q, "after")
     assert b.consume(q)[0].message == "after"
 
@@ -612,7 +612,7 @@ def test_io_error_at_fsync(b, q, root, mocker):
         b.publish(q, "m")
     assert "I/O error" in str(info.value) and info.value.errno == errno.EIO
     mocker.stopall()
-    assert os.listdir(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
+    assert ready_files(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
     b.publish(q, "after")
     assert b.consume(q)[0].message == "after"
 
@@ -622,7 +622,7 @@ def test_disk_full_at_rename(b, q, root, mocker):
     with pytest.raises(StorageError, match="no space"):
         b.publish(q, "m")
     mocker.stopall()
-    assert os.listdir(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
+    assert ready_files(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
 
 
 def test_disk_full_while_creating_a_queue(b, root, mocker):
@@ -640,7 +640,7 @@ def test_disk_full_through_the_cli(b, q, root, mocker):
     line = one_line_error(ddmq_("--root", root, "publish", q, "m"), 1)
     mocker.stopall()
     assert "no space" in line
-    assert os.listdir(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
+    assert ready_files(root / q / "ready") == [] and os.listdir(root / q / "tmp") == []
 
 
 def test_disk_full_while_dead_lettering_still_dead_letters(b, q, root, outside, mocker):

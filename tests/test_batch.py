@@ -7,10 +7,12 @@ other transition in tests/test_faults.py (scenario ``publish_many``).
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,47 +25,77 @@ DDMQ = [sys.executable, "-m", "ddmq"]
 
 
 def syncs(calls: list[Call], root: Path) -> list[str]:
-    """The fsync and syncfs calls of a traced operation, as 'PRIM DIR' (the directory of the file synced)."""
+    """The fsync and syncfs calls of a traced operation, as 'PRIM DIR' (the directory synced, or the file's).
+
+    The directories of ready/'s tree are shown as ``ready/SLOT``, ``ready/BAND`` and ``ready/ERA``.
+    """
     out = []
     for c in calls:
         if c.prim in ("fsync", "syncfs"):
             rel = os.path.relpath(c.path, os.path.realpath(root))
-            out.append(f"{c.prim} {rel if c.prim == 'syncfs' or rel.endswith('ready') else os.path.dirname(rel)}")
+            rel = rel if c.prim == "syncfs" or os.path.isdir(c.path) else os.path.dirname(rel)
+            queue, _, below = rel.partition("/ready/")
+            out.append(f"{c.prim} {queue}/ready/{['ERA', 'BAND', 'SLOT'][below.count('/')]}" if below else
+                       f"{c.prim} {rel}")
     return out
 
 
-def test_a_durable_batch_pays_one_barrier_and_one_directory_sync(b: Broker, root: Path) -> None:
+@pytest.fixture
+def one_slot(mocker) -> None:
+    """Publish times within one slot of ready/'s tree, whatever the machine's speed."""
+    times = itertools.count((time.time_ns() >> 27) << 27)
+    mocker.patch("ddmq.transitions.publish_time", side_effect=lambda: next(times))
+
+
+def test_a_durable_batch_pays_one_barrier_and_one_directory_sync(b: Broker, root: Path, one_slot: None) -> None:
     b.create_queue("q")
+    b.publish("q", "makes the slot")
     inj = Injector(root, ALL_STEPS)
     with inj.installed():
         published = b.publish_many("q", [f"m{i}" for i in range(50)])
-    assert syncs(inj.calls, root) == ["syncfs q/tmp", "fsync q/ready"]
+    assert syncs(inj.calls, root) == ["syncfs q/tmp", "fsync q/ready/SLOT"]
     # the barrier comes before the first message becomes visible
     first_rename = next(i for i, c in enumerate(inj.calls) if c.prim == "rename")
     assert any(c.prim == "syncfs" for c in inj.calls[:first_rename])
-    assert [m.message for m in b.consume("q", n=100, ack=True)] == [m.message for m in published]
+    assert [m.message for m in b.consume("q", n=100, ack=True)[1:]] == [m.message for m in published]
 
 
-def test_a_single_message_and_a_non_durable_batch_keep_their_own_syncs(b: Broker, root: Path) -> None:
+def test_a_batch_that_makes_its_slot_makes_each_new_directory_durable(b: Broker, root: Path) -> None:
     b.create_queue("q")
     inj = Injector(root, ALL_STEPS)
     with inj.installed():
+        b.publish_many("q", ["x", "y"])
+    assert syncs(inj.calls, root)[:1] == ["syncfs q/tmp"]
+    # each directory made, in its parent; then the renames into the slot
+    assert syncs(inj.calls, root)[1:] in (
+        ["fsync q/ready", "fsync q/ready/ERA", "fsync q/ready/BAND", "fsync q/ready/SLOT"],
+        # (the two messages fell into two slots of one band)
+        ["fsync q/ready", "fsync q/ready/ERA", "fsync q/ready/BAND", "fsync q/ready/BAND", "fsync q/ready/SLOT",
+         "fsync q/ready/SLOT"])
+
+
+def test_a_single_message_and_a_non_durable_batch_keep_their_own_syncs(b: Broker, root: Path, one_slot: None) -> None:
+    b.create_queue("q")
+    b.publish("q", "makes the slot")
+    inj = Injector(root, ALL_STEPS)
+    with inj.installed():
         b.publish_many("q", ["alone"])
-    assert syncs(inj.calls, root) == ["fsync q/tmp", "fsync q/ready"]  # no filesystem-wide sync for one
+    assert syncs(inj.calls, root) == ["fsync q/tmp", "fsync q/ready/SLOT"]  # no filesystem-wide sync for one
     inj = Injector(root, ALL_STEPS)
     with inj.installed():
         b.publish_many("q", ["x", "y"], durable=False)
     assert syncs(inj.calls, root) == []
 
 
-def test_off_a_local_filesystem_a_batch_syncs_each_payload(b: Broker, root: Path, mocker) -> None:
+def test_off_a_local_filesystem_a_batch_syncs_each_payload(b: Broker, root: Path, mocker, one_slot: None) -> None:
     """syncfs does not reach an sshfs server, and NFS flushes each file at close anyway: fsync each there."""
     b.create_queue("q")
+    b.publish("q", "makes the slot")
     mocker.patch.object(Queue, "on_local_filesystem", return_value=False)
     inj = Injector(root, ALL_STEPS)
     with inj.installed():
         b.publish_many("q", ["x", "y", "z"])
-    assert syncs(inj.calls, root) == ["fsync q/tmp"] * 3 + ["fsync q/ready"]
+    assert syncs(inj.calls, root) == ["fsync q/tmp"] * 3 + ["fsync q/ready/SLOT"]
 
 
 def test_a_failed_barrier_publishes_nothing(b: Broker, root: Path, mocker) -> None:
@@ -177,7 +209,9 @@ def test_dispatch_replies_to_the_failed_messages_of_a_run_in_one_batch(b: Broker
     replies = b.consume("replies", n=10, ack=True)
     assert {m.message["request_id"] for m in replies} == ids
     assert {m.message["disposition"] for m in replies} == {"requeued"}
-    assert [s for s in syncs(inj.calls, root) if "replies" in s] == ["syncfs replies/tmp", "fsync replies/ready"]
+    assert [s for s in syncs(inj.calls, root) if "replies" in s][:1] == ["syncfs replies/tmp"]
+    assert [s for s in syncs(inj.calls, root) if "replies" in s][-1] == "fsync replies/ready/SLOT"
+    assert not [s for s in syncs(inj.calls, root) if s.startswith("fsync replies/tmp")], "no fsync per payload"
 
 
 def test_ctrl_c_between_batches_says_what_was_published(b: Broker, root: Path) -> None:

@@ -16,6 +16,7 @@ from ddmq.errors import (
     ForeignFiles, LeaseLost, NotARoot, QueueExists, QueueNotFound, RootNotFound, SettingsError,
     UsageError,
 )
+from tests.support.queuefiles import ready_files
 
 
 def test_seed_example_works_as_written(tmp_path: Path) -> None:
@@ -79,14 +80,13 @@ def test_unserialisable_body_is_refused_and_leaves_nothing(b: Broker, root: Path
     for body in (circular, deep):
         with pytest.raises(UsageError, match="nested too deeply, or circular"):
             b.publish("q", body)
-    assert os.listdir(root / "q" / "ready") == [] and os.listdir(root / "q" / "tmp") == []
+    assert ready_files(root / "q" / "ready") == [] and os.listdir(root / "q" / "tmp") == []
 
 
 def test_payload_files_with_whitespace_around_are_still_messages(b: Broker, root: Path) -> None:
     """ddmq writes none, but a payload is JSON: a tool that re-indents one must not corrupt it."""
     b.publish("q", {"keep": [1, 2]}, create=True)
-    [name] = os.listdir(root / "q" / "ready")
-    path = root / "q" / "ready" / name
+    [path] = (root / "q" / "ready").rglob("*.msg")
     path.write_text("\n  " + json.dumps(json.loads(path.read_text()), indent=2) + "\n")
     [got] = b.consume("q", ack=True)
     assert got.message == {"keep": [1, 2]}
@@ -374,7 +374,7 @@ def test_clean_removes_only_names_ddmq_makes(b: Broker, root: Path) -> None:
 
 
 def test_settings_layering(b: Broker, root: Path) -> None:
-    (root / "ddmq.yaml").write_text("priority: 7\nmessage_timeout: 30\n")
+    (root / "ddmq.yaml").write_text("layout: 2\npriority: 7\nmessage_timeout: 30\n")
     b.create_queue("q")
     (root / "q" / "ddmq.yaml").write_text("message_timeout: 5\n")
     assert b.settings("q")["priority"] == 7 and b.settings("q")["message_timeout"] == 5
@@ -448,9 +448,10 @@ def test_consumer_sees_new_higher_priority_within_listing_age(b: Broker) -> None
 
 
 def _settle(directory: Path) -> None:
-    """Make a directory look untouched for a minute (as an idle queue's ready/ is)."""
+    """Make a directory and those under it look untouched for a minute (as an idle queue's ready/ is)."""
     old = time.time() - 60
-    os.utime(directory, (old, old))
+    for path in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        os.utime(path, (old, old))
 
 
 def test_idle_waiter_stats_ready_instead_of_listing_it(b: Broker, root: Path, mocker) -> None:
@@ -618,8 +619,7 @@ def test_a_message_belongs_to_the_queue_it_lies_in_whatever_its_payload_says(b: 
     b.create_queue("q")
     b.create_queue("other")
     b.publish("q", "x")
-    [name] = os.listdir(root / "q" / "ready")
-    path = root / "q" / "ready" / name
+    [path] = (root / "q" / "ready").rglob("*.msg")
     path.write_text(path.read_text().replace('"queue": "q"', '"queue": "other"'))
     [peeked] = b.peek("q")
     assert peeked.queue == "q"

@@ -23,6 +23,7 @@ import pytest
 
 from ddmq import Broker
 from tests.support.crontab import cron_entry
+from tests.support.queuefiles import message_path, ready_files
 
 DISPATCH = Path(sys.executable).parent / "ddmq-dispatch"
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "cron"
@@ -438,12 +439,12 @@ def test_submit_handler_calls_sbatch_or_says_what_it_would(tmp_path: Path) -> No
 def _plant_payload(root: Path, msg_id: str, in_queue: str = "q", **fields) -> None:
     """Rewrite a ready message's payload with ``fields``, as a hostile member of the group could
     (json.dumps escapes NUL as ``\\u0000`` and keeps lone surrogates as ``\\udXXX``)."""
-    ready = root / in_queue / "ready"
-    [name] = [n for n in os.listdir(ready) if msg_id in n]
-    raw = json.loads((ready / name).read_text())
+    path = message_path(root / in_queue / "ready", msg_id)
+    raw = json.loads(path.read_text())
     raw.update(fields)
-    (ready / (name + ".new")).write_text(json.dumps(raw))
-    os.replace(ready / (name + ".new"), ready / name)
+    new = path.with_name(path.name + ".new")
+    new.write_text(json.dumps(raw))
+    os.replace(new, path)
 
 
 def test_nul_or_lone_surrogate_in_a_payload_field_does_not_stop_the_dispatcher(
@@ -508,7 +509,7 @@ def test_full_tmpdir_releases_the_message_and_stops_the_run(b: Broker, root: Pat
     b.create_queue("q", requeue_limit=0)
     first = b.publish("q", "first")
     b.publish("q", "second")
-    before = sorted(os.listdir(root / "q" / "ready"))
+    before = ready_files(root / "q" / "ready")
     real_tempfile = tempfile.TemporaryFile
 
     class FullDisk(io.BufferedRandom):
@@ -521,7 +522,7 @@ def test_full_tmpdir_releases_the_message_and_stops_the_run(b: Broker, root: Pat
     assert line.startswith(f"ddmq-dispatch: message {first.id}: ") and "No space left on device" in line, line
     assert "released" in line, line
     assert records(out) == []
-    assert sorted(os.listdir(root / "q" / "ready")) == before, "both back (or never taken) under their names"
+    assert ready_files(root / "q" / "ready") == before, "both back (or never taken) under their names"
     assert b.counts("q") == {"ready": 2, "work": 0, "dead": 0}
     mocker.stopall()
     done = dispatch(root, "q", "--handler", handler())  # the disk has room again

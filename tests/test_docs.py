@@ -107,7 +107,7 @@ PLACEHOLDERS = {
     # the dead name's first 40 characters: 20 + 1 + 6 + 1 of time and random, 12 of the rest
     "DEADNAME-PREFIX": r"[0-9]{20}\.[0-9a-f]{6}\.[^/]{1,12}",
 }
-RUNS = {"P": "[0-9]", "T": "[0-9]", "E": "[0-9]", "D": "[0-9]", "X": "[0-9a-f]"}
+RUNS = {"P": "[0-9]", "T": "[0-9]", "E": "[0-9]", "D": "[0-9]", "B": "[0-9]", "S": "[0-9]", "X": "[0-9a-f]"}
 
 
 def shape_pattern(shape: str) -> str:
@@ -133,9 +133,11 @@ def read_back(row: Row, name: str) -> None:
     where = row.where
     if where == "ready/" and row.built_by == "ready_probe_name":
         assert layout.abandoned_in_ready(name) == (True, False), f"housekeeping would not recognise ready/{name}"
-    elif where == "ready/":
+    elif where == "ready/ERA/BAND/SLOT/":
         parsed = layout.parse_ready(name)
         assert parsed is not None and str(parsed) == name
+    elif where.startswith("ready/"):  # a directory of ready/'s tree, at the depth of its place
+        assert layout.is_shard(where.count("/") - 1, name), f"the walk would not recognise {where}{name}"
     elif where == "work/":
         work = layout.parse_work(name)
         assert work is not None and str(work) == name
@@ -175,6 +177,9 @@ BUILDERS: dict[str, Callable[[], str]] = {
     "marker_tmp_name": layout.marker_tmp_name,
     "settings_tmp_name": layout.settings_tmp_name,
     "ready_probe_name": layout.ready_probe_name,
+    "era_name": lambda: layout.era_name(layout.MAX_PRIORITY, time.time_ns()),
+    "band_name": lambda: layout.band_name(time.time_ns()),
+    "slot_name": lambda: layout.slot_name(time.time_ns()),
     "job_end_name": lambda: layout.job_end_name(layout.job_key("linux", "1234_7")),
 }
 
@@ -209,7 +214,7 @@ def test_documented_reasons_are_the_layouts() -> None:
 
 
 def test_digits_are_ascii_only() -> None:
-    ready = next(r.example for r in ROWS if r.where == "ready/")
+    ready = next(r.example for r in ROWS if r.built_by == "ready_name")
     assert layout.parse_ready(ready) is not None
     assert layout.parse_ready("\N{ARABIC-INDIC DIGIT ZERO}" + ready[1:]) is None
 

@@ -56,6 +56,7 @@ from ddmq.layout import WorkName, new_message_id, new_token, parse_ready, parse_
 from ddmq.message import CorruptMessage, decode
 from tests.support.capability import need
 from tests.support.crashpoint import ALL_STEPS, CRASH_STEPS, Call, Injector
+from tests.support.queuefiles import queue_files, ready_entries, ready_files, ready_path, state_entries, state_files
 
 Q = "q"
 LEASE = 0.05  # leases taken in these tests: recovery waits them out
@@ -187,7 +188,7 @@ def _corrupt_first(b: Broker, root: Path) -> dict:
     b.create_queue(Q, clean_interval=3600)
     b.publish(Q, "b")
     b.clean(Q)
-    (root / Q / "ready" / f"000000.{time.time_ns():020d}.{new_message_id()}.0.msg").write_bytes(CORRUPT)
+    ready_path(root / Q / "ready", f"000000.{time.time_ns():020d}.{new_message_id()}.0.msg").write_bytes(CORRUPT)
     return {}
 
 
@@ -228,7 +229,7 @@ def _check_extended(root: Path, ctx: dict, result: Any) -> list[str]:
 
 def _check_released(root: Path, ctx: dict, result: Any) -> list[str]:
     msg = ctx["msg"]
-    names = [parse_ready(n) for n in os.listdir(root / Q / "ready")]
+    names = [parse_ready(n) for n in ready_files(root / Q / "ready")]
     if not any(r and r.id == msg.id and r.requeues == msg.requeues and r.priority == msg.priority for r in names):
         return ["release returned but the message is not back in ready/ under its old name"]
     return []
@@ -236,7 +237,7 @@ def _check_released(root: Path, ctx: dict, result: Any) -> list[str]:
 
 def _check_nacked(root: Path, ctx: dict, result: Any) -> list[str]:
     state = {"ready": "ready", "dead": "dead"}[result]
-    if not any(ctx["msg"].id in n for n in os.listdir(root / Q / state)):
+    if not any(ctx["msg"].id in n for n in state_files(root / Q, state)):
         return [f"nack returned {result!r} but the message is not in {state}/"]
     return []
 
@@ -261,7 +262,7 @@ def _published_count(result: Any, exc: BaseException | None) -> int:
 
 
 def _check_batch(root: Path, ctx: dict, result: Any) -> list[str]:
-    ready = {parse_ready(n).id for n in os.listdir(root / Q / "ready") if parse_ready(n)}
+    ready = {parse_ready(n).id for n in ready_files(root / Q / "ready") if parse_ready(n)}
     return [f"publish_many returned {m.id} ({m.message}), which is not in ready/" for m in result if m.id not in ready]
 
 
@@ -369,10 +370,11 @@ def instant_problems(root: Path, sc: Scenario, done: int) -> list[str]:
             continue
         labels: collections.Counter = collections.Counter()
         for state, parse in (("ready", parse_ready), ("work", parse_work), ("dead", None)):
-            for name in os.listdir(qdir / state):
+            for path in state_entries(qdir, state):
+                name = path.name
                 if name.startswith("."):
                     continue
-                data = (qdir / state / name).read_bytes()
+                data = path.read_bytes()
                 if state == "dead" and name.endswith(".reason"):
                     try:
                         json.loads(data)
@@ -780,7 +782,7 @@ def test_killed_ddmq_commands_recover(root: Path, b: Broker) -> None:
     [orphan] = os.listdir(root / Q / "tmp")  # written, never renamed
     assert orphan.endswith(".tmp") and json.loads((root / Q / "tmp" / orphan).read_bytes())["message"] == "new"
     assert printed in ("", orphan[:-len(".tmp")] + "\n"), printed
-    assert [parse_ready(n) is not None for n in os.listdir(root / Q / "ready")] == [True]
+    assert [parse_ready(n) is not None for n in ready_files(root / Q / "ready")] == [True]
     assert killed("read:q/work/", "after", "consume", Q, "--no-ack", "--lease", "0.2") == ""
     assert Broker(root).counts(Q) == {"ready": 0, "work": 1, "dead": 0}
     time.sleep(0.25)
@@ -842,10 +844,10 @@ def test_full_disk(small_fs: Path) -> None:
     assert info.value.errno == errno.ENOSPC and "no space left on device" in str(info.value), info.value
     assert str(root / Q) in str(info.value)
     assert os.listdir(root / Q / "tmp") == []  # the partial file was removed
-    ready = os.listdir(root / Q / "ready")
+    ready = ready_entries(root / Q / "ready")
     assert len(ready) == len(published)
-    for name in ready:  # nothing partial visible
-        assert decode((root / Q / "ready" / name).read_bytes()).id == parse_ready(name).id
+    for path in ready:  # nothing partial visible
+        assert decode(path.read_bytes()).id == parse_ready(path.name).id
     # consuming works on the full disk and frees space; then publishing works again
     freed = [int(m.message.split(":")[0]) for m in b.consume(Q, n=2, ack=True)]
     assert freed == published[:2]
@@ -862,7 +864,7 @@ def test_read_only_filesystem(small_fs: Path) -> None:
     for body in ("a", "b", "c"):
         b.publish(Q, body)
     [held] = b.consume(Q, lease=60)
-    before = {s: sorted(os.listdir(root / Q / s)) for s in ("ready", "work", "dead", "tmp")}
+    before = queue_files(root / Q)
     wording = []  # checked last, so that a wording problem does not hide the rest
     _remount(small_fs, "ro")
     try:
@@ -885,7 +887,7 @@ def test_read_only_filesystem(small_fs: Path) -> None:
             wording.append(f"ddmq publish: {proc.stderr.strip()}")
     finally:
         _remount(small_fs, "rw")
-    assert {s: sorted(os.listdir(root / Q / s)) for s in ("ready", "work", "dead", "tmp")} == before
+    assert queue_files(root / Q) == before
     b.ack(held)
     assert sorted(m.message for m in Broker(root).consume(Q, n=10, ack=True)) == ["b", "c"]
     b.publish(Q, "d")

@@ -45,6 +45,7 @@ from ddmq import Broker, DdmqError
 from tests.support.hostile import (MSG_ID, READY_LIKE, TMP_LIKE, WORK_LIKE, Tree, alias_bomb, changes, payload,
                                    plant_tree, snapshot)
 from tests.support.multiuser import GROUP, MEMBERS, SYSTEM_PYTHON, user_env
+from tests.support.queuefiles import message_path, ready_entries
 
 ATTACKER, VICTIM = MEMBERS
 TIMEOUT = 15.0  # a command still running after this long counts as hung, and is killed
@@ -212,7 +213,7 @@ def site(users: Path) -> Iterator[Site]:
     shutil.chown(root, group=GROUP)
     root.chmod(0o2770)
     Broker(root, create=True)
-    (root / "ddmq.yaml").write_text("mode: 0660\n")
+    (root / "ddmq.yaml").write_text("layout: 2\nmode: 0660\n")
     private = Path(tempfile.mkdtemp(prefix=f"{VICTIM}-", dir=users / "homes"))
     try:
         yield Site(users, root, private)
@@ -371,7 +372,7 @@ def test_create_queue_never_chmods_what_was_swapped_for_its_staging_dir(
         attacker = pwd.getpwnam(ATTACKER)
     root = tmp_path / "root"
     b = Broker(root, create=True)
-    (root / "ddmq.yaml").write_text("mode: 0660\n")
+    (root / "ddmq.yaml").write_text("layout: 2\nmode: 0660\n")
     private = tmp_path / "private"
     plant_tree(private, PRIVATE)
     before = snapshot(private)
@@ -503,9 +504,9 @@ def test_message_another_member_cannot_read_is_dead_lettered_not_blocking(site: 
     must_succeed(site.ddmq(ATTACKER, "publish", "qj", "private one", umask=0o077))
     must_succeed(site.ddmq(ATTACKER, "publish", "qj", "good two", umask=0o007))
     ready = site.queue("qj") / "ready"
-    modes = sorted(stat.S_IMODE(p.stat().st_mode) for p in ready.iterdir())
+    modes = sorted(stat.S_IMODE(p.stat().st_mode) for p in ready_entries(ready))
     assert modes == [0o600, 0o660, 0o660], "setup: one unreadable message between two readable ones"
-    [private_id] = [p.name.split(".")[2] for p in ready.iterdir() if stat.S_IMODE(p.stat().st_mode) == 0o600]
+    [private_id] = [p.name.split(".")[2] for p in ready_entries(ready) if stat.S_IMODE(p.stat().st_mode) == 0o600]
 
     ran = site.ddmq(VICTIM, "consume", "qj", "-n", "3")
     assert not untidy(ran), untidy(ran)
@@ -527,7 +528,7 @@ def test_planted_payload_with_invalid_value_is_dead_lettered(tmp_path: Path, val
     b = Broker(root, create=True)
     b.create_queue("q")
     ids = [b.publish("q", f"m{i}").id for i in range(5)]
-    [bad] = [p for p in (root / "q" / "ready").iterdir() if ids[2] in p.name]
+    bad = message_path(root / "q" / "ready", ids[2])
     text = bad.read_text()
     edited = re.sub(r'"message_timeout": *600\b', f'"message_timeout": {value}', text)
     assert edited != text, "setup: the payload's message_timeout was found and changed"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ddmq import Broker, NotFound, QueueNotFound, UsageError
+from tests.support.queuefiles import message_path
 
 
 @pytest.fixture
@@ -60,8 +61,7 @@ def test_entries_include_files_that_are_not_messages(b: Broker, q: str, root: Pa
     b.publish(q, "fine")
     (root / q / "ready" / "notes.txt").write_text("not a message")
     good = b.publish(q, "to break")
-    [name] = [p for p in (root / q / "ready").iterdir() if good.id in p.name]
-    name.write_text("{broken")
+    message_path(root / q / "ready", good.id).write_text("{broken")
     found = {e.id: e for e in b.entries(q, "ready")}
     assert len(found) == 3 and found[None].problem.startswith("not a ddmq ready name")
     assert "JSON" in found[good.id].problem and found[good.id].message is None
@@ -100,8 +100,7 @@ def test_requeue_dead_puts_dead_letters_back_with_a_fresh_count(b: Broker, q: st
 def test_requeue_dead_skips_corrupt_and_foreign_files(b: Broker, q: str, root: Path) -> None:
     (root / q / "ready" / "notes.txt").write_text("not a message")
     broken = b.publish(q, "x")
-    [path] = [p for p in (root / q / "ready").iterdir() if broken.id in p.name]
-    path.write_text("{broken")
+    message_path(root / q / "ready", broken.id).write_text("{broken")
     b.consume(q)
     requeued, skipped = b.requeue_dead(q)
     assert requeued == [] and len(skipped) == 2
@@ -117,7 +116,7 @@ def test_an_operator_releases_a_lease_by_message_id(b: Broker, q: str) -> None:
 
 
 def test_settings_show_where_each_came_from_and_change_atomically(b: Broker, q: str, root: Path) -> None:
-    (root / "ddmq.yaml").write_text("priority: 5\n")
+    (root / "ddmq.yaml").write_text("layout: 2\npriority: 5\n")
     sources = b.settings_sources(q)
     assert sources["priority"] == (5, str(root / "ddmq.yaml"))
     assert sources["requeue_limit"] == (1, str(root / q / "ddmq.yaml"))

@@ -1,6 +1,7 @@
 """Job end records: exactly one terminal event per job, whoever publishes first; its state in one lookup."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ddmq import Broker, ForeignFiles, UsageError
+from ddmq import Broker, ForeignFiles, StorageError, UsageError
 from ddmq.layout import job_key
 
 
@@ -128,3 +129,19 @@ def test_a_link_refused_with_eperm_is_a_lost_race_only_if_the_record_exists(b: B
     with pytest.raises(StorageError, match="does not allow hard links"):
         b.publish_job_end(q, "c.2", "first")
     assert not list((root / q / "tmp").iterdir()) and len(b.consume(q, n=5)) == 1
+
+
+def test_a_failed_publish_after_the_record_is_rolled_forward_not_lost(b: Broker, q: str, root: Path, mocker) -> None:
+    """The record is the arbiter: once linked, its event must reach the queue even if the rename fails."""
+    from ddmq import jobends
+
+    mocker.patch("ddmq.atomic.os.rename", side_effect=OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(StorageError, match="the end of job c.8 is recorded"):
+        b.publish_job_end(q, "c.8", "ended")
+    mocker.stopall()
+    assert b.publish_job_end(q, "c.8", "again") is None  # recorded: a retry publishes nothing
+    [left] = list((root / q / "tmp").iterdir())
+    old = time.time() - jobends.ROLL_FORWARD_AFTER - 1
+    os.utime(left, (old, old))
+    b.clean(q)
+    assert [m.message for m in b.consume(q)] == ["ended"]

@@ -21,6 +21,7 @@ import pytest
 from ddmq import Broker, UsageError
 from ddmq_hpc.jobevents import event_key, key_for, local_cluster, parse_job_id, watch_tag
 from tests.support.jobscripts import fake_command
+from tests.support.queuefiles import ready_files
 
 BIN = Path(sys.executable).parent
 SCHEDULER_PREFIXES = ("SLURM", "PBS_", "DDMQ_")
@@ -210,7 +211,7 @@ def test_the_same_system_calls_at_10_and_100_000_messages(tmp_path: Path) -> Non
     assert notify(job_env(tmp_path, root, SLURM_JOB_ID="77", SLURM_CLUSTER_NAME="c"), "--status", "0").returncode == 0
     small = {job: syscalls(env, tmp_path, job) for job in ("77", "78")}
     b.publish_many("done", range(100_000 - 10), durable=False)  # fsync each: minutes, and beside the point
-    assert len(os.listdir(root / "done" / "ready")) == 100_000
+    assert len(ready_files(root / "done" / "ready")) == 100_000
     large = {job: syscalls(env, tmp_path, job) for job in ("77", "78")}
     assert large == small, (small, large)
     assert small["77"]["getdents64"] == small["78"]["getdents64"]  # no listing for the answer

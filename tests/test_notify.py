@@ -25,6 +25,7 @@ import pytest
 from ddmq import Broker, StorageError
 from ddmq_hpc import notify as notify_mod
 from ddmq_hpc.retry import retry
+from tests.support.queuefiles import queue_files
 
 BIN = Path(sys.executable).parent
 NOTIFY = BIN / "ddmq-notify"
@@ -114,7 +115,7 @@ def only_body(root: Path, queue: str = "q"):
 
 
 def state_files(root: Path, queue: str = "q") -> dict[str, list[str]]:
-    return {state: sorted(os.listdir(root / queue / state)) for state in ("ready", "work", "dead", "tmp")}
+    return queue_files(root / queue)
 
 
 def raise_exit(code: int = 0):

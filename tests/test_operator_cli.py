@@ -239,7 +239,7 @@ def test_release_puts_a_leased_message_back_by_id_without_its_receipt(b, root):
 # ------------------------------------------------------------------- settings
 def test_settings_show_where_each_comes_from_and_change_the_queue_file(b, root):
     b.create_queue("q", priority=5)
-    (root / "ddmq.yaml").write_text("clean_interval: 7\n")
+    (root / "ddmq.yaml").write_text("layout: 2\nclean_interval: 7\n")
     lines = {line.split()[0]: line.split() for line in ok(ddmq(root, "settings", "q")).splitlines()}
     assert lines["KEY"] == ["KEY", "VALUE", "SOURCE", "FILE"]
     assert lines["priority"][1:3] == ["5", "queue"] and lines["priority"][3].endswith("q/ddmq.yaml")

@@ -23,6 +23,7 @@ import pytest
 from ddmq import Broker
 from tests.support.capability import need
 from tests.support.swarm import check_no_loss_no_overlap, run_swarm
+from tests.support.queuefiles import ready_files
 
 HARNESS = Path(__file__).resolve().parent / "harness"
 BIN = Path(sys.executable).parent
@@ -148,5 +149,5 @@ def test_job_end_published_from_both_nodes_at_once_is_recorded_once(roots: tuple
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
     assert sum(int(out) for out, _ in outputs) == 20
-    assert len(list((server / "events" / "ready").iterdir())) == 20
+    assert len(ready_files(server / "events" / "ready")) == 20
     assert sorted(Broker(server).job_ends("events")) == sorted(f"c.{i}" for i in range(20))

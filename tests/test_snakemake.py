@@ -25,6 +25,7 @@ from ddmq import Broker
 from ddmq.errors import UsageError
 from ddmq_hpc.snakemake import ddmq_wait_executable, notify, wait_command, wait_for
 from ddmq_hpc.wait import WaitTimeout
+from tests.support.queuefiles import queue_files as tree_files
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflow_examples" / "snakemake" / "Snakefile"
 BIN = Path(sys.executable).parent
@@ -140,7 +141,7 @@ def waiting_on(root: Path) -> bool:
 
 def queue_files(root: Path, queue: str) -> dict[str, list[str]]:
     """Every message file of a queue by state: equal snapshots mean an unchanged queue."""
-    return {state: sorted(os.listdir(root / queue / state)) for state in ("ready", "work", "dead")}
+    return tree_files(root / queue, ("ready", "work", "dead"))
 
 
 def events(root: Path, queue: str) -> list[dict]:

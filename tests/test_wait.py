@@ -26,6 +26,7 @@ import ddmq.atomic
 from ddmq import Broker
 from ddmq_hpc import wait as wait_mod
 from ddmq_hpc.wait import wait
+from tests.support.queuefiles import message_path, queue_files
 
 BIN = Path(sys.executable).parent
 SCRIPTS = {name: BIN / name for name in ("ddmq-wait", "ddmq-notify", "ddmq")}
@@ -102,13 +103,12 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str
 
 def files(root: Path, queue: str = "q") -> dict[str, list[str]]:
     """Every name in every state directory of the queue (hidden ones included)."""
-    return {state: sorted(os.listdir(root / queue / state)) for state in ("ready", "work", "dead", "tmp")}
+    return queue_files(root / queue)
 
 
 def ctimes(root: Path, queue: str = "q") -> dict[str, int]:
     """Inode change times of ready messages: a claim (rename) changes them, a read does not."""
-    ready = root / queue / "ready"
-    return {name: os.stat(ready / name).st_ctime_ns for name in os.listdir(ready)}
+    return {path.name: path.stat().st_ctime_ns for path in (root / queue / "ready").rglob("*.msg")}
 
 
 def wait_for(condition, timeout: float = 15, what: str = "condition") -> None:
@@ -637,16 +637,16 @@ def test_no_create_does_not_create_the_default_root(scripts, env, tmp_path):
 def _plant_payload(root: Path, msg_id: str, in_queue: str = "q", raw_body: str | None = None, **fields) -> None:
     """Rewrite a ready message's payload with ``fields`` (JSON escapes: ``\\u0000``, lone surrogates),
     or with ``raw_body`` (JSON text) as its body."""
-    ready = root / in_queue / "ready"
-    [name] = [n for n in os.listdir(ready) if msg_id in n]
-    raw = json.loads((ready / name).read_text())
+    path = message_path(root / in_queue / "ready", msg_id)
+    raw = json.loads(path.read_text())
     raw.update(fields)
     text = json.dumps(raw)  # ensure_ascii: every odd character escaped
     if raw_body is not None:
         raw["message"] = "@BODY@"
         text = json.dumps(raw).replace('"@BODY@"', raw_body)
-    (ready / (name + ".new")).write_text(text)
-    os.replace(ready / (name + ".new"), ready / name)
+    new = path.with_name(path.name + ".new")
+    new.write_text(text)
+    os.replace(new, path)
 
 
 def test_output_does_not_follow_a_symlink_planted_at_a_temporary_name(scripts, env, root, broker, tmp_path):

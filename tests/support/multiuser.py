@@ -53,7 +53,7 @@ def shared() -> Iterator[Path]:
         shutil.chown(root, group=GROUP)
         root.chmod(0o2770)  # the recommended setup, see README
         Broker(root, create=True)
-        (root / "ddmq.yaml").write_text("mode: 0660\n")
+        (root / "ddmq.yaml").write_text("layout: 2\nmode: 0660\n")
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
