@@ -237,8 +237,10 @@ def summarise(data: dict) -> dict:
 
 
 def tree_label(data: dict) -> str:
+    """The tree's commit (its directory's name if it is no git checkout), and whether its package had edits."""
     tree = data["tree"]
-    return tree["commit"][:7] + (" + uncommitted" if tree["uncommitted_changes_in_package"] else "")
+    return (tree["commit"][:7] or Path(tree["path"]).name) + (
+        " + uncommitted" if tree["uncommitted_changes_in_package"] else "")
 
 
 def ms(x: float) -> str:
@@ -260,14 +262,16 @@ def render(results: list[dict]) -> str:
          "network filesystem where every listing block is a round trip, pays more for every entry.", ""]
     for data in results:
         subject = data["tree"]["describe"].partition(" ")[2]
-        L.append(f"- `{tree_label(data)}`: {subject}; `{data['command']}`, {data['date']}, "
+        subject = subject if len(subject) <= 80 else subject[:79] + "…"
+        L.append(f"- `{tree_label(data)}` (ddmq package sha256 {data['tree']['package_sha256'][:12]}): {subject}; "
+                 f"`{data['command']}`, {data['date']}, "
                  f"{data['reps']} repetitions, load average {data['loadavg_start']} at the start and "
                  f"{data['loadavg_end']} at the end; `benchmarks/results/{data['results_file']}`")
     L += ["", "| tree | fs | queued | consume median / p90 (ms) | publish median / p90 (ms) | "
           "consume syscalls (getdents64) | largest directory | fill µs/msg |",
           "|---|---|---:|---:|---:|---:|---|---:|"]
     for data in results:
-        for fs, s in data["summary"].items():
+        for fs, s in sorted(data["summary"].items(), key=lambda item: report.fs_rank(item[0])):
             for n in data["sizes"]:
                 at, per = data["filesystems"][fs]["sizes"][str(n)], s["per_size"][str(n)]
                 c, p, sc, big = per["consume"], per["publish"], at["consume_syscalls"], at["largest_directory"]
@@ -279,7 +283,7 @@ def render(results: list[dict]) -> str:
           "|---|---|---:|---:|---:|"]
     for data in results:
         sizes = f"{max(data['sizes']):,} ÷ {min(data['sizes']):,}"
-        for fs, s in data["summary"].items():
+        for fs, s in sorted(data["summary"].items(), key=lambda item: report.fs_rank(item[0])):
             L.append(f"| {tree_label(data)} | {fs} | {s['consume_ratio']:.2f} ({s['consume_ratio_of_medians']:.2f}) "
                      f"at {sizes}: {'met' if s['consume_ratio_met'] else '**missed**'} | {s['publish_ratio']:.2f} | "
                      f"{s['largest_entries']:,}: {'met' if s['largest_entries_met'] else '**missed**'} |")
