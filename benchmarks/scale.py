@@ -1,6 +1,6 @@
 """A fresh ``ddmq consume -n 1`` with a million messages queued, against one with 100 (issue 15).
 
-    python3 -m benchmarks.scale                  # 100 and 1 000 000 messages, local disk and tmpfs (~25 min)
+    python3 -m benchmarks.scale                  # 100 and 1 000 000 messages, local disk and tmpfs (~7 min)
     python3 -m benchmarks.scale --quick          # 100 and 100 000 messages
     python3 -m benchmarks.scale --tree /path/to/checkout --fs disk --no-doc
     python3 -m benchmarks.scale --render benchmarks/results/scale-A.json [scale-B.json ...]
