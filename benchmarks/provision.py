@@ -48,6 +48,7 @@ VENVS = {
     "ab-a": ["pyyaml>=5.1", "click>=8.0"],  # benchmarks/ab.py: two ddmq trees side by side
     "ab-b": ["pyyaml>=5.1", "click>=8.0"],
     "instr": ["pyyaml>=5.1", "click>=8.0"],  # benchmarks/instructions.py: one ddmq tree after another
+    "scale": ["pyyaml>=5.1", "click>=8.0"],  # benchmarks/scale.py: the tree measured at a million messages
 }
 
 
@@ -181,6 +182,7 @@ class Ext4Image:
 
     NAME = "ext4-journal"
     MKFS = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]
+    GIB = EXT4_IMAGE_GIB  # the image file's size (sparse until written)
 
     def __init__(self, cache: Path):
         self.file = cache / f"{self.NAME}-{os.getpid()}.img"
@@ -191,7 +193,7 @@ class Ext4Image:
         if os.geteuid() != 0:
             raise OSError("mounting an image needs root")
         with open(self.file, "wb") as f:
-            f.truncate(EXT4_IMAGE_GIB << 30)
+            f.truncate(self.GIB << 30)
         run_command([*self.MKFS, str(self.file)], capture_output=True)
         self.mountpoint.mkdir(exist_ok=True)
         run_command(["mount", "-o", "loop", str(self.file), str(self.mountpoint)], capture_output=True)

@@ -574,6 +574,35 @@ def output(data: dict, write_doc: bool) -> None:
         print(text)
 
 
+def write_section(heading: str, text: str) -> None:
+    """Put ``text`` into docs/performance.md as the section headed ``heading`` (a whole Markdown line).
+
+    It replaces the section of that heading, up to the next heading of the
+    same or a higher level, or else goes at the end: below the analysis
+    mark, which ``benchmarks.run`` keeps when it regenerates the part above.
+    So a benchmark of its own (``benchmarks.scale``) can rewrite its section
+    on every run without touching anyone else's.
+    """
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = DOC.read_text().splitlines()
+    start = end = len(lines)
+    fenced = False
+    for i, line in enumerate(lines):
+        fenced ^= line.startswith("```")
+        if fenced or not line.startswith("#"):
+            continue
+        if line == heading and start == len(lines):
+            start = i
+        elif i > start and len(line) - len(line.lstrip("#")) <= level:
+            end = i
+            break
+    new = text.rstrip("\n").splitlines() + [""]
+    if start == len(lines):
+        new = [""] + new if lines and lines[-1] else new
+    DOC.write_text("\n".join(lines[:start] + new + lines[end:]).rstrip("\n") + "\n")
+    log(f"wrote {heading.lstrip('# ')} into {DOC}")
+
+
 def rerender(path: Path, write_doc: bool | None) -> None:
     data = json.loads(path.read_text())
     data["summary"] = summarise(data["runs"], data["profile"])
