@@ -311,6 +311,7 @@ MAX_JOB_KEY = 200
 _JOB_KEY = rf"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{{0,{MAX_JOB_KEY - 1}}}"
 _JOB_END_SUFFIX = ".end"
 _JOB_SHARD = r"[0-9a-f]{2}\Z"
+_CRC32_POLYNOMIAL = 0xEDB88320  # CRC-32 of zlib, PNG and Ethernet, bits reversed
 # In jobs/: mtime = when a reconciler last asked the scheduler about the queue's jobs (server time).
 RECONCILED_STAMP = ".reconciled"
 
@@ -336,12 +337,18 @@ def job_shard(key: str) -> str:
     A record is kept for every job that ever ended, so a flat ``jobs/``
     would grow without bound (a million jobs, a million entries), while HPC
     sites ask for directories of thousands. The shard is the low byte of the
-    key's CRC-32 (the zlib/PNG one): the same on every platform, Python
-    version and language, unlike ``hash()``, which is salted per process.
+    key's CRC-32 (zlib's, as ``binascii.crc32`` gives it): the same on every
+    platform, Python version and language, unlike ``hash()``, which is
+    salted per process. Computed here bit by bit: a few microseconds for a
+    key, where importing binascii would cost every ``ddmq-notify`` and
+    ``ddmq-jobstate`` run half a millisecond and a dozen system calls.
     """
-    from binascii import crc32  # on first use: most runs never touch a job end record
-
-    return "%02x" % (crc32(key.encode()) & 0xFF)
+    crc = 0xFFFFFFFF
+    for byte in key.encode():
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (_CRC32_POLYNOMIAL & -(crc & 1))
+    return "%02x" % (~crc & 0xFF)
 
 
 def is_job_shard(name: str) -> bool:

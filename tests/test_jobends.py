@@ -140,6 +140,10 @@ KEY_B, SHARD_B = "c.1", job_shard("c.1")
 
 
 def test_the_shard_of_a_key_is_the_low_byte_of_its_crc32() -> None:
+    from binascii import crc32
+
+    keys = [KEY_A, KEY_B, "x", "9" * 200, *(job_key(f"c{i}", f"{i * 7919}_{i}") for i in range(2000))]
+    assert [job_shard(key) for key in keys] == ["%02x" % (crc32(key.encode()) & 0xFF) for key in keys]
     assert job_shard(KEY_A) == SHARD_A
     assert subprocess.run([sys.executable, "-c", f"from ddmq.layout import job_shard; print(job_shard({KEY_A!r}))"],
                           env={**os.environ, "PYTHONHASHSEED": "1"}, capture_output=True, text=True,
