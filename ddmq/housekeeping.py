@@ -17,10 +17,10 @@ import time
 
 from . import atomic
 from .errors import storage_error
-from .jobends import roll_forward
+from .jobends import foreign_records, roll_forward
 from .layout import (
     CLEAN_STAMP, DEAD, JOBS, QUEUE_ENTRIES, READY, REASON_SUFFIX, TMP, WORK, abandoned_in_ready, abandoned_in_tmp,
-    is_publish_tmp, parse_job_end, parse_work, stamp_tmp_name,
+    is_publish_tmp, parse_work, stamp_tmp_name,
 )
 from .log import logger
 from .message import CorruptMessage
@@ -215,8 +215,7 @@ def foreign_entries(q: Queue) -> list[str]:
             if not ours or not stat.S_ISREG(directory.mode(name) or 0):
                 foreign.append(f"{state}/{name}")
     if atomic.exists(q.dir, JOBS):
-        foreign += [f"{JOBS}/{name}" for name in atomic.listdir(q.jobs)
-                    if parse_job_end(name) is None or not stat.S_ISREG(q.jobs.mode(name) or 0)]
+        foreign += foreign_records(q)
     return foreign
 
 

@@ -5,13 +5,18 @@ other: the job script's trap, an epilogue, and a reconciler that asks the
 scheduler about jobs killed too hard to say anything. Whoever comes first
 must publish the one terminal event; everyone after must not. Without a
 server the only arbiter is the filesystem, so the event's payload, written
-privately in ``tmp/``, is hard-linked to ``jobs/KEY.end`` (``link`` fails
-with EEXIST when the name exists: exactly one publisher wins, on every
+privately in ``tmp/``, is hard-linked to ``jobs/SS/KEY.end`` (``link``
+fails with EEXIST when the name exists: exactly one publisher wins, on every
 filesystem ddmq supports, across nodes) and only then renamed into
 ``ready/`` as an ordinary message. The record and the message are one
 immutable payload under two names: consuming the message does not remove
 the record, so any number of askers can read a job's end by its key
-(``jobs/KEY.end``: one open), whatever the length of the queue.
+(``jobs/SS/KEY.end``: two opens), whatever the length of the queue.
+
+Records are kept for every job that ever ended, so they are spread over 256
+shards ``SS`` named by a hash of the key (:func:`ddmq.layout.job_shard`): a
+site that ran a million jobs has about 4 000 records per directory, not a
+million in one.
 
 A crash between the link and the rename leaves the payload in ``tmp/`` with
 two links; housekeeping publishes such a file instead of removing it (see
@@ -21,11 +26,12 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from . import atomic
 from .errors import DdmqError, StorageError, storage_error
-from .layout import JOBS, RECONCILED_STAMP, job_end_name, parse_job_end, publish_tmp_name, ready_name, \
-    stamp_tmp_name
+from .layout import JOBS, RECONCILED_STAMP, is_job_shard, job_end_name, job_shard, parse_job_end, publish_tmp_name, \
+    ready_name, stamp_tmp_name
 from .log import logger
 from .message import CorruptMessage
 from .transitions import read
@@ -43,23 +49,26 @@ ROLL_FORWARD_AFTER = 60.0
 def publish_end(q: Queue, key: str, msg: Message, data: bytes, mode: int | None) -> bool:
     """Publish ``msg`` as job ``key``'s terminal event unless one is recorded; False if one was."""
     tmp, end = publish_tmp_name(msg.id), job_end_name(key)
-    jobs = q.jobs
-    atomic.write_private(q.tmp, tmp, data, msg.durable, mode)
+    shard = _shard_to_write(q, job_shard(key), mode, msg.durable)
     try:
-        os.link(tmp, end, src_dir_fd=q.tmp.fd, dst_dir_fd=jobs.fd, follow_symlinks=False)
-    except OSError as exc:
-        if not _ours(q, tmp, end):  # an NFS client whose link reply was lost sees EEXIST for its own link
-            atomic.discard(q.tmp, tmp)
-            # sshfs reports a lost link race as EPERM (its SFTP server maps most failures so).
-            if exc.errno == errno.EEXIST or exc.errno in (errno.EPERM, errno.EACCES) and atomic.exists(jobs, end):
-                logger().info("job %s: an end is already recorded in %s; not publishing another", key, jobs.path)
-                return False
-            if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                raise StorageError(f"cannot record the end of job {key} in {jobs.path}: this filesystem "
-                                   f"does not allow hard links ({os.strerror(exc.errno)})", exc.errno) from None
-            raise storage_error("record job end", jobs.join(end), exc) from None
-    if msg.durable:
-        atomic.fsync_dir(jobs)
+        atomic.write_private(q.tmp, tmp, data, msg.durable, mode)
+        try:
+            os.link(tmp, end, src_dir_fd=q.tmp.fd, dst_dir_fd=shard.fd, follow_symlinks=False)
+        except OSError as exc:
+            if not _ours(q, tmp, shard, end):  # an NFS client whose link reply was lost sees EEXIST for its own link
+                atomic.discard(q.tmp, tmp)
+                # sshfs reports a lost link race as EPERM (its SFTP server maps most failures so).
+                if exc.errno == errno.EEXIST or exc.errno in (errno.EPERM, errno.EACCES) and atomic.exists(shard, end):
+                    logger().info("job %s: an end is already recorded in %s; not publishing another", key, shard.path)
+                    return False
+                if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise StorageError(f"cannot record the end of job {key} in {shard.path}: this filesystem "
+                                       f"does not allow hard links ({os.strerror(exc.errno)})", exc.errno) from None
+                raise storage_error("record job end", shard.join(end), exc) from None
+        if msg.durable:
+            atomic.fsync_dir(shard)
+    finally:
+        shard.close()
     name = ready_name(msg.priority, msg.published, msg.id)
     try:
         # kept on failure: the record links it, and housekeeping publishes it (roll_forward)
@@ -73,28 +82,108 @@ def publish_end(q: Queue, key: str, msg: Message, data: bytes, mode: int | None)
     return True
 
 
-def _ours(q: Queue, tmp: str, end: str) -> bool:
-    """Whether ``jobs/end`` is our payload in ``tmp/`` (the same file), after a failed link."""
+def _shard_to_write(q: Queue, shard: str, mode: int | None, durable: bool) -> atomic.Dir:
+    """``jobs/SHARD`` opened, and made (with the queue's ``mode``) if this is the first end recorded in it.
+
+    Opened without following a link, as every directory ddmq enters: a link
+    or a file that a member of the group put in a shard's place is refused,
+    before anything is written. A new shard's own entry in ``jobs/`` is made
+    durable with the record, whichever client made it.
+    """
+    jobs = q.jobs
+    made = _open_shard(q, shard)
+    if made is not None:
+        return made
     try:
-        mine, recorded = q.tmp.lstat(tmp), q.jobs.lstat(end)
+        made = atomic.make_own_dir(jobs, shard, mode)
+    except FileExistsError:  # another client made it meanwhile
+        made = _open_shard(q, shard)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or a file between mkdir and open
+            raise atomic.refused(jobs.join(shard), exc) from None
+        raise storage_error("create", jobs.join(shard), exc) from None
+    if made is None:  # ddmq removes a shard only with its queue
+        raise StorageError(f"{jobs.join(shard)} was removed as it was made", errno.ENOENT)
+    if durable:
+        atomic.fsync_dir(jobs)
+    return made
+
+
+def _open_shard(q: Queue, shard: str) -> atomic.Dir | None:
+    """``jobs/SHARD`` opened without following a link; None if there is none (no end recorded in it)."""
+    try:
+        return atomic.open_dir(q.jobs, shard)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise atomic.refused(q.jobs.join(shard), exc) from None
+
+
+def _ours(q: Queue, tmp: str, shard: atomic.Dir, end: str) -> bool:
+    """Whether ``end`` in ``shard`` is our payload in ``tmp/`` (the same file), after a failed link."""
+    try:
+        mine, recorded = q.tmp.lstat(tmp), shard.lstat(end)
     except OSError:
         return False
     return (mine.st_ino, mine.st_dev) == (recorded.st_ino, recorded.st_dev)
 
 
 def end_of(q: Queue, key: str) -> Message | None:
-    """The terminal event recorded for job ``key``, or None: one bounded read, never following a link."""
+    """The terminal event recorded for job ``key``, or None: one bounded read, never following a link.
+
+    Two opens (the shard, then the record) whatever the number of records.
+    """
     if not q.jobs_made and not atomic.exists(q.dir, JOBS):
         return None  # a queue older than job end records, in which no job has ended yet
+    shard = _open_shard(q, job_shard(key))
+    if shard is None:
+        return None  # no job whose key falls in this shard has ended yet
+    name = job_end_name(key)
     try:
-        return read(q.jobs, job_end_name(key), None)
+        return read(shard, name, None)  # (which names the queue above jobs/, not the shard)
     except CorruptMessage as exc:
-        raise DdmqError(f"{q.jobs.join(job_end_name(key))}: not a job end ddmq recorded ({exc})") from None
+        raise DdmqError(f"{shard.join(name)}: not a job end ddmq recorded ({exc})") from None
+    finally:
+        shard.close()
 
 
 def recorded(q: Queue) -> list[str]:
-    """The keys of every job whose end is recorded in the queue (one listing of ``jobs/``)."""
-    return sorted(key for key in map(parse_job_end, atomic.listdir(q.jobs)) if key is not None)
+    """The keys of every job whose end is recorded in the queue (a listing of each shard of ``jobs/``)."""
+    keys = []
+    for shard_name in filter(is_job_shard, atomic.listdir(q.jobs)):
+        shard = _open_shard(q, shard_name)
+        if shard is None:
+            continue
+        try:
+            keys += [key for key in map(parse_job_end, atomic.listdir(shard)) if key is not None]
+        finally:
+            shard.close()
+    return sorted(keys)
+
+
+def foreign_records(q: Queue) -> list[str]:
+    """What ``jobs/`` holds that ddmq did not write, as paths in the queue (hidden names aside).
+
+    Shards are ddmq's when they are directories, and so are the records in
+    them that are regular files named by the grammar, each in its key's
+    shard; anything else (a link or a file in a shard's place included) is not.
+    """
+    foreign = []
+    for shard_name in atomic.listdir(q.jobs):
+        if not (is_job_shard(shard_name) and stat.S_ISDIR(q.jobs.mode(shard_name) or 0)):
+            foreign.append(f"{JOBS}/{shard_name}")
+            continue
+        shard = _open_shard(q, shard_name)
+        if shard is None:
+            continue
+        try:
+            for name in atomic.listdir(shard):
+                key = parse_job_end(name)
+                if key is None or job_shard(key) != shard_name or not stat.S_ISREG(shard.mode(name) or 0):
+                    foreign.append(f"{JOBS}/{shard_name}/{name}")
+        finally:
+            shard.close()
+    return foreign
 
 
 def reconcile_due(q: Queue, min_interval: float) -> bool:

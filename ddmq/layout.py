@@ -369,6 +369,8 @@ def dead_name(reason: str, original: str, now_ns: int) -> str:
 MAX_JOB_KEY = 200
 _JOB_KEY = rf"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{{0,{MAX_JOB_KEY - 1}}}"
 _JOB_END_SUFFIX = ".end"
+_JOB_SHARD = r"[0-9a-f]{2}\Z"
+_CRC32_POLYNOMIAL = 0xEDB88320  # CRC-32 of zlib, PNG and Ethernet, bits reversed
 # In jobs/: mtime = when a reconciler last asked the scheduler about the queue's jobs (server time).
 RECONCILED_STAMP = ".reconciled"
 
@@ -379,7 +381,7 @@ def job_key(cluster: str | None, job_id: str) -> str:
     ``JOBID`` as a key writes it: ``1234``, ``1234_7`` for an array task
     (``ddmq_hpc.jobevents`` turns PBS's ``88[7].server`` into cluster
     ``server``, job ``88_7``). UsageError for anything that could not be a
-    file name in ``jobs/``.
+    file name in a shard of ``jobs/``.
     """
     key = job_id if not cluster else f"{cluster}.{job_id}"
     if not isinstance(key, str) or not compiled(_JOB_KEY + r"\Z").match(key):
@@ -388,8 +390,33 @@ def job_key(cluster: str | None, job_id: str) -> str:
     return key
 
 
+def job_shard(key: str) -> str:
+    """The directory of ``jobs/`` that holds job ``key``'s end record: 2 hex digits, one of 256.
+
+    A record is kept for every job that ever ended, so a flat ``jobs/``
+    would grow without bound (a million jobs, a million entries), while HPC
+    sites ask for directories of thousands. The shard is the low byte of the
+    key's CRC-32 (zlib's, as ``binascii.crc32`` gives it): the same on every
+    platform, Python version and language, unlike ``hash()``, which is
+    salted per process. Computed here bit by bit: a few microseconds for a
+    key, where importing binascii would cost every ``ddmq-notify`` and
+    ``ddmq-jobstate`` run half a millisecond and a dozen system calls.
+    """
+    crc = 0xFFFFFFFF
+    for byte in key.encode():
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (_CRC32_POLYNOMIAL & -(crc & 1))
+    return "%02x" % (~crc & 0xFF)
+
+
+def is_job_shard(name: str) -> bool:
+    """Whether ``name`` in ``jobs/`` is one that :func:`job_shard` gives."""
+    return bool(compiled(_JOB_SHARD).match(name))
+
+
 def job_end_name(key: str) -> str:
-    """A job's end record in ``jobs/``: a hard link to the payload of its one terminal event."""
+    """A job's end record in its shard of ``jobs/``: a hard link to the payload of its one terminal event."""
     return key + _JOB_END_SUFFIX
 
 

@@ -5,7 +5,7 @@ its active jobs every 10 to 180 seconds: slow to notice a short job, and a
 load that site admins ask users to stop. Here every job is a
 ``ddmq-template`` script (:func:`ddmq_hpc.template.render`) whose EXIT trap
 publishes the job's terminal event through its end record, so a status
-round is, per active job, one open of ``jobs/KEY.end`` in the queue
+round is, per active job, one lookup of ``jobs/SS/KEY.end`` in the queue
 (:meth:`ddmq.Broker.job_end`): a constant cost whatever the queue holds, and
 cheap enough to run every second. The scheduler is asked only for what no
 trap can say -- a job killed with SIGKILL, by the OOM killer or with its

@@ -104,6 +104,7 @@ PLACEHOLDERS = {
     "ORIGINAL-NAME": r"[^/]{1,160}",
     "QUEUE": _documented_queue_name(),
     "KEY": r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,199}",
+    "SS": r"[0-9a-f]{2}",
     # the dead name's first 40 characters: 20 + 1 + 6 + 1 of time and random, 12 of the rest
     "DEADNAME-PREFIX": r"[0-9]{20}\.[0-9a-f]{6}\.[^/]{1,12}",
 }
@@ -148,6 +149,8 @@ def read_back(row: Row, name: str) -> None:
         # whether it is a dead letter or the .reason file beside one.
         assert name.endswith(layout.REASON_SUFFIX) == (row.built_by == "REASON_SUFFIX")
     elif where == "jobs/":
+        assert layout.is_job_shard(name), f"housekeeping would not recognise the shard jobs/{name}"
+    elif where == "jobs/SS/":
         assert layout.parse_job_end(name) is not None and layout.job_end_name(layout.parse_job_end(name)) == name
     elif where == "tmp/":
         assert layout.abandoned_in_tmp(name), f"housekeeping would not recognise tmp/{name}"
@@ -181,6 +184,7 @@ BUILDERS: dict[str, Callable[[], str]] = {
     "band_name": lambda: layout.band_name(time.time_ns()),
     "slot_name": lambda: layout.slot_name(time.time_ns()),
     "job_end_name": lambda: layout.job_end_name(layout.job_key("linux", "1234_7")),
+    "job_shard": lambda: layout.job_shard(layout.job_key("linux", layout.new_token())),
 }
 
 
@@ -207,6 +211,12 @@ def test_built_name_has_the_documented_shape(row: Row) -> None:
         assert re.fullmatch(shape_pattern(row.shape), name), \
             f"layout.{row.built_by} built {name!r}, which is not {row.shape!r} as docs/protocol.md says"
         read_back(row, name)
+
+
+def test_the_shard_example_is_the_shard_of_the_record_example() -> None:
+    shard = next(r.example for r in ROWS if r.built_by == "job_shard")
+    record = next(r.example for r in ROWS if r.built_by == "job_end_name")
+    assert layout.job_shard(layout.parse_job_end(record) or "") + "/" == shard
 
 
 def test_documented_reasons_are_the_layouts() -> None:

@@ -542,3 +542,45 @@ def test_planted_payload_with_invalid_value_is_dead_lettered(tmp_path: Path, val
     assert len(letters) == 1 and ids[2] in letters[0], dead
     assert letters[0] + ".reason" in dead, "the dead letter has a .reason record"
     assert b.counts("q") == {"ready": 0, "work": 0, "dead": 1}
+
+
+# ------------------------------------------------------------------ l. a shard of QUEUE/jobs -> link
+JOB_END_STEPS = {
+    "publish a job end": "b.publish_job_end('ql', KEY, 'ended')",
+    "look a job end up": "b.job_end('ql', KEY)",
+    "list the job ends": "b.job_ends('ql')",
+}
+
+
+def test_job_end_shard_replaced_by_a_link_nothing_is_recorded_outside(site: Site) -> None:
+    """Before any job of its shard ends, a member puts a link to the victim's directory where the shard goes.
+
+    Followed, the victim's publish would hard-link the record into their own
+    directory and its lookups would read from there.
+    """
+    from ddmq.layout import job_shard
+
+    key = "cluster.4242"
+    must_succeed(site.ddmq(VICTIM, "create", "ql"))
+    shard = site.queue("ql") / "jobs" / job_shard(key)
+    must_succeed(site.python(ATTACKER, f"import os; os.symlink({str(site.private)!r}, {str(shard)!r})"))
+    problems = []
+    for what, call in JOB_END_STEPS.items():
+        plant_tree(site.private, PRIVATE, owner=VICTIM)
+        before = snapshot(site.private)
+        ran = site.python(VICTIM, f"import sys\nfrom ddmq import Broker, DdmqError\nKEY = {key!r}\n"
+                                  f"b = Broker({str(site.root)!r})\ntry:\n    {call}\n"
+                                  f"except DdmqError as exc:\n    sys.exit(str(exc))\n")
+        changed = changes(before, snapshot(site.private))
+        if changed:
+            problems.append(f"{what}: outside the root: {'; '.join(changed[:6])}")
+        if ran.returncode != 1 or "refusing to use" not in ran.stderr:
+            problems.append(f"{what}: not refused (exit {ran.returncode}): {ran.stderr.strip()}")
+        problems += untidy(ran)
+    assert not problems, "\n".join(problems)
+    assert not os.listdir(site.queue("ql") / "tmp") and Broker(site.root).counts("ql")["ready"] == 0
+    steps_leave_outside_alone(site, site.private, PRIVATE, [
+        (VICTIM, "clean", "ql"),
+        (VICTIM, "delete", "ql"),  # refused: the link is not ddmq's
+        (None, "delete", "ql", "--force"),
+    ])

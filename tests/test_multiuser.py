@@ -49,3 +49,20 @@ def test_outsider_can_neither_read_nor_write(shared: Path) -> None:
         assert "permission denied" in r.stderr.lower()
         assert "secret" not in r.stdout
     assert Broker(shared / "root").counts("private") == {"ready": 1, "work": 0, "dead": 0}
+
+
+def test_group_members_record_job_ends_in_a_shard_either_of_them_made(shared: Path) -> None:
+    """The first end in a shard makes it; it must take the group and the queue's mode, or the next member's fails."""
+    from ddmq.layout import job_shard
+
+    a, b = MEMBERS
+    first = "c.1"
+    second = next(key for key in (f"c.{i}" for i in range(2, 10_000)) if job_shard(key) == job_shard(first))
+    r = as_user(a, shared, f"b.create_queue('ends', exist_ok=True); print(b.publish_job_end('ends', {first!r}, 'a'))")
+    assert r.returncode == 0 and r.stdout.strip() != "None", r.stderr
+    r = as_user(b, shared, f"print(b.publish_job_end('ends', {second!r}, 'b') is not None, "
+                           f"b.job_end('ends', {first!r}).message)")
+    assert (r.returncode, r.stdout.strip()) == (0, "True a"), r.stderr
+    shard = shared / "root" / "ends" / "jobs" / job_shard(first)
+    st = shard.lstat()
+    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (grp.getgrnam(GROUP).gr_gid, 0o2770)
