@@ -283,6 +283,23 @@ def shard_of(ready: str) -> tuple[str, str, str]:
     return era_name(int(ready[:_PRIO_WIDTH]), published), band_name(published), slot_name(published)
 
 
+def shard_range(path: tuple[str, ...]) -> tuple[str, str]:
+    """The ready names that lie in the era, band or slot at ``path``: from the first, up to (not including) the second.
+
+    Names sort as their fields, so telling whether a name lies in a
+    directory of the tree, or beyond it, is a string comparison.
+    """
+    end = shard_end(path)
+    start = end - (1 << _SHARD_SHIFTS[len(path) - 1])
+    priority = path[0][:_PRIO_WIDTH]
+    return f"{priority}.{start:0{_TIME_WIDTH}d}", f"{priority}.{end:0{_TIME_WIDTH}d}"
+
+
+def is_ready_name(name: str) -> bool:
+    """Whether ``name`` has a ready name's grammar (what parse_ready reads, without reading it)."""
+    return compiled(_READY_NAME).match(name) is not None
+
+
 def is_shard(level: int, name: str) -> bool:
     """Whether ``name`` is a directory name of ready/'s tree at ``level`` (0: an era, 1: a band, 2: a slot)."""
     if level == 0:

@@ -21,7 +21,7 @@ import time
 from . import atomic
 from .clock import CLOCK_TOLERANCE
 from .errors import QueueNotFound, StorageError, storage_error
-from .layout import CLEAN_STAMP, DEAD, JOBS, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK, ready_probe_name, shard_of
+from .layout import CLEAN_STAMP, DEAD, JOBS, QUEUE_MARKER, READY, ROOT_MARKER, TMP, WORK, ready_probe_name, shard_range
 from .settings import Settings
 from .shards import ReadyTree, dir_stamp, ignore_foreign
 
@@ -83,7 +83,7 @@ class Listing:
         self.done = False  # the walk reached its end: every slot was listed
         self._walk = tree.walk(self.stamps, foreign, remove_before=now_ns)
         self._listed_at = now_ns  # on the lease clock, as the directories' mtimes
-        self._last = ""  # the key of the last slot listed
+        self._beyond = ""  # the first name beyond the slots listed so far
         self._cost = 0.0
         self.taken = started
         self.max_age = LISTING_MAX_AGE
@@ -91,17 +91,17 @@ class Listing:
     def pop(self) -> str | None:
         """The best name not yet handed out, listing further slots as needed; None once all were."""
         names = self.names
-        while not self.done and (not names or shard_key(names[0]) > self._last):
+        while not self.done and (not names or names[0] >= self._beyond):
             started = time.monotonic()
             try:
-                self._last, _, found = next(self._walk)
+                key, _, found = next(self._walk)
+                self._beyond = shard_range(tuple(key.split("/")))[1]
             except StopIteration:
                 self.done = True
             else:
                 skip = self.skip
-                for name in found:
-                    if name not in skip:
-                        heapq.heappush(names, name)
+                names.extend([name for name in found if name not in skip] if skip else found)
+                heapq.heapify(names)
             self._cost += time.monotonic() - started
             self.max_age = max(LISTING_MAX_AGE, self._cost / LISTING_MAX_SHARE)
         return heapq.heappop(names) if names else None
@@ -131,11 +131,6 @@ class Listing:
                        for directory, stamp in self.stamps)
         except StorageError:
             return False  # a directory of the tree was removed meanwhile
-
-
-def shard_key(name: str) -> str:
-    """``ERA/BAND/SLOT`` of a ready name, comparable with the keys a walk yields."""
-    return "/".join(shard_of(name))
 
 
 class Queue:

@@ -43,7 +43,7 @@ import os
 
 from . import atomic
 from .errors import DdmqError, StorageError, storage_error
-from .layout import SHARD_LEVELS, is_shard, parse_ready, shard_end, shard_of
+from .layout import SHARD_LEVELS, is_ready_name, is_shard, shard_end, shard_of, shard_range
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,15 +87,20 @@ def ignore_foreign(directory: atomic.Dir, name: str) -> None:
 class ReadyTree:
     """One queue's ready/ and the directories of its tree this process holds open."""
 
-    __slots__ = ("ready", "_open", "_made_in")
+    __slots__ = ("ready", "_open", "_made_in", "_recent")
 
     def __init__(self, ready: atomic.Dir):
         self.ready = ready
-        self._open: dict[str, atomic.Dir] = {}  # "BAND" or "BAND/SLOT": held open, oldest first
+        self._open: dict[str, atomic.Dir] = {}  # "ERA", "ERA/BAND" or "ERA/BAND/SLOT": held open, oldest first
         self._made_in: list[atomic.Dir] = []  # directories that gained an era, band or slot, not yet synced
+        # The slot last used and the range of names in it: a publisher's or a
+        # consumer's next name is almost always there, found by two string
+        # comparisons instead of working out its path.
+        self._recent: tuple[str, str, atomic.Dir] | None = None
 
     # ------------------------------------------------------------ directories
     def _hold(self, key: str, directory: atomic.Dir) -> atomic.Dir:
+        self._recent = None
         self._open.pop(key, None)
         if len(self._open) >= OPEN_SHARDS:
             del self._open[next(iter(self._open))]  # closed when its last user lets go of it
@@ -105,6 +110,7 @@ class ReadyTree:
     def forget(self, name: str) -> None:
         """Let go of the directories of ``name``'s slot: the next use opens them afresh."""
         path = shard_of(name)
+        self._recent = None
         for depth in range(1, SHARD_LEVELS + 1):
             self._open.pop("/".join(path[:depth]), None)
 
@@ -133,16 +139,18 @@ class ReadyTree:
 
     def slot_dir(self, name: str, create: bool = False) -> atomic.Dir | None:
         """The slot the ready name ``name`` lies in, held open; None if there is none (with ``create``: it vanished)."""
+        recent = self._recent
+        if recent is not None and recent[0] <= name < recent[1]:
+            return recent[2]
         path = shard_of(name)
-        key = "/".join(path)
-        directory: atomic.Dir | None = self._open.get(key)
-        if directory is not None:
-            return directory
-        directory = self.ready
-        for depth in range(1, SHARD_LEVELS + 1):
-            directory = self._sub(directory, "/".join(path[:depth]), path[depth - 1], create)
-            if directory is None:
-                return None
+        directory: atomic.Dir | None = self._open.get("/".join(path))
+        if directory is None:
+            directory = self.ready
+            for depth in range(1, SHARD_LEVELS + 1):
+                directory = self._sub(directory, "/".join(path[:depth]), path[depth - 1], create)
+                if directory is None:
+                    return None
+        self._recent = (*shard_range(path), directory)
         return directory
 
     def sync(self, slots: list[atomic.Dir]) -> None:
@@ -195,7 +203,7 @@ class ReadyTree:
     # --------------------------------------------------------------- listing
     def walk(self, stamps: Stamps, foreign: Foreign = ignore_foreign,
              remove_before: int | None = None) -> Iterator[Slot]:
-        """Every non-empty slot as (``ERA/BAND/SLOT``, its directory, its names), in delivery order.
+        """Every non-empty slot as (``ERA/BAND/SLOT``, its directory, its names), slots in delivery order.
 
         Lazily: a consumer that wants the head stops after the first slot.
         Each directory is opened afresh for its listing (sshfs reads a
@@ -215,7 +223,7 @@ class ReadyTree:
         """The non-empty slots under ``parent`` (at ``path``, listed as ``names``); returns how many entries it kept."""
         level = len(path)
         kept = 0
-        for name in self._fitting(parent, names, lambda entry: is_shard(level, entry), foreign):
+        for name in sorted(self._fitting(parent, names, lambda entry: is_shard(level, entry), foreign)):
             below = path + (name,)
             key = "/".join(below)
             directory = self._relisted(parent, key, name, foreign)
@@ -242,7 +250,7 @@ class ReadyTree:
     def entries(self, foreign: Foreign = ignore_foreign) -> Iterator[tuple[atomic.Dir, str]]:
         """Every message in every slot with its directory, in delivery order, lazily; removes nothing."""
         for _, slot_dir, names in self.walk([], foreign):
-            for name in names:
+            for name in sorted(names):
                 yield slot_dir, name
 
     def directories(self, foreign: Foreign = ignore_foreign, remove_before: int | None = None) -> list[atomic.Dir]:
@@ -269,13 +277,14 @@ class ReadyTree:
 
     @staticmethod
     def _fitting(directory: atomic.Dir, names: list[str], fits: Callable[[str], bool], foreign: Foreign) -> list[str]:
+        """The names that fit their level's grammar, in listing order; the others go to ``foreign``."""
         found = []
         for name in names:
             if fits(name):
                 found.append(name)
             else:
                 foreign(directory, name)
-        return sorted(found)
+        return found
 
     def _relisted(self, parent: atomic.Dir, key: str, name: str, foreign: Foreign) -> atomic.Dir | None:
         """``name`` in ``parent`` opened afresh and held; None if it vanished or is not a directory (then foreign)."""
@@ -296,13 +305,16 @@ class ReadyTree:
         except OSError:
             return False
         self._open.pop(key, None)
+        self._recent = None
         return True
 
 
 def _lies_in(path: tuple[str, ...]) -> Callable[[str], bool]:
     """Whether a name is a message name whose place is this slot (not one moved there by hand)."""
+    first, beyond = shard_range(path)
+
     def fits(name: str) -> bool:
-        return parse_ready(name) is not None and shard_of(name) == path
+        return first <= name < beyond and is_ready_name(name)
     return fits
 
 
