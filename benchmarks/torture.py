@@ -41,6 +41,7 @@ from typing import Callable
 
 from ddmq import Broker
 from tests.support.hostile import READY_LIKE, TMP_LIKE, WORK_LIKE, alias_bomb, changes, payload, plant_tree, snapshot
+from tests.support.queuefiles import ready_path
 from tests.support.swarm import held_twice, read_log, worker
 
 HARNESS = Path(__file__).resolve().parent.parent / "tests" / "harness"
@@ -198,11 +199,11 @@ class Conductor:
         if kind == "foreign":
             path = self.state_dir(self.rng.choice(["ready", "work"])) / f"notes-{n}.txt"
             path.write_text("someone's file")
-        elif kind == "symlink":
-            path = self.state_dir("ready") / f"000000.{time.time_ns():020d}.{n:032x}.0.msg"
+        elif kind == "symlink":  # in its slot of ready/'s tree, where a consumer claims it
+            path = ready_path(self.state_dir("ready"), f"000000.{time.time_ns():020d}.{n:032x}.0.msg")
             path.symlink_to(self.outside / "target.txt")
         else:
-            path = self.state_dir("ready") / f"000000.{time.time_ns():020d}.{n:032x}.0.msg"
+            path = ready_path(self.state_dir("ready"), f"000000.{time.time_ns():020d}.{n:032x}.0.msg")
             path.write_bytes(HOSTILE[kind])
         self.hostile.append(path.name)
 
@@ -252,10 +253,11 @@ class Conductor:
             name = (f"000000.{now:020d}.{token:0>32}.0.msg" if state == "ready" else
                     self.rng.choice([f"000000.{now:020d}.{token:0>32}.0.{0:020d}.{token}.msg",
                                      f"notes-{token}.fifo"]))
+            path = ready_path(self.state_dir(state), name) if state == "ready" else self.state_dir(state) / name
             if kind.startswith("fifo"):
-                os.mkfifo(self.state_dir(state) / name, 0o666)
+                os.mkfifo(path, 0o666)
             else:
-                os.symlink("/dev/zero", self.state_dir(state) / name)
+                os.symlink("/dev/zero", path)
             self.hostile.append(name)
             self.co_tenant_files += 1
         self.co_tenant[kind] += 1

@@ -246,13 +246,15 @@ def parse_work(name: str) -> WorkName | None:
 # Layout 1 kept every ready message directly in ready/.
 LAYOUT = 2
 # ready/ERA/BAND/SLOT/NAME. An era is one priority and 2**47 ns (about 39 h)
-# of publish times; a band, 2**37 ns (about 137 s) of its era; a slot, 2**27
-# ns (about 134 ms) of its band: at most 1024 bands in an era and 1024 slots
+# of publish times; a band, 2**37 ns (about 137 s) of its era; a slot, 2**26
+# ns (about 67 ms) of its band: at most 1024 bands in an era and 2048 slots
 # in a band. However long the queue, its head is found by listing four
-# small directories (see ddmq.shards).
-_SHARD_SHIFTS = (47, 37, 27)
+# small directories (see ddmq.shards). A slot holds what one priority got in
+# 67 ms: one publisher writing a batch on tmpfs fills it to about 5 000.
+_SHARD_SHIFTS = (47, 37, 26)
 SHARD_LEVELS = len(_SHARD_SHIFTS)
-_PER_SHARD = 1024  # bands in an era, slots in a band: 2**(47 - 37) = 2**(37 - 27)
+_BANDS_PER_ERA = 1 << (47 - 37)
+_SLOTS_PER_BAND = 1 << (37 - 26)
 _ERA_NAME = rf"\d{{{_PRIO_WIDTH}}}\.\d{{6}}\Z"
 _SUB_SHARD_NAME = r"\d{4}\Z"
 
@@ -264,12 +266,12 @@ def era_name(priority: int, published: int) -> str:
 
 def band_name(published: int) -> str:
     """The band of its era for a publish time (ns): ``BBBB``, 0000 to 1023."""
-    return f"{(published >> 37) % _PER_SHARD:04d}"
+    return f"{(published >> 37) % _BANDS_PER_ERA:04d}"
 
 
 def slot_name(published: int) -> str:
-    """The slot of its band for a publish time (ns): ``SSSS``, 0000 to 1023."""
-    return f"{(published >> 27) % _PER_SHARD:04d}"
+    """The slot of its band for a publish time (ns): ``SSSS``, 0000 to 2047."""
+    return f"{(published >> 26) % _SLOTS_PER_BAND:04d}"
 
 
 def shard_of(ready: str) -> tuple[str, str, str]:
@@ -295,7 +297,7 @@ def shard_range(path: tuple[str, ...]) -> tuple[str, str]:
     return f"{priority}.{start:0{_TIME_WIDTH}d}", f"{priority}.{end:0{_TIME_WIDTH}d}"
 
 
-def is_ready_name(name: str) -> bool:
+def has_ready_grammar(name: str) -> bool:
     """Whether ``name`` has a ready name's grammar (what parse_ready reads, without reading it)."""
     return compiled(_READY_NAME).match(name) is not None
 
@@ -304,7 +306,7 @@ def is_shard(level: int, name: str) -> bool:
     """Whether ``name`` is a directory name of ready/'s tree at ``level`` (0: an era, 1: a band, 2: a slot)."""
     if level == 0:
         return bool(compiled(_ERA_NAME).match(name))
-    return bool(compiled(_SUB_SHARD_NAME).match(name)) and int(name) < _PER_SHARD
+    return bool(compiled(_SUB_SHARD_NAME).match(name)) and int(name) < (_BANDS_PER_ERA, _SLOTS_PER_BAND)[level - 1]
 
 
 def shard_end(path: tuple[str, ...]) -> int:

@@ -3,13 +3,13 @@
 Layout 2 (``docs/protocol.md``, "ready/ as a tree"): a message waiting lies
 in ``ready/ERA/BAND/SLOT/NAME``, where :func:`ddmq.layout.shard_of` computes
 ERA (its priority and 39 h of publish time), BAND (137 s of that) and SLOT
-(134 ms of that) from NAME. Sorted by name, eras, bands, slots, then names
+(67 ms of that) from NAME. Sorted by name, eras, bands, slots, then names
 are delivery order, so the head of the queue is the first name of the first
 non-empty slot of the first band of the first era: four listings of small
 directories, however long the queue. A fresh process (every ``ddmq
 consume`` at the end of a batch job) pays that, not a listing of a million
-names; and no directory holds more than what was published in 134 ms (a
-slot), 1024 entries (an era, a band), or one era per priority per 39 h of
+names; and no directory holds more than what was published in 67 ms (a
+slot), 2048 entries (a band; an era 1024), or one era per priority per 39 h of
 backlog (ready/ itself).
 
 Directories come and go without a lock:
@@ -43,7 +43,7 @@ import os
 
 from . import atomic
 from .errors import DdmqError, StorageError, storage_error
-from .layout import SHARD_LEVELS, is_ready_name, is_shard, shard_end, shard_of, shard_range
+from .layout import SHARD_LEVELS, has_ready_grammar, is_shard, shard_end, shard_of, shard_range
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -314,7 +314,7 @@ def _lies_in(path: tuple[str, ...]) -> Callable[[str], bool]:
     first, beyond = shard_range(path)
 
     def fits(name: str) -> bool:
-        return first <= name < beyond and is_ready_name(name)
+        return first <= name < beyond and has_ready_grammar(name)
     return fits
 
 

@@ -43,7 +43,7 @@ def syncs(calls: list[Call], root: Path) -> list[str]:
 @pytest.fixture
 def one_slot(mocker) -> None:
     """Publish times within one slot of ready/'s tree, whatever the machine's speed."""
-    times = itertools.count((time.time_ns() >> 27) << 27)
+    times = itertools.count((time.time_ns() >> 26) << 26)
     mocker.patch("ddmq.transitions.publish_time", side_effect=lambda: next(times))
 
 

@@ -22,7 +22,7 @@ from ddmq.layout import LAYOUT, SHARD_LEVELS, ready_name, shard_of
 from ddmq.shards import SHARD_GRACE
 from tests.support.queuefiles import ready_files, ready_path
 
-SLOT_NS = 1 << 27
+SLOT_NS = 1 << 26
 BAND_NS = 1 << 37
 ERA_NS = 1 << 47
 
