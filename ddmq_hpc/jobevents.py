@@ -41,9 +41,26 @@ _CLUSTER_NAME = re.compile(rb"^\s*clustername\s*=\s*([^\s#]+)", re.IGNORECASE | 
 
 
 def watch_tag(queue: str, root: str) -> str:
-    """What a job script carries (SLURM's ``--comment``) for the reconciler of ``queue`` in ``root``
-    (an absolute path) to find it among the user's jobs."""
+    """What a job script carries (SLURM's ``--comment``, PBS's :data:`PBS_WATCH_VARIABLE`) for the
+    reconciler of ``queue`` in ``root`` (an absolute path) to find it among the user's jobs."""
     return f"ddmq:{queue}@{root}"
+
+
+# The variable a PBS job script passes with '#PBS -v' to carry its watch tag.
+# PBS has no free-text job attribute like SLURM's --comment (-A and -P are
+# for accounting, -N is the user's), but it keeps a job's Variable_List,
+# and qstat -x shows it for finished jobs too. A -v given to qsub on the
+# command line replaces the script's, and with it the tag.
+PBS_WATCH_VARIABLE = "DDMQ_WATCH"
+
+
+def pbs_watch_value(tag: str) -> str:
+    """``tag`` as it can be written in ``#PBS -v DDMQ_WATCH=...``: percent-encoded, because qsub
+    ends a directive at white space and splits -v at commas, and quotes are read differently by PBS
+    versions; ``qstat``'s readers decode it (:func:`urllib.parse.unquote`)."""
+    from urllib.parse import quote
+
+    return quote(tag, safe="/:@._-+~")
 
 
 def parse_job_id(job_id: str) -> tuple[str | None, str]:

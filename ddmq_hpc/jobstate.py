@@ -62,7 +62,7 @@ def job_state(queue: str, job_id: str, *, root: str | None = None, cluster: str 
 
         try:
             published = reconcile(queue, root=root, grace=reconcile_grace, min_interval=reconcile_interval,
-                                  broker=broker)
+                                  broker=broker, scheduler=None if named is None else "pbs")  # PBS ids name a server
         except DdmqError as exc:
             console.say(PROG, f"warning: cannot ask the scheduler about queue {queue}'s jobs: {exc}")
             published = []

@@ -6,7 +6,8 @@ OOM killer, by a node failure or preemption, nor for a job cancelled or
 rejected before it started. Waiters would hang until their own timeout. This
 command, run from cron or ``scrontab`` every few minutes, asks the scheduler
 once for the user's recent jobs (:mod:`ddmq_hpc.scheduler`), keeps those that
-carry this queue's watch tag (the ``--comment`` ddmq-template writes), and
+carry this queue's watch tag (the ``--comment``, or for PBS the ``DDMQ_WATCH``
+variable, that ddmq-template writes), and
 publishes for each one that has ended, has no end record, and ended at least
 ``--grace`` seconds ago (time for its own trap or epilogue to speak first) an
 event with ``source: scheduler`` and the scheduler's state, exit status and
@@ -31,7 +32,7 @@ from ddmq import Broker, check_queue_name, console, resolve_root
 
 from . import options
 from .jobevents import key_for, watch_tag
-from .scheduler import JobRecord, slurm_jobs, watched
+from .scheduler import SCHEDULERS, JobRecord, detect, ended_jobs, watched
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
     event: dict[str, Any] = {
         "event": "job_end",
         "source": "scheduler",
-        "scheduler": "slurm",
+        "scheduler": record.scheduler,
         "cluster": record.cluster,
         "job_id": record.raw_id or record.job_id,
         "job_name": record.job_name,
@@ -57,21 +58,26 @@ def scheduler_event(record: JobRecord, now: float) -> dict[str, Any]:
         "state": record.state,
         "scheduler_state": record.scheduler_state,
     }
-    array_job, _, task = record.job_id.partition("_")
-    if task:
-        event["array_job_id"], event["array_task_id"] = array_job, task
+    if record.scheduler == "slurm":
+        array_job, _, task = record.job_id.partition("_")
+        if task:
+            event["array_job_id"], event["array_task_id"] = array_job, task
+    elif record.array_task_id is not None:  # as a PBS subjob says it (PBS_ARRAY_ID, PBS_ARRAY_INDEX)
+        event["array_job_id"], event["array_task_id"] = record.array_job_id, record.array_task_id
     return event
 
 
 def reconcile(queue: str, *, root: str | None = None, grace: float = options.RECONCILE_GRACE,
               min_interval: float = options.RECONCILE_INTERVAL,
               window: float = 7 * 86400.0, user: str | None = None,
-              broker: Broker | None = None) -> list[tuple[str, dict[str, Any]]]:
+              broker: Broker | None = None, scheduler: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Publish the missing terminal events of ``queue``'s watched jobs; ``[(job key, event)]`` published.
 
     Empty when the last query was less than ``min_interval`` seconds ago: a
     caller that asks on every poll (``ddmq-wait --reconcile``, passing its own
     ``broker`` for ``root``) pays one stat of the stamp until one is due.
+    ``scheduler`` is "slurm" or "pbs"; None: the one whose commands are in
+    PATH (:func:`~ddmq_hpc.scheduler.detect`).
     """
     import pwd
 
@@ -82,7 +88,7 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = options.REC
     if not broker.reconcile_due(queue, min_interval):  # also: the queue exists
         return []
     recorded = set(broker.job_ends(queue))
-    records = slurm_jobs(user or pwd.getpwuid(os.getuid()).pw_name, window)
+    records = ended_jobs(scheduler or detect(), user or pwd.getpwuid(os.getuid()).pw_name, window)
     published = []
     for record in watched(records, watch_tag(queue, path)):
         if record.state is None or (record.end is not None and now - record.end < grace):
@@ -115,21 +121,27 @@ def reconcile(queue: str, *, root: str | None = None, grace: float = options.REC
               help="Ask the scheduler at most once in this long for this queue (whoever runs the reconciler).")
 @click.option("--window", type=options.seconds(), default=7 * 86400.0, metavar="SECONDS", show_default=True,
               help="Look at jobs that ended in this long before now.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS),
+              help="The scheduler to ask. Default: slurm if squeue is in PATH, else pbs if qstat is.")
 @console.root_option()
 @console.common_options(PROG)
-def command(queue: str, grace: float, min_interval: float, window: float, root: str | None) -> None:
+def command(queue: str, grace: float, min_interval: float, window: float, scheduler: str | None,
+            root: str | None) -> None:
     """Publish the missing completion event of every job of QUEUE that the scheduler says has ended.
 
     Watched jobs are the user's jobs rendered by ddmq-template for QUEUE and
-    this root (they carry '#SBATCH --comment=ddmq:QUEUE@ROOT'). One sacct
-    query per run (squeue where there is no accounting) covers them all. An
-    event it publishes says source: scheduler, the scheduler's state
+    this root (they carry '#SBATCH --comment=ddmq:QUEUE@ROOT', or for PBS
+    '#PBS -v DDMQ_WATCH=ddmq:QUEUE@ROOT'). One sacct query per run (squeue
+    where there is no accounting; for PBS Pro/OpenPBS one 'qstat -x -t -f -F
+    json', which needs the server's job history) covers them all. An event
+    it publishes says source: scheduler, the scheduler's state
     (COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL,
     PREEMPTED, BOOT_FAIL, DEADLINE), exit status and signal. A job gets one
     terminal event, whoever publishes first. Prints one line per event
     published: job key and state.
     """
-    for key, event in reconcile(queue, root=root, grace=grace, min_interval=min_interval, window=window):
+    for key, event in reconcile(queue, root=root, grace=grace, min_interval=min_interval, window=window,
+                                scheduler=scheduler):
         console.echo(f"{key} {event['state']} ({event['scheduler_state']})")
 
 

@@ -19,8 +19,24 @@ and how the job ended. Without accounting (``sacct`` refused), ``squeue
 
 States are SLURM's words (``sacct``/``squeue``); a terminal one is mapped to
 the event's ``state`` (``CANCELLED by 1234`` is CANCELLED), and the raw word
-is kept as ``scheduler_state``. (PBS, from ``qstat -x -f -F json``, is not
-done yet.)
+is kept as ``scheduler_state``.
+
+PBS (PBS Pro / OpenPBS 18 and later: Torque has no JSON output) is asked
+with one ``qstat -x -t -f -F json``: ``-x`` adds the jobs that ended within
+the server's ``job_history_duration`` (job history must be enabled, as
+``sacct`` needs accounting), ``-t`` lists an array's subjobs, which are the
+jobs the template runs as. qstat refuses ``-u`` with ``-F json``, so the
+listing is of every job the server shows the user, and is filtered here by
+``Job_Owner``; it is read up to :data:`PBS_OUTPUT_LIMIT`. The watch tag is the
+``DDMQ_WATCH`` variable the template passes with ``#PBS -v``
+(:func:`~ddmq_hpc.jobevents.pbs_watch_value`): PBS keeps it in
+``Variable_List`` of finished jobs too. How a job ended is in
+``job_state`` (F finished, or X for a subjob of an array still running),
+``substate`` (91 deleted by qdel, 92 finished, 93 failed) and
+``Exit_status`` (the script's exit status; 256 + N for signal N; negative
+for PBS's own reasons, e.g. -29 JOB_EXEC_KILL_WALLTIME) -- see
+:func:`pbs_state`. The parsing was tested against real ``qstat -x -f -F json``
+output replayed by a stand-in ``qstat`` (tests/data/pbs/), not a live server.
 """
 from __future__ import annotations
 
@@ -35,7 +51,7 @@ from .jobevents import local_cluster
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable, Iterator
+    from typing import Any, Iterable, Iterator, Mapping
 
 # SLURM's terminal job states, as the event's state names them. PREEMPTED and
 # NODE_FAIL are terminal only for a job that is not requeued: one that is
@@ -53,8 +69,8 @@ class SchedulerError(DdmqError):
 class JobRecord:
     """One job as the scheduler reports it."""
 
-    job_id: str  # as the scheduler prints it: 1234, 1234_7 (SLURM array task)
-    tag: str  # what the job carries to be watched (SLURM's --comment); "" if nothing
+    job_id: str  # as the scheduler prints it: 1234, 1234_7 (SLURM array task), 88[7].server (PBS subjob)
+    tag: str  # what the job carries to be watched (SLURM's --comment, PBS's DDMQ_WATCH); "" if nothing
     scheduler_state: str  # the scheduler's own word, e.g. "CANCELLED by 0"
     state: str | None  # the event's state if the job has ended, else None
     cluster: str | None = None
@@ -64,6 +80,9 @@ class JobRecord:
     end: float | None = None  # when it ended, seconds since the epoch
     user: str | None = None
     job_name: str | None = None
+    scheduler: str = "slurm"
+    array_job_id: str | None = None  # PBS: the array a subjob belongs to, 88[].server
+    array_task_id: str | None = None  # PBS: the subjob's index
 
 
 def slurm_state(raw: str) -> str | None:
@@ -72,23 +91,34 @@ def slurm_state(raw: str) -> str | None:
     return word if word in SLURM_TERMINAL else None
 
 
-def run(command: list[str], cwd: str | None = None, refused: str = "failed") -> str:
+def run(command: list[str], cwd: str | None = None, refused: str = "failed",
+        limit: int | None = None) -> str:
     """Run one scheduler command (a query, sbatch/qsub, scancel/qdel); what it printed on stdout.
 
     Every way it can go wrong is one line in a SchedulerError: the command
-    missing, no answer within QUERY_TIMEOUT, or ``COMMAND REFUSED: `` and the
-    last line it wrote on stderr (``refused`` says how, e.g. "refused the job").
+    missing, no answer within QUERY_TIMEOUT, more than ``limit`` bytes printed
+    (stdout goes to a temporary file, so a runaway listing is measured before
+    it is read), or ``COMMAND REFUSED: `` and the last line it wrote on
+    stderr (``refused`` says how, e.g. "refused the job").
     """
-    try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=QUERY_TIMEOUT, check=False)
-    except FileNotFoundError:
-        raise SchedulerError(f"{command[0]} not found: is this a SLURM or PBS login node?") from None
-    except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{command[0]} did not answer in {QUERY_TIMEOUT:g} s") from None
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise SchedulerError(f"{command[0]} {refused}: {why}")
-    return done.stdout
+    import tempfile
+
+    with tempfile.TemporaryFile() as out:
+        try:
+            done = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.PIPE, text=True,
+                                  errors="replace", timeout=QUERY_TIMEOUT, check=False)
+        except FileNotFoundError:
+            raise SchedulerError(f"{command[0]} not found: is this a SLURM or PBS login node?") from None
+        except subprocess.TimeoutExpired:
+            raise SchedulerError(f"{command[0]} did not answer in {QUERY_TIMEOUT:g} s") from None
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise SchedulerError(f"{command[0]} {refused}: {why}")
+        size = out.seek(0, 2)
+        if limit is not None and size > limit:
+            raise SchedulerError(f"{command[0]} printed {size:,} bytes, more than the {limit:,} ddmq reads")
+        out.seek(0)
+        return out.read().decode("utf-8", "replace")
 
 
 def _exit_code(text: str) -> tuple[int | None, int | None]:
@@ -186,6 +216,160 @@ def slurm_jobs(user: str, window: float) -> list[JobRecord]:
         return slurm_jobs_squeue(user)
     except SchedulerError as exc:
         raise SchedulerError(f"{reason}; and {exc}") from None
+
+
+# PBS's Exit_status values of its own (src/include/job.h, JOB_EXEC_*) that say
+# more than FAILED: a resource limit MoM enforced, or the node lost. The
+# rerun codes (-11, -14, -20, -32) requeue a rerunnable job; a job that shows
+# them finished was not rerunnable.
+_PBS_EXIT_STATES = {
+    -29: "TIMEOUT",  # JOB_EXEC_KILL_WALLTIME
+    -28: "TIMEOUT",  # JOB_EXEC_KILL_CPUT
+    -27: "OUT_OF_MEMORY",  # JOB_EXEC_KILL_MEM
+    -26: "OUT_OF_MEMORY",  # JOB_EXEC_KILL_VMEM
+    -31: "OUT_OF_MEMORY",  # JOB_EXEC_KILL_HPMEM
+    -14: "NODE_FAIL",  # JOB_EXEC_RERUN_SIS_FAIL: a sister node failed
+    -20: "NODE_FAIL",  # JOB_EXEC_RERUN_MS_FAIL: the mother superior's node failed
+    -32: "NODE_FAIL",  # JOB_EXEC_RERUN_ZOMBIE_JOB: MoM lost the job (node re-imaged)
+}
+_PBS_ENDED = frozenset("FX")  # finished (history), expired (a subjob of an array still running)
+# substates JOB_SUBSTATE_TERMINATED (qdel), _FINISHED (exit status 0 or none), _FAILED (nonzero, or node down)
+_PBS_DELETED, _PBS_FINISHED, _PBS_FAILED = 91, 92, 93
+_SIGTERM = 15
+PBS_OUTPUT_LIMIT = 128 << 20  # bytes of qstat output read: some 40 000 jobs of ~3 KB
+
+
+def _pbs_int(value: object) -> int | None:
+    """An integer attribute of qstat's JSON: a number, or a string of one (qstat prints -29 as "-29")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def pbs_state(job_state: str, substate: int | None, exit_status: int | None) -> str | None:
+    """The event's state for a PBS job; None while it has not ended.
+
+    Deleted (qdel, substate 91) is CANCELLED whatever the script's status: a
+    job deleted while queued has none, one deleted while running has 271
+    (256 + SIGTERM). With no exit status, failed (substate 93) is a job
+    whose node went down, finished (92) a subjob whose record PBS dropped,
+    anything else one that never ran. 0 is COMPLETED; a status of the script,
+    or a signal other than TERM (256 + N), FAILED; TERM not from qdel, e.g.
+    a preemption, CANCELLED; PBS's own negative codes as
+    :data:`_PBS_EXIT_STATES` says, else FAILED (the job could not start).
+    """
+    if job_state not in _PBS_ENDED:
+        return None
+    if substate == _PBS_DELETED:
+        return "CANCELLED"
+    if exit_status is None:  # it never ran, or its node went down, or its record is gone
+        return {_PBS_FAILED: "NODE_FAIL", _PBS_FINISHED: "COMPLETED"}.get(substate or 0, "CANCELLED")
+    if exit_status == 0:
+        return "COMPLETED"
+    if exit_status == 256 + _SIGTERM:
+        return "CANCELLED"
+    return _PBS_EXIT_STATES.get(exit_status, "FAILED")
+
+
+def _pbs_timestamp(value: object) -> float | None:
+    """A PBS time as qstat prints it (``Tue Oct 11 08:13:47 2022``, local time), or seconds since the epoch."""
+    seconds = _pbs_int(value)
+    if seconds is not None:
+        return float(seconds)
+    if not isinstance(value, str):
+        return None
+    try:
+        return time.mktime(time.strptime(" ".join(value.split()), "%a %b %d %H:%M:%S %Y"))
+    except ValueError:
+        return None
+
+
+def _pbs_record(job_id: str, attributes: Mapping[str, Any]) -> JobRecord | None:
+    """One job of ``qstat -f -F json`` as a JobRecord; None for an array itself (``88[].server``: its
+    subjobs are the jobs) or an id that is no PBS job id."""
+    from urllib.parse import unquote
+
+    from .jobevents import PBS_WATCH_VARIABLE, parse_job_id
+
+    m = re.fullmatch(r"([0-9]+)\[([0-9]*)\](\..+)?", job_id)
+    if m is not None and not m.group(2):
+        return None
+    try:
+        server, _ = parse_job_id(job_id)
+    except DdmqError:
+        return None
+    variables = attributes.get("Variable_List")
+    tag = variables.get(PBS_WATCH_VARIABLE) if isinstance(variables, dict) else None
+    job_state, substate = str(attributes.get("job_state", "")), _pbs_int(attributes.get("substate"))
+    status = _pbs_int(attributes.get("Exit_status"))
+    owner, name = attributes.get("Job_Owner"), attributes.get("Job_Name")
+    signal = status - 256 if status is not None and status > 256 else None
+    return JobRecord(
+        job_id=job_id, tag=unquote(tag) if isinstance(tag, str) else "",
+        scheduler_state=job_state + ("" if status is None else f" Exit_status={status}")
+        + ("" if substate is None else f" substate={substate}"),
+        state=pbs_state(job_state, substate, status), cluster=server.lower() if server else None,
+        exit_code=status if status is not None and 0 <= status <= 255 else None, signal=signal,
+        end=_pbs_timestamp(attributes.get("obittime") or attributes.get("mtime")),
+        user=owner.partition("@")[0] if isinstance(owner, str) else None,
+        job_name=name if isinstance(name, str) else None, scheduler="pbs",
+        array_job_id=f"{m.group(1)}[]{m.group(3) or ''}" if m else None, array_task_id=m.group(2) if m else None)
+
+
+def pbs_jobs(user: str, window: float) -> list[JobRecord]:
+    """The jobs of ``user`` that the PBS server shows, less those that ended over ``window`` seconds
+    ago: one ``qstat`` call.
+
+    The server keeps ended jobs for its ``job_history_duration`` (two weeks
+    by default) whatever the window. Output that is not qstat's JSON is a
+    SchedulerError, one line.
+    """
+    import json
+
+    out = run(["qstat", "-x", "-t", "-f", "-F", "json"], limit=PBS_OUTPUT_LIMIT)
+    try:
+        listing = json.loads(out) if out.strip() else {}
+    except ValueError as exc:
+        raise SchedulerError(f"qstat -F json printed no JSON ({exc})") from None
+    jobs = listing.get("Jobs", {}) if isinstance(listing, dict) else None
+    if not isinstance(jobs, dict):
+        raise SchedulerError("qstat -F json printed JSON without a Jobs object")
+    since = time.time() - window
+    records = []
+    for job_id, attributes in jobs.items():
+        record = _pbs_record(job_id, attributes) if isinstance(attributes, dict) else None
+        if record is not None and record.user == user and (record.end is None or record.end >= since
+                                                           or record.state is None):
+            records.append(record)
+    return records
+
+
+SCHEDULERS = ("slurm", "pbs")
+
+
+def detect() -> str:
+    """Which scheduler this machine submits to: SLURM where ``squeue`` is in PATH, else PBS where
+    ``qstat`` is (SLURM first: its torque compatibility package installs a ``qstat`` too)."""
+    import shutil
+
+    if shutil.which("squeue"):
+        return "slurm"
+    if shutil.which("qstat"):
+        return "pbs"
+    raise SchedulerError("neither squeue (SLURM) nor qstat (PBS) found in PATH: is this a login node?")
+
+
+def ended_jobs(scheduler: str, user: str, window: float) -> list[JobRecord]:
+    """The jobs of ``user`` that ``scheduler`` knows to have ended in the last ``window`` seconds
+    (and for PBS the others too): one query."""
+    return slurm_jobs(user, window) if scheduler == "slurm" else pbs_jobs(user, window)
 
 
 def watched(records: Iterable[JobRecord], tag: str) -> list[JobRecord]:

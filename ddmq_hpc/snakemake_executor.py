@@ -420,7 +420,7 @@ class Executor(RemoteExecutor):
         try:
             published = reconcile(settings.queue, root=self._root, grace=settings.grace,
                                   min_interval=settings.reconcile_interval, broker=self._status_broker,
-                                  window=waited + 60)
+                                  window=waited + 60, scheduler=settings.scheduler)
         except DdmqError as exc:
             self._warn_once(f"ddmq executor: cannot ask the scheduler about silent jobs: {exc}")
             return set()

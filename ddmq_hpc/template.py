@@ -23,7 +23,7 @@ import click
 
 from ddmq import DdmqError, UsageError, check_queue_name, console, resolve_root
 
-from .jobevents import watch_tag
+from .jobevents import PBS_WATCH_VARIABLE, pbs_watch_value, watch_tag
 
 PROG = "ddmq-template"
 SCHEDULERS = ("slurm", "pbs")
@@ -171,6 +171,16 @@ def render(scheduler: str, command: Sequence[str], queue: str, *, root: str | os
         # while pending that never runs a line: ddmq-reconcile finds the jobs it
         # watches by it. Last, so that an --directive cannot drop it.
         lines.append(f"#SBATCH --comment={sbatch_value('--comment', watch_tag(queue, root_path))}")
+    else:
+        # PBS keeps a job's variables (Variable_List), also in the history of
+        # ended jobs. qsub takes only the last '#PBS -v' of a script: the tag
+        # joins a list given with --directive rather than replace it.
+        tag = f"{PBS_WATCH_VARIABLE}={pbs_watch_value(watch_tag(queue, root_path))}"
+        given = [i for i, line in enumerate(lines) if line.startswith("#PBS -v ")]
+        if given:
+            lines[given[-1]] = f"{lines[given[-1]].rstrip()},{tag}"
+        else:
+            lines.append(f"#PBS -v {tag}")
     if notify is None:
         notify = find_notify() or ""
     if "/" in notify:  # a path, as the shell reads a command name; a bare name is looked up in PATH

@@ -78,6 +78,7 @@ def test_directives_come_before_the_first_command(job) -> None:
     assert [line for line in head if line.startswith("#PBS")] == [
         "#PBS -S /bin/bash", "#PBS -N assemble", "#PBS -q workq", "#PBS -l walltime=02:00:00", "#PBS -J 1-3",
         "#PBS -o /data/assemble.log", "#PBS -j oe", "#PBS -l select=1:ncpus=4:mem=8gb", "#PBS -m ae",
+        f"#PBS -v DDMQ_WATCH=ddmq:{QUEUE}@{job.root}",  # ddmq-reconcile's watch tag, last
     ]
     assert "#SBATCH" not in text
     assert text.rstrip().splitlines()[-1] == "ddmq_run python3 assemble.py"
