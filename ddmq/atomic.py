@@ -126,39 +126,75 @@ def make_own_dir(parent: Dir, name: str, file_mode: int | None) -> Dir:
     who swaps the new directory for a link or a directory of their own between
     the mkdir and the open makes this fail, and never makes it chmod theirs.
     """
-    os.mkdir(name, 0o700 if file_mode is not None else 0o777, dir_fd=parent.fd)
-    made = open_dir(parent, name)
-    try:
-        if os.fstat(made.fd).st_uid != os.geteuid():
-            raise OSError(errno.EPERM, "not the directory this process made", made.path)
-        if file_mode is not None:
-            os.fchmod(made.fd, dir_mode(file_mode))
-    except BaseException:
-        made.close()
-        raise
-    return made
+    return _make_dir(parent, name, None if file_mode is None else dir_mode(file_mode), errno.EPERM)
 
 
 def make_dir_like(parent: Dir, name: str, model: Dir) -> Dir:
     """mkdir ``name`` in ``parent`` and open it, with ``model``'s permission bits, set on what was opened.
 
-    For directories any member of the group makes on demand (ready/'s
-    shards): made private (0700) first, like :func:`make_own_dir`, then
-    given the bits of the directory they extend, so a member's umask never
-    shuts the group out of a shard. FileExistsError if another client made
-    it first, or swapped ours for its own before we opened it: then use
-    theirs.
+    For directories any member of the group makes on demand (ready/'s tree,
+    jobs/'s shards): made as :func:`make_own_dir` makes one, then given the
+    bits of the directory they extend, so a member's umask never shuts the
+    group out. FileExistsError if another client made it first, or swapped
+    ours for its own before we opened it: then use theirs.
     """
-    os.mkdir(name, 0o700, dir_fd=parent.fd)
+    return _make_dir(parent, name, stat.S_IMODE(os.fstat(model.fd).st_mode), errno.EEXIST)
+
+
+def _make_dir(parent: Dir, name: str, bits: int | None, theirs: int) -> Dir:
+    """mkdir (0700, or as the umask says when ``bits`` is None), open, check it is ours, fchmod to ``bits``.
+
+    OSError(``theirs``) when the directory opened is another user's.
+    """
+    os.mkdir(name, 0o700 if bits is not None else 0o777, dir_fd=parent.fd)
     made = open_dir(parent, name)
     try:
         if os.fstat(made.fd).st_uid != os.geteuid():
-            raise FileExistsError(errno.EEXIST, "made by another client meanwhile", made.path)
-        os.fchmod(made.fd, stat.S_IMODE(os.fstat(model.fd).st_mode))
+            raise OSError(theirs, "not the directory this process made", made.path)
+        if bits is not None:
+            os.fchmod(made.fd, bits)
     except BaseException:
         made.close()
         raise
     return made
+
+
+def open_if_there(parent: Dir, name: str) -> Dir | None:
+    """The directory ``name`` in ``parent``, opened without following a link; None if there is none.
+
+    A link or a file in its place is refused (:func:`refused`).
+    """
+    try:
+        return open_dir(parent, name)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise refused(parent.join(name), exc) from None
+
+
+def open_or_make_dir(parent: Dir, name: str, model: Dir) -> tuple[Dir, bool] | None:
+    """The directory ``name`` in ``parent``, made first if missing (:func:`make_dir_like`); and whether this call made it.
+
+    A directory another client made meanwhile is used as it is. None if
+    ``parent`` itself was removed (ENOENT or ESTALE) or the directory
+    vanished again before it could be opened: the caller starts again from
+    further up. A link or a file in its place is refused; any other failure
+    is a StorageError.
+    """
+    found = open_if_there(parent, name)
+    if found is not None:
+        return found, False
+    try:
+        return make_dir_like(parent, name, model), True
+    except FileExistsError:
+        found = open_if_there(parent, name)
+        return None if found is None else (found, False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ESTALE):
+            return None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or a file between mkdir and open
+            raise refused(parent.join(name), exc) from None
+        raise storage_error("create", parent.join(name), exc) from None
 
 
 def probe(directory: Dir, name: str) -> os.stat_result | None:

@@ -49,7 +49,7 @@ ROLL_FORWARD_AFTER = 60.0
 def publish_end(q: Queue, key: str, msg: Message, data: bytes, mode: int | None) -> bool:
     """Publish ``msg`` as job ``key``'s terminal event unless one is recorded; False if one was."""
     tmp, end = publish_tmp_name(msg.id), job_end_name(key)
-    shard = _shard_to_write(q, job_shard(key), mode, msg.durable)
+    shard = _shard_to_write(q, job_shard(key), msg.durable)
     try:
         atomic.write_private(q.tmp, tmp, data, msg.durable, mode)
         try:
@@ -82,8 +82,8 @@ def publish_end(q: Queue, key: str, msg: Message, data: bytes, mode: int | None)
     return True
 
 
-def _shard_to_write(q: Queue, shard: str, mode: int | None, durable: bool) -> atomic.Dir:
-    """``jobs/SHARD`` opened, and made (with the queue's ``mode``) if this is the first end recorded in it.
+def _shard_to_write(q: Queue, shard: str, durable: bool) -> atomic.Dir:
+    """``jobs/SHARD`` opened, and made (with ``jobs/``'s bits) if this is the first end recorded in it.
 
     Opened without following a link, as every directory ddmq enters: a link
     or a file that a member of the group put in a shard's place is refused,
@@ -91,32 +91,15 @@ def _shard_to_write(q: Queue, shard: str, mode: int | None, durable: bool) -> at
     durable with the record, whichever client made it.
     """
     jobs = q.jobs
-    made = _open_shard(q, shard)
-    if made is not None:
-        return made
-    try:
-        made = atomic.make_own_dir(jobs, shard, mode)
-    except FileExistsError:  # another client made it meanwhile
-        made = _open_shard(q, shard)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link or a file between mkdir and open
-            raise atomic.refused(jobs.join(shard), exc) from None
-        raise storage_error("create", jobs.join(shard), exc) from None
+    found = atomic.open_if_there(jobs, shard)
+    if found is not None:
+        return found
+    made = atomic.open_or_make_dir(jobs, shard, jobs)
     if made is None:  # ddmq removes a shard only with its queue
         raise StorageError(f"{jobs.join(shard)} was removed as it was made", errno.ENOENT)
     if durable:
         atomic.fsync_dir(jobs)
-    return made
-
-
-def _open_shard(q: Queue, shard: str) -> atomic.Dir | None:
-    """``jobs/SHARD`` opened without following a link; None if there is none (no end recorded in it)."""
-    try:
-        return atomic.open_dir(q.jobs, shard)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise atomic.refused(q.jobs.join(shard), exc) from None
+    return made[0]
 
 
 def _ours(q: Queue, tmp: str, shard: atomic.Dir, end: str) -> bool:
@@ -135,7 +118,7 @@ def end_of(q: Queue, key: str) -> Message | None:
     """
     if not q.jobs_made and not atomic.exists(q.dir, JOBS):
         return None  # a queue older than job end records, in which no job has ended yet
-    shard = _open_shard(q, job_shard(key))
+    shard = atomic.open_if_there(q.jobs, job_shard(key))
     if shard is None:
         return None  # no job whose key falls in this shard has ended yet
     name = job_end_name(key)
@@ -151,7 +134,7 @@ def recorded(q: Queue) -> list[str]:
     """The keys of every job whose end is recorded in the queue (a listing of each shard of ``jobs/``)."""
     keys = []
     for shard_name in filter(is_job_shard, atomic.listdir(q.jobs)):
-        shard = _open_shard(q, shard_name)
+        shard = atomic.open_if_there(q.jobs, shard_name)
         if shard is None:
             continue
         try:
@@ -173,7 +156,7 @@ def foreign_records(q: Queue) -> list[str]:
         if not (is_job_shard(shard_name) and stat.S_ISDIR(q.jobs.mode(shard_name) or 0)):
             foreign.append(f"{JOBS}/{shard_name}")
             continue
-        shard = _open_shard(q, shard_name)
+        shard = atomic.open_if_there(q.jobs, shard_name)
         if shard is None:
             continue
         try:

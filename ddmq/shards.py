@@ -119,23 +119,16 @@ class ReadyTree:
         held = self._open.get(key)
         if held is not None:
             return held
-        try:
-            return self._hold(key, atomic.open_dir(parent, name))
-        except FileNotFoundError:
-            if not create:
-                return None
-        except OSError as exc:
-            raise atomic.refused(parent.join(name), exc) from None
-        try:
-            made = atomic.make_dir_like(parent, name, self.ready)
-        except FileExistsError:
-            return self._sub(parent, key, name, create=False)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ESTALE):
-                return None  # the parent was removed meanwhile: the caller starts again
-            raise storage_error("create", parent.join(name), exc) from None
-        self._made_in.append(parent)
-        return self._hold(key, made)
+        if not create:
+            found = atomic.open_if_there(parent, name)
+            return None if found is None else self._hold(key, found)
+        made = atomic.open_or_make_dir(parent, name, self.ready)
+        if made is None:
+            return None  # the parent was removed meanwhile: the caller starts again
+        directory, new = made
+        if new:
+            self._made_in.append(parent)
+        return self._hold(key, directory)
 
     def slot_dir(self, name: str, create: bool = False) -> atomic.Dir | None:
         """The slot the ready name ``name`` lies in, held open; None if there is none (with ``create``: it vanished)."""

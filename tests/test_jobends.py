@@ -210,6 +210,19 @@ def test_a_new_shard_is_made_with_the_queue_mode_and_durably(root: Path, mocker)
     assert paths[-1].startswith(str(root / "events" / "ready" / "")), "then the event's slot of ready/"
 
 
+def test_a_shard_made_under_a_private_umask_has_the_bits_of_jobs(b: Broker, q: str, root: Path) -> None:
+    """In a queue without ``mode`` the umask decides, but the creator's: a member whose umask is 077 must not
+    make a shard only it can enter (the others' job ends in that shard could not be recorded)."""
+    b.publish_job_end(q, KEY_B, "made by the queue's creator")
+    old = os.umask(0o077)
+    try:
+        b.publish_job_end(q, KEY_A, "first in its shard")
+    finally:
+        os.umask(old)
+    jobs = root / q / "jobs"
+    assert (jobs / SHARD_A).stat().st_mode & 0o7777 == jobs.stat().st_mode & 0o7777 != 0o700
+
+
 @pytest.mark.parametrize("planted", ["link", "file"])
 def test_a_link_or_file_in_a_shards_place_is_refused_and_nothing_is_written_outside(
         b: Broker, q: str, root: Path, tmp_path: Path, planted: str) -> None:
