@@ -203,10 +203,8 @@ def in_tmp(name: str) -> tuple[bool, bool]:
 def foreign_entries(q: Queue) -> list[str]:
     """Everything in the queue ddmq did not write: what ``delete`` refuses to remove without force."""
     foreign = [n for n in sorted(atomic.listdir(q.dir)) if n not in QUEUE_ENTRIES]
-    stray: list[tuple[atomic.Dir, str]] = []
-    for directory, name in q.tree.entries(lambda d, name: stray.append((d, name))):
-        if not stat.S_ISREG(directory.mode(name) or 0):
-            stray.append((directory, name))
+    messages, stray = q.tree.contents()
+    stray += [(directory, name) for directory, name in messages if not stat.S_ISREG(directory.mode(name) or 0)]
     foreign += [directory.join(name)[len(q.dir.path) + 1:] for directory, name in stray]
     for state in (WORK, DEAD, TMP):
         directory = q.state(state)
@@ -226,11 +224,11 @@ def purge(q: Queue, dead: bool) -> int:
     removed without following a link in it); empty bands and slots are left
     for consumers to remove.
     """
-    listed: list[tuple[atomic.Dir, str]] = []
     if dead:
-        listed += [(q.dead, name) for name in atomic.listdir(q.dead)]
+        listed = [(q.dead, name) for name in atomic.listdir(q.dead)]
     else:
-        listed += list(q.tree.entries(lambda d, name: listed.append((d, name))))
+        messages, foreign = q.tree.contents()
+        listed = messages + foreign
     removed = 0
     for directory, name in listed:
         mode = directory.mode(name)

@@ -118,8 +118,7 @@ def listed(q: Queue, state: str) -> list[tuple[atomic.Dir, str]]:
     that fits no name grammar (where it lies).
     """
     if state == READY:
-        foreign: list[tuple[atomic.Dir, str]] = []
-        messages = list(q.tree.entries(lambda directory, name: foreign.append((directory, name))))
+        messages, foreign = q.tree.contents()
         return messages + foreign
     directory = q.state(state)
     return [(directory, name) for name in sorted(atomic.listdir(directory)) if not name.endswith(REASON_SUFFIX)]

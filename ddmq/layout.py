@@ -251,27 +251,27 @@ LAYOUT = 2
 # in a band. However long the queue, its head is found by listing four
 # small directories (see ddmq.shards). A slot holds what one priority got in
 # 67 ms: one publisher writing a batch on tmpfs fills it to about 5 000.
-_SHARD_SHIFTS = (47, 37, 26)
+_ERA_SHIFT, _BAND_SHIFT, _SLOT_SHIFT = _SHARD_SHIFTS = (47, 37, 26)
 SHARD_LEVELS = len(_SHARD_SHIFTS)
-_BANDS_PER_ERA = 1 << (47 - 37)
-_SLOTS_PER_BAND = 1 << (37 - 26)
+_BANDS_PER_ERA = 1 << (_ERA_SHIFT - _BAND_SHIFT)
+_SLOTS_PER_BAND = 1 << (_BAND_SHIFT - _SLOT_SHIFT)
 _ERA_NAME = rf"\d{{{_PRIO_WIDTH}}}\.\d{{6}}\Z"
 _SUB_SHARD_NAME = r"\d{4}\Z"
 
 
 def era_name(priority: int, published: int) -> str:
     """The era of ready/ for a priority and a publish time (ns): ``PPPPPP.EEEEEE``."""
-    return f"{priority:0{_PRIO_WIDTH}d}.{published >> 47:06d}"
+    return f"{priority:0{_PRIO_WIDTH}d}.{published >> _ERA_SHIFT:06d}"
 
 
 def band_name(published: int) -> str:
     """The band of its era for a publish time (ns): ``BBBB``, 0000 to 1023."""
-    return f"{(published >> 37) % _BANDS_PER_ERA:04d}"
+    return f"{(published >> _BAND_SHIFT) % _BANDS_PER_ERA:04d}"
 
 
 def slot_name(published: int) -> str:
     """The slot of its band for a publish time (ns): ``SSSS``, 0000 to 2047."""
-    return f"{(published >> 26) % _SLOTS_PER_BAND:04d}"
+    return f"{(published >> _SLOT_SHIFT) % _SLOTS_PER_BAND:04d}"
 
 
 def shard_of(ready: str) -> tuple[str, str, str]:

@@ -240,6 +240,12 @@ class ReadyTree:
                 kept += 1
         return kept
 
+    def contents(self) -> tuple[list[tuple[atomic.Dir, str]], list[tuple[atomic.Dir, str]]]:
+        """(every message with its directory, in delivery order; every entry that fits no grammar, where it lies)."""
+        foreign: list[tuple[atomic.Dir, str]] = []
+        messages = list(self.entries(lambda directory, name: foreign.append((directory, name))))
+        return messages, foreign
+
     def entries(self, foreign: Foreign = ignore_foreign) -> Iterator[tuple[atomic.Dir, str]]:
         """Every message in every slot with its directory, in delivery order, lazily; removes nothing."""
         for _, slot_dir, names in self.walk([], foreign):
