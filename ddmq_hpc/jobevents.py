@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # A job id as sbatch/squeue/sacct print it: 1234, or 1234_7 for an array task.
 _SLURM_ID = re.compile(r"[0-9]+(?:_[0-9]+)?")
 # A job id as qsub/qstat print it: 1234.server, 88[7].server; the server part optional.
-_PBS_ID = re.compile(r"(?P<seq>[0-9]+)(?:\[(?P<index>[0-9]*)\])?(?:\.(?P<server>[A-Za-z0-9_.+-]+))?")
+PBS_ID = re.compile(r"(?P<seq>[0-9]+)(?:\[(?P<index>[0-9]*)\])?(?:\.(?P<server>[A-Za-z0-9_.+-]+))?")
 # ClusterName in slurm.conf (keys are case-insensitive there)
 _CLUSTER_NAME = re.compile(rb"^\s*clustername\s*=\s*([^\s#]+)", re.IGNORECASE | re.MULTILINE)
 
@@ -71,7 +71,7 @@ def parse_job_id(job_id: str) -> tuple[str | None, str]:
     """
     if _SLURM_ID.fullmatch(job_id):
         return None, job_id
-    m = _PBS_ID.fullmatch(job_id)
+    m = PBS_ID.fullmatch(job_id)
     if m is None:
         raise UsageError(f"not a job id as SLURM or PBS prints it (1234, 1234_7, 1234.server, 88[7].server): "
                          f"{job_id!r}")

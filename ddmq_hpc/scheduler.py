@@ -296,15 +296,12 @@ def _pbs_record(job_id: str, attributes: Mapping[str, Any]) -> JobRecord | None:
     subjobs are the jobs) or an id that is no PBS job id."""
     from urllib.parse import unquote
 
-    from .jobevents import PBS_WATCH_VARIABLE, parse_job_id
+    from .jobevents import PBS_ID, PBS_WATCH_VARIABLE
 
-    m = re.fullmatch(r"([0-9]+)\[([0-9]*)\](\..+)?", job_id)
-    if m is not None and not m.group(2):
+    m = PBS_ID.fullmatch(job_id)
+    if m is None or m["index"] == "":
         return None
-    try:
-        server, _ = parse_job_id(job_id)
-    except DdmqError:
-        return None
+    server, index = m["server"], m["index"]
     variables = attributes.get("Variable_List")
     tag = variables.get(PBS_WATCH_VARIABLE) if isinstance(variables, dict) else None
     job_state, substate = str(attributes.get("job_state", "")), _pbs_int(attributes.get("substate"))
@@ -320,7 +317,7 @@ def _pbs_record(job_id: str, attributes: Mapping[str, Any]) -> JobRecord | None:
         end=_pbs_timestamp(attributes.get("obittime") or attributes.get("mtime")),
         user=owner.partition("@")[0] if isinstance(owner, str) else None,
         job_name=name if isinstance(name, str) else None, scheduler="pbs",
-        array_job_id=f"{m.group(1)}[]{m.group(3) or ''}" if m else None, array_task_id=m.group(2) if m else None)
+        array_job_id=f"{m['seq']}[]{'.' + server if server else ''}" if index else None, array_task_id=index)
 
 
 def pbs_jobs(user: str, window: float) -> list[JobRecord]:
