@@ -104,7 +104,7 @@ def publish_many(q: Queue, bodies: Iterable[Any], settings: Settings, headers: d
     Group commit: every payload is written under its private name first, with
     no barrier of its own; then one barrier makes them all durable; only then
     is each renamed into ready/ (visible, complete, and already on stable
-    storage), and ready/ is synced once for all the renames. On a local
+    storage), and each slot of ready/ they went into is synced once. On a local
     filesystem the barrier is one syncfs(2); elsewhere (NFS, where closing a
     file already flushes and COMMITs it, FUSE, where syncfs does not reach
     the server) it stays an fsync per payload. docs/protocol.md says why.
